@@ -1,0 +1,428 @@
+//! The node's configuration (DESIGN.md §4): TOML, typed, unknown keys
+//! refused, secrets only through `*_env` / `*_file` keys.
+//!
+//! [`Config::load`] reads a file and returns either a complete, validated
+//! config or a [`ConfigError`] listing *every* problem found, each with the
+//! file, the key's full path and the reason.
+
+mod reader;
+mod secret;
+mod targets;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use reader::parse_duration;
+pub use secret::{Secret, SecretSource};
+pub use targets::{
+    BackupCheck, Check, HttpCheck, PostgresCheck, RECOVERY_PLANS, RedisCheck, S3Check, TargetKind,
+    TargetSpec, TcpCheck,
+};
+
+use reader::Section;
+
+/// Default gRPC listen address (peers and faxictl).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7400";
+/// Default `/metrics` and `/healthz` listen address.
+pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9400";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/faxi-watchdog";
+/// Default Raft tick.
+pub const DEFAULT_TICK: Duration = Duration::from_millis(100);
+/// Default election timeout, in ticks.
+pub const DEFAULT_ELECTION_TICKS: u32 = 10;
+/// Default heartbeat interval, in ticks.
+pub const DEFAULT_HEARTBEAT_TICKS: u32 = 1;
+/// Default probe interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default probe timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(800);
+/// Default consecutive failures before DOWN.
+pub const DEFAULT_FALL: u32 = 3;
+/// Default consecutive successes before UP.
+pub const DEFAULT_RISE: u32 = 2;
+/// The shortest probe interval accepted: below it a probe is a load test.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The key's full path, like `targets[2].timeout`.
+    pub key: String,
+    /// Why the value is refused, in words an operator can act on.
+    pub reason: String,
+}
+
+impl Problem {
+    pub(crate) fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { key: key.into(), reason: reason.into() }
+    }
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file as it was named.
+    pub file: PathBuf,
+    /// At least one problem.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {}: {}", self.file.display(), p.key, p.reason)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A complete, validated node config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node.
+    pub node: NodeConfig,
+    /// The mesh this node belongs to.
+    pub cluster: ClusterConfig,
+    /// What to probe.
+    pub targets: Vec<TargetSpec>,
+}
+
+/// `[node]`: who this node is and where it listens.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Raft id, unique in the cluster, never 0.
+    pub id: u64,
+    /// The failure domain this node observes from.
+    pub zone: String,
+    /// Where the node keeps its log and snapshots.
+    pub data_dir: PathBuf,
+    /// gRPC: peers and faxictl.
+    pub listen: SocketAddr,
+    /// `/metrics` and `/healthz`.
+    pub metrics_listen: SocketAddr,
+}
+
+/// `[cluster]`: the bootstrap membership and Raft timing.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Bootstrap members, this node among them.
+    pub peers: Vec<Peer>,
+    /// One Raft tick.
+    pub tick: Duration,
+    /// Election timeout in ticks.
+    pub election_ticks: u32,
+    /// Heartbeat interval in ticks.
+    pub heartbeat_ticks: u32,
+}
+
+/// One member of the bootstrap cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Raft id.
+    pub id: u64,
+    /// Its zone.
+    pub zone: String,
+    /// `host:port` of its gRPC listener.
+    pub addr: String,
+}
+
+/// `[probe_defaults]`: what a target gets when it does not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeDefaults {
+    /// Time between probe starts.
+    pub interval: Duration,
+    /// Hard deadline of one probe.
+    pub timeout: Duration,
+    /// Consecutive failures before DOWN.
+    pub fall: u32,
+    /// Consecutive successes before UP.
+    pub rise: u32,
+}
+
+impl Default for ProbeDefaults {
+    fn default() -> Self {
+        Self {
+            interval: DEFAULT_INTERVAL,
+            timeout: DEFAULT_TIMEOUT,
+            fall: DEFAULT_FALL,
+            rise: DEFAULT_RISE,
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let fail = |reason: String| ConfigError {
+            file: path.to_owned(),
+            problems: vec![Problem::new("(file)", reason)],
+        };
+        let text = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let text = String::from_utf8(text).map_err(|_| fail("is not valid UTF-8".into()))?;
+        Self::parse(&text).map_err(|problems| ConfigError { file: path.to_owned(), problems })
+    }
+
+    /// Parses and validates TOML text; every problem found is returned.
+    pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+        let root: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let msg = e.to_string();
+            vec![Problem::new("(syntax)", msg.trim_end().replace('\n', "\n    "))]
+        })?;
+        let mut p = Vec::new();
+        let mut top = Section::new(&root, "");
+
+        let node = match top.table("node", &mut p) {
+            Some(t) => parse_node(t, &mut p),
+            None => {
+                if !top.has("node") {
+                    p.push(Problem::new("node", "missing section [node]"));
+                }
+                None
+            }
+        };
+        let defaults = match top.table("probe_defaults", &mut p) {
+            Some(t) => parse_defaults(t, &mut p),
+            None => ProbeDefaults::default(),
+        };
+        let cluster_table = top.table("cluster", &mut p);
+        let target_tables = top.tables("targets", &mut p).unwrap_or_default();
+        top.finish(&mut p);
+
+        let cluster = parse_cluster(cluster_table, node.as_ref(), &mut p);
+        let targets = targets::parse_targets(&target_tables, &defaults, &mut p);
+
+        match (node, cluster) {
+            (Some(node), Some(cluster)) if p.is_empty() => Ok(Config { node, cluster, targets }),
+            _ => Err(p),
+        }
+    }
+
+    /// The zone of each bootstrap member, by id.
+    pub fn zone_of(&self, id: u64) -> Option<&str> {
+        self.cluster.peers.iter().find(|p| p.id == id).map(|p| p.zone.as_str())
+    }
+}
+
+fn parse_node(t: &toml::Table, p: &mut Vec<Problem>) -> Option<NodeConfig> {
+    let mut s = Section::new(t, "node");
+    let id = s.int("id", 1, i64::MAX, p);
+    if !s.has("id") {
+        p.push(Problem::new("node.id", "missing: every node needs a unique id (1 or more)"));
+    }
+    let zone = s.string("zone", p);
+    if !s.has("zone") {
+        p.push(Problem::new("node.zone", "missing: the zone this node observes from"));
+    }
+    if let Some(z) = &zone {
+        check_name(&s.key("zone"), z, p);
+    }
+    let data_dir = s.string("data_dir", p).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+    if data_dir.is_empty() {
+        p.push(Problem::new("node.data_dir", "must not be empty"));
+    }
+    let listen = socket_addr(&mut s, "listen", DEFAULT_LISTEN, p);
+    let metrics_listen = socket_addr(&mut s, "metrics_listen", DEFAULT_METRICS_LISTEN, p);
+    if let (Some(a), Some(b)) = (listen, metrics_listen)
+        && a == b
+    {
+        p.push(Problem::new("node.metrics_listen", format!("{b} is also node.listen")));
+    }
+    s.finish(p);
+    Some(NodeConfig {
+        id: id? as u64,
+        zone: zone?,
+        data_dir: PathBuf::from(data_dir),
+        listen: listen?,
+        metrics_listen: metrics_listen?,
+    })
+}
+
+fn socket_addr(
+    s: &mut Section<'_>,
+    key: &'static str,
+    default: &str,
+    p: &mut Vec<Problem>,
+) -> Option<SocketAddr> {
+    let v = s.string(key, p);
+    if v.is_none() && s.has(key) {
+        return None;
+    }
+    let v = v.unwrap_or_else(|| default.to_owned());
+    match v.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.push(Problem::new(
+                s.key(key),
+                format!("\"{v}\" is not an IP address and port like \"0.0.0.0:7400\""),
+            ));
+            None
+        }
+    }
+}
+
+fn parse_defaults(t: &toml::Table, p: &mut Vec<Problem>) -> ProbeDefaults {
+    let mut s = Section::new(t, "probe_defaults");
+    let base = ProbeDefaults::default();
+    let d = ProbeDefaults {
+        interval: s.duration("interval", p).unwrap_or(base.interval),
+        timeout: s.duration("timeout", p).unwrap_or(base.timeout),
+        fall: s.int("fall", 1, 1000, p).map_or(base.fall, |v| v as u32),
+        rise: s.int("rise", 1, 1000, p).map_or(base.rise, |v| v as u32),
+    };
+    check_timing("probe_defaults", d.interval, d.timeout, p);
+    s.finish(p);
+    d
+}
+
+/// Interval and timeout rules shared by the defaults and every target.
+pub(crate) fn check_timing(path: &str, interval: Duration, timeout: Duration, p: &mut Vec<Problem>) {
+    if interval < MIN_INTERVAL {
+        p.push(Problem::new(
+            format!("{path}.interval"),
+            format!("{interval:?} is too short: the minimum is {MIN_INTERVAL:?}"),
+        ));
+    }
+    if timeout > interval {
+        p.push(Problem::new(
+            format!("{path}.timeout"),
+            format!(
+                "{} exceeds the interval ({}): probes of one target never overlap, so the timeout must fit in the interval",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval)
+            ),
+        ));
+    }
+}
+
+fn parse_cluster(
+    t: Option<&toml::Table>,
+    node: Option<&NodeConfig>,
+    p: &mut Vec<Problem>,
+) -> Option<ClusterConfig> {
+    let empty = toml::Table::new();
+    let mut s = Section::new(t.unwrap_or(&empty), "cluster");
+    let tick = s.duration("tick", p).unwrap_or(DEFAULT_TICK);
+    let election_ticks = s.int("election_ticks", 2, 10_000, p).map_or(DEFAULT_ELECTION_TICKS, |v| v as u32);
+    let heartbeat_ticks = s.int("heartbeat_ticks", 1, 10_000, p).map_or(DEFAULT_HEARTBEAT_TICKS, |v| v as u32);
+    if election_ticks <= heartbeat_ticks {
+        p.push(Problem::new(
+            "cluster.election_ticks",
+            format!(
+                "must be greater than heartbeat_ticks ({election_ticks} <= {heartbeat_ticks})"
+            ),
+        ));
+    }
+    let peer_tables = s.tables("peers", p);
+    s.finish(p);
+
+    let mut peers = Vec::new();
+    let peers_given = peer_tables.is_some();
+    match peer_tables {
+        // No [cluster] peers: a single-node cluster of this node alone.
+        None => {
+            if let Some(n) = node {
+                peers.push(Peer { id: n.id, zone: n.zone.clone(), addr: n.listen.to_string() });
+            }
+        }
+        Some(list) => {
+            if list.is_empty() {
+                p.push(Problem::new("cluster.peers", "is empty: list every bootstrap member, this node included"));
+            }
+            for (i, t) in list.iter().enumerate() {
+                let Some(t) = t else { continue };
+                if let Some(peer) = parse_peer(t, i, p) {
+                    peers.push(peer);
+                }
+            }
+        }
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    for (i, peer) in peers.iter().enumerate() {
+        if let Some(j) = seen.insert(peer.id, i) {
+            p.push(Problem::new(
+                format!("cluster.peers[{i}].id"),
+                format!("id {} is also cluster.peers[{j}].id", peer.id),
+            ));
+        }
+    }
+    if let Some(n) = node
+        && peers_given
+    {
+        match peers.iter().find(|x| x.id == n.id) {
+            None => p.push(Problem::new(
+                "cluster.peers",
+                format!("node.id {} is not among the peers", n.id),
+            )),
+            Some(me) if me.zone != n.zone => p.push(Problem::new(
+                "cluster.peers",
+                format!(
+                    "peer {} is in zone \"{}\" but node.zone is \"{}\"",
+                    n.id, me.zone, n.zone
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
+    Some(ClusterConfig { peers, tick, election_ticks, heartbeat_ticks })
+}
+
+fn parse_peer(t: &toml::Table, i: usize, p: &mut Vec<Problem>) -> Option<Peer> {
+    let mut s = Section::new(t, format!("cluster.peers[{i}]"));
+    let id = s.int("id", 1, i64::MAX, p);
+    let zone = s.string("zone", p);
+    let addr = s.string("addr", p);
+    for key in ["id", "zone", "addr"] {
+        if !s.has(key) {
+            p.push(Problem::new(s.key(key), "missing"));
+        }
+    }
+    if let Some(z) = &zone {
+        check_name(&s.key("zone"), z, p);
+    }
+    if let Some(a) = &addr
+        && let Err(reason) = check_host_port(a)
+    {
+        p.push(Problem::new(s.key("addr"), reason));
+    }
+    s.finish(p);
+    Some(Peer { id: id? as u64, zone: zone?, addr: addr? })
+}
+
+/// Names (zones, targets) are what operators type and what labels carry:
+/// letters, digits, `-`, `_`, `.`, at most 63 characters.
+pub(crate) fn check_name(key: &str, name: &str, p: &mut Vec<Problem>) {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        p.push(Problem::new(
+            key,
+            format!("\"{name}\" is not a valid name: use 1 to 63 letters, digits, '-', '_' or '.'"),
+        ));
+    }
+}
+
+/// `host:port`, the port a number from 1 to 65535.
+pub(crate) fn check_host_port(addr: &str) -> Result<(), String> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("\"{addr}\" is not host:port"));
+    };
+    if host.is_empty() || host.chars().any(char::is_whitespace) {
+        return Err(format!("\"{addr}\" has no valid host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("\"{addr}\" has no valid port (1-65535)")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

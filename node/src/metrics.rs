@@ -1,0 +1,194 @@
+//! Prometheus metrics (names are a contract: DESIGN.md §4) and the
+//! `metrics_listen` HTTP server for `/metrics` and `/healthz`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use metrics::{Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+use crate::config::TargetKind;
+use crate::probe::Report;
+use crate::verdict::{Outcome, Verdict};
+
+/// Duration of each probe, by target and kind (histogram).
+pub const PROBE_DURATION: &str = "faxi_probe_duration_seconds";
+/// 1 when the target's last probe succeeded, else 0.
+pub const PROBE_UP: &str = "faxi_probe_up";
+/// Probe results by target, kind and result (`success`, `failure`, `timeout`, `stale`).
+pub const PROBES_TOTAL: &str = "faxi_probes_total";
+/// This node's verdict per target, one-hot over `verdict`.
+pub const LOCAL_VERDICT: &str = "faxi_local_verdict";
+/// Age of the newest backup object per backup target (+Inf when there is none).
+pub const BACKUP_AGE: &str = "faxi_backup_age_seconds";
+/// Number of configured targets.
+pub const TARGETS: &str = "faxi_targets";
+
+/// Probe duration buckets: from a loopback answer to a timeout.
+const DURATION_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// How often histograms are folded and idle series swept.
+const UPKEEP: Duration = Duration::from_secs(5);
+
+/// Installs the process-wide Prometheus recorder.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(PROBE_DURATION.into()), DURATION_BUCKETS)
+        .map_err(|e| format!("metrics: {e}"))?
+        .install_recorder()
+        .map_err(|e| format!("metrics: {e}"))?;
+    describe();
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(UPKEEP);
+        loop {
+            t.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+fn describe() {
+    metrics::describe_histogram!(PROBE_DURATION, metrics::Unit::Seconds, "Duration of each probe.");
+    metrics::describe_gauge!(PROBE_UP, "1 when the target's last probe succeeded, else 0.");
+    metrics::describe_counter!(PROBES_TOTAL, "Probe results by result.");
+    metrics::describe_gauge!(LOCAL_VERDICT, "This node's verdict on the target, one-hot over verdict.");
+    metrics::describe_gauge!(BACKUP_AGE, metrics::Unit::Seconds, "Age of the newest backup object.");
+    metrics::describe_gauge!(TARGETS, "Number of configured targets.");
+}
+
+/// One target's metric handles, made once so a probe records without lookups.
+#[derive(Debug)]
+pub struct TargetMetrics {
+    duration: Histogram,
+    up: Gauge,
+    success: Counter,
+    failure: Counter,
+    timeout: Counter,
+    /// Only for backups: other kinds are never stale.
+    stale: Option<Counter>,
+    /// UNKNOWN, UP, DOWN, STALE.
+    verdict: [(Verdict, Gauge); 4],
+    backup_age: Option<Gauge>,
+}
+
+impl TargetMetrics {
+    /// Registers the series of one target.
+    pub fn new(target: &str, kind: TargetKind) -> Self {
+        let t = target.to_owned();
+        let k = kind.as_str();
+        let count = |result: &'static str| {
+            metrics::counter!(PROBES_TOTAL, "target" => t.clone(), "kind" => k, "result" => result)
+        };
+        let verdict = [Verdict::Unknown, Verdict::Up, Verdict::Down, Verdict::Stale].map(|v| {
+            (v, metrics::gauge!(LOCAL_VERDICT, "target" => t.clone(), "kind" => k, "verdict" => v.as_str()))
+        });
+        let m = Self {
+            duration: metrics::histogram!(PROBE_DURATION, "target" => t.clone(), "kind" => k),
+            up: metrics::gauge!(PROBE_UP, "target" => t.clone(), "kind" => k),
+            success: count("success"),
+            failure: count("failure"),
+            timeout: count("timeout"),
+            stale: (kind == TargetKind::Backup).then(|| count("stale")),
+            verdict,
+            backup_age: (kind == TargetKind::Backup)
+                .then(|| metrics::gauge!(BACKUP_AGE, "target" => t.clone())),
+        };
+        m.set_verdict(Verdict::Unknown);
+        m
+    }
+
+    /// Records one probe run.
+    pub fn record(&self, r: &Report) {
+        self.duration.record(r.latency.as_secs_f64());
+        match r.outcome {
+            Outcome::Success => self.success.increment(1),
+            Outcome::Stale => {
+                if let Some(c) = &self.stale {
+                    c.increment(1);
+                }
+            }
+            Outcome::Failure if r.timed_out => self.timeout.increment(1),
+            Outcome::Failure => self.failure.increment(1),
+        }
+        self.up.set(if r.outcome == Outcome::Failure { 0.0 } else { 1.0 });
+        if let Some(g) = &self.backup_age {
+            match (r.outcome, r.backup_age) {
+                (_, Some(age)) => g.set(age.as_secs_f64()),
+                (Outcome::Stale, None) => g.set(f64::INFINITY),
+                _ => {}
+            }
+        }
+    }
+
+    /// Shows the current verdict.
+    pub fn set_verdict(&self, v: Verdict) {
+        for (each, g) in &self.verdict {
+            g.set(if *each == v { 1.0 } else { 0.0 });
+        }
+    }
+}
+
+/// Serves `/metrics` and `/healthz` until the listener's task is dropped.
+pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "metrics listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| route(req, handle.clone()));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn route(
+    req: Request<Incoming>,
+    handle: PrometheusHandle,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (status, ctype, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", handle.render())
+        }
+        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
+        (_, "/metrics" | "/healthz") => {
+            (StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "use GET\n".into())
+        }
+        _ => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found: try /metrics or /healthz\n".into()),
+    };
+    let resp = Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, ctype)
+        .body(Full::new(Bytes::from(body)));
+    // The builder only fails on invalid header values, and these are constants.
+    Ok(resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+}
+
+/// Binds the metrics listener, with an error naming the address.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on metrics_listen {addr}: {e}"))
+}

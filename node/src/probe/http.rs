@@ -1,0 +1,101 @@
+//! `kind = "http"`: GET the URL, compare the status code.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Uri;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::{Healthy, Probe, ProbeError, ProbeFuture};
+use crate::config::HttpCheck;
+
+/// How much of a response body is read (and thrown away) so the connection
+/// can be reused; a bigger body closes the connection instead.
+const MAX_BODY: usize = 64 * 1024;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// One pooled HTTP(S) client shared by every http target of a node, so a
+/// probe reuses a kept-alive connection instead of a handshake each time.
+#[derive(Clone, Debug)]
+pub struct HttpClient(Client<Connector, Empty<Bytes>>);
+
+impl HttpClient {
+    /// A client trusting the system's root certificates (none if it has none:
+    /// https probes then fail with a certificate error, http ones work).
+    pub fn new() -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let tls = match builder.with_native_roots() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "no system root certificates: https probes will fail");
+                let cfg = rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth();
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(cfg)
+            }
+        };
+        let connector = tls.https_or_http().enable_http1().wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .build(connector);
+        Self(client)
+    }
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Probes one URL.
+pub(super) struct HttpProbe {
+    uri: Uri,
+    expect: u16,
+    client: HttpClient,
+}
+
+impl HttpProbe {
+    pub(super) fn new(c: &HttpCheck, client: HttpClient) -> Result<Self, String> {
+        let uri = c.url.parse::<Uri>().map_err(|e| format!("invalid url: {e}"))?;
+        Ok(Self { uri, expect: c.expect_status, client })
+    }
+}
+
+impl Probe for HttpProbe {
+    fn check(&self) -> ProbeFuture<'_> {
+        Box::pin(async move {
+            let req = hyper::Request::get(self.uri.clone())
+                .header(hyper::header::USER_AGENT, concat!("faxi-watchdog/", env!("CARGO_PKG_VERSION")))
+                .body(Empty::new())
+                .map_err(|e| ProbeError::new(format!("bad request: {e}")))?;
+            let resp = self
+                .client
+                .0
+                .request(req)
+                .await
+                .map_err(|e| ProbeError::from_error("request failed", &e))?;
+            let status = resp.status().as_u16();
+            // Drain a bounded body so the connection returns to the pool.
+            let mut body = resp.into_body();
+            let mut read = 0usize;
+            while read <= MAX_BODY {
+                match body.frame().await {
+                    Some(Ok(f)) => read += f.data_ref().map_or(0, |d| d.len()),
+                    Some(Err(e)) => return Err(ProbeError::from_error("reading body failed", &e)),
+                    None => break,
+                }
+            }
+            if status == self.expect {
+                Ok(Healthy { detail: format!("HTTP {status}"), ..Healthy::default() })
+            } else {
+                Err(ProbeError::new(format!("HTTP {status}, expected {}", self.expect)))
+            }
+        })
+    }
+}
