@@ -63,7 +63,11 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                     c.node.zone,
                     c.cluster.peers.len(),
                     c.targets.len(),
-                    if kinds.is_empty() { String::new() } else { format!(" ({})", kinds.join(", ")) }
+                    if kinds.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", kinds.join(", "))
+                    }
                 );
             }
             ExitCode::SUCCESS
@@ -82,7 +86,11 @@ fn run(file: &std::path::Path, log_format: LogFormat) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
-            eprintln!("{}: {} problem(s) found; not starting", file.display(), e.problems.len());
+            eprintln!(
+                "{}: {} problem(s) found; not starting",
+                file.display(),
+                e.problems.len()
+            );
             return ExitCode::from(EXIT_FAILURE);
         }
     };
@@ -90,7 +98,10 @@ fn run(file: &std::path::Path, log_format: LogFormat) -> ExitCode {
         eprintln!("faxi-watchdog: {e}");
         return ExitCode::from(EXIT_FAILURE);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("faxi-watchdog: cannot start the runtime: {e}");

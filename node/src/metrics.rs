@@ -32,8 +32,9 @@ pub const BACKUP_AGE: &str = "faxi_backup_age_seconds";
 pub const TARGETS: &str = "faxi_targets";
 
 /// Probe duration buckets: from a loopback answer to a timeout.
-const DURATION_BUCKETS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// How often histograms are folded and idle series swept.
 const UPKEEP: Duration = Duration::from_secs(5);
@@ -58,11 +59,25 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
-    metrics::describe_histogram!(PROBE_DURATION, metrics::Unit::Seconds, "Duration of each probe.");
-    metrics::describe_gauge!(PROBE_UP, "1 when the target's last probe succeeded, else 0.");
+    metrics::describe_histogram!(
+        PROBE_DURATION,
+        metrics::Unit::Seconds,
+        "Duration of each probe."
+    );
+    metrics::describe_gauge!(
+        PROBE_UP,
+        "1 when the target's last probe succeeded, else 0."
+    );
     metrics::describe_counter!(PROBES_TOTAL, "Probe results by result.");
-    metrics::describe_gauge!(LOCAL_VERDICT, "This node's verdict on the target, one-hot over verdict.");
-    metrics::describe_gauge!(BACKUP_AGE, metrics::Unit::Seconds, "Age of the newest backup object.");
+    metrics::describe_gauge!(
+        LOCAL_VERDICT,
+        "This node's verdict on the target, one-hot over verdict."
+    );
+    metrics::describe_gauge!(
+        BACKUP_AGE,
+        metrics::Unit::Seconds,
+        "Age of the newest backup object."
+    );
     metrics::describe_gauge!(TARGETS, "Number of configured targets.");
 }
 
@@ -86,9 +101,7 @@ impl TargetMetrics {
     pub fn new(target: &str, kind: TargetKind) -> Self {
         let t = target.to_owned();
         let k = kind.as_str();
-        let count = |result: &'static str| {
-            metrics::counter!(PROBES_TOTAL, "target" => t.clone(), "kind" => k, "result" => result)
-        };
+        let count = |result: &'static str| metrics::counter!(PROBES_TOTAL, "target" => t.clone(), "kind" => k, "result" => result);
         let verdict = [Verdict::Unknown, Verdict::Up, Verdict::Down, Verdict::Stale].map(|v| {
             (v, metrics::gauge!(LOCAL_VERDICT, "target" => t.clone(), "kind" => k, "verdict" => v.as_str()))
         });
@@ -120,7 +133,11 @@ impl TargetMetrics {
             Outcome::Failure if r.timed_out => self.timeout.increment(1),
             Outcome::Failure => self.failure.increment(1),
         }
-        self.up.set(if r.outcome == Outcome::Failure { 0.0 } else { 1.0 });
+        self.up.set(if r.outcome == Outcome::Failure {
+            0.0
+        } else {
+            1.0
+        });
         if let Some(g) = &self.backup_age {
             match (r.outcome, r.backup_age) {
                 (_, Some(age)) => g.set(age.as_secs_f64()),
@@ -169,14 +186,22 @@ async fn route(
     handle: PrometheusHandle,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => {
-            (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", handle.render())
-        }
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            handle.render(),
+        ),
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
-        (_, "/metrics" | "/healthz") => {
-            (StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "use GET\n".into())
-        }
-        _ => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found: try /metrics or /healthz\n".into()),
+        (_, "/metrics" | "/healthz") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "use GET\n".into(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: try /metrics or /healthz\n".into(),
+        ),
     };
     let resp = Response::builder()
         .status(status)

@@ -55,12 +55,17 @@ impl LocalView {
 
     /// A copy of every target's view, in config order.
     pub fn snapshot(&self) -> Vec<TargetView> {
-        (0..self.slots.len()).map(|i| self.lock(i).clone()).collect()
+        (0..self.slots.len())
+            .map(|i| self.lock(i).clone())
+            .collect()
     }
 
     /// A copy of one target's view.
     pub fn get(&self, name: &str) -> Option<TargetView> {
-        (0..self.slots.len()).map(|i| self.lock(i)).find(|v| v.name == name).map(|v| v.clone())
+        (0..self.slots.len())
+            .map(|i| self.lock(i))
+            .find(|v| v.name == name)
+            .map(|v| v.clone())
     }
 }
 

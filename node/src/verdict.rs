@@ -73,7 +73,13 @@ pub struct Hysteresis {
 impl Hysteresis {
     /// Starts UNKNOWN. `rise` and `fall` below 1 are taken as 1.
     pub fn new(rise: u32, fall: u32) -> Self {
-        Self { rise: rise.max(1), fall: fall.max(1), verdict: Verdict::Unknown, run_of: None, run: 0 }
+        Self {
+            rise: rise.max(1),
+            fall: fall.max(1),
+            verdict: Verdict::Unknown,
+            run_of: None,
+            run: 0,
+        }
     }
 
     /// The current verdict.

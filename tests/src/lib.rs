@@ -1,1 +1,194 @@
-//! harness
+//! The integration suite's harness: private instances of the real servers a
+//! node probes, and real node processes.
+//!
+//! Every server binds a free loopback port in its own temp dir and is
+//! stopped when its handle drops. Nothing here sleeps and hopes: waits poll
+//! a condition until a deadline and fail with what they waited for.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+pub mod http;
+pub mod node;
+pub mod postgres;
+pub mod redis;
+pub mod s3;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::time::Instant;
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after
+/// `deadline` naming `what` and the last state seen.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        let last = match check().await {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        if Instant::now() >= end {
+            panic!("timed out after {deadline:?} waiting for {what}; last: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub async fn wait_listening(what: &str, addr: SocketAddr, deadline: Duration) {
+    wait_for(what, deadline, || async move {
+        TcpStream::connect(addr)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+}
+
+/// A binary of this workspace, built next to the test executable.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is not built; run `cargo build --workspace --bins` first (the test script does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Whether this process runs as root (PostgreSQL then runs as `postgres`).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// An address whose SYNs go unanswered: a listener with a full accept queue
+/// that never accepts. Connecting to it hangs as a firewalled host would,
+/// all on loopback.
+#[derive(Debug)]
+pub struct Blackhole {
+    /// The address that hangs.
+    pub addr: SocketAddr,
+    _listener: TcpListener,
+    _fillers: Vec<TcpStream>,
+}
+
+impl Blackhole {
+    /// Binds, listens with a backlog of 0 and fills the queue.
+    pub async fn start() -> Blackhole {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut fillers = Vec::new();
+        // Fill the accept queue until a connect no longer completes at once.
+        for _ in 0..8 {
+            match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => fillers.push(s),
+                _ => break,
+            }
+        }
+        Blackhole {
+            addr,
+            _listener: listener,
+            _fillers: fillers,
+        }
+    }
+}
+
+/// A TCP server that accepts every connection and never says a word: the
+/// half-alive server a probe must give up on.
+#[derive(Debug)]
+pub struct Silent {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Silent {
+    /// Starts it.
+    pub async fn start() -> Silent {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        Silent { addr, task }
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Parses one sample out of Prometheus text: the value of the series whose
+/// name is `name` and whose labels include every `labels` pair.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (n, rest) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            if !all {
+                return None;
+            }
+            value.parse().ok()
+        })
+}
+
+/// A validated target from the body of one `[[targets]]` table, through the
+/// same parser `faxi-watchdog run` uses.
+pub fn target(body: &str) -> faxi_watchdog::config::TargetSpec {
+    let text = format!("[node]\nid = 1\nzone = \"zone-a\"\n\n[[targets]]\n{body}");
+    match faxi_watchdog::config::Config::parse(&text) {
+        Ok(mut c) => c.targets.remove(0),
+        Err(problems) => panic!("test target does not parse: {problems:?}"),
+    }
+}
+
+/// Builds the target's probe and runs it once under its timeout.
+pub async fn probe_once(spec: &faxi_watchdog::config::TargetSpec) -> faxi_watchdog::probe::Report {
+    let ctx = faxi_watchdog::probe::ProbeContext::new(1);
+    let probe = faxi_watchdog::probe::build(spec, &ctx).unwrap();
+    faxi_watchdog::probe::run(probe.as_ref(), spec.timeout).await
+}
+
+/// A file holding `value`, for `*_file` secret keys; keep it alive while the
+/// config is parsed.
+pub fn secret_file(value: &str) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), value).unwrap();
+    f
+}

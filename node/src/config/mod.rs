@@ -57,7 +57,10 @@ pub struct Problem {
 
 impl Problem {
     pub(crate) fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { key: key.into(), reason: reason.into() }
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -167,14 +170,20 @@ impl Config {
         };
         let text = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
         let text = String::from_utf8(text).map_err(|_| fail("is not valid UTF-8".into()))?;
-        Self::parse(&text).map_err(|problems| ConfigError { file: path.to_owned(), problems })
+        Self::parse(&text).map_err(|problems| ConfigError {
+            file: path.to_owned(),
+            problems,
+        })
     }
 
     /// Parses and validates TOML text; every problem found is returned.
     pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
         let root: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             let msg = e.to_string();
-            vec![Problem::new("(syntax)", msg.trim_end().replace('\n', "\n    "))]
+            vec![Problem::new(
+                "(syntax)",
+                msg.trim_end().replace('\n', "\n    "),
+            )]
         })?;
         let mut p = Vec::new();
         let mut top = Section::new(&root, "");
@@ -200,14 +209,22 @@ impl Config {
         let targets = targets::parse_targets(&target_tables, &defaults, &mut p);
 
         match (node, cluster) {
-            (Some(node), Some(cluster)) if p.is_empty() => Ok(Config { node, cluster, targets }),
+            (Some(node), Some(cluster)) if p.is_empty() => Ok(Config {
+                node,
+                cluster,
+                targets,
+            }),
             _ => Err(p),
         }
     }
 
     /// The zone of each bootstrap member, by id.
     pub fn zone_of(&self, id: u64) -> Option<&str> {
-        self.cluster.peers.iter().find(|p| p.id == id).map(|p| p.zone.as_str())
+        self.cluster
+            .peers
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.zone.as_str())
     }
 }
 
@@ -215,16 +232,24 @@ fn parse_node(t: &toml::Table, p: &mut Vec<Problem>) -> Option<NodeConfig> {
     let mut s = Section::new(t, "node");
     let id = s.int("id", 1, i64::MAX, p);
     if !s.has("id") {
-        p.push(Problem::new("node.id", "missing: every node needs a unique id (1 or more)"));
+        p.push(Problem::new(
+            "node.id",
+            "missing: every node needs a unique id (1 or more)",
+        ));
     }
     let zone = s.string("zone", p);
     if !s.has("zone") {
-        p.push(Problem::new("node.zone", "missing: the zone this node observes from"));
+        p.push(Problem::new(
+            "node.zone",
+            "missing: the zone this node observes from",
+        ));
     }
     if let Some(z) = &zone {
         check_name(&s.key("zone"), z, p);
     }
-    let data_dir = s.string("data_dir", p).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+    let data_dir = s
+        .string("data_dir", p)
+        .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
     if data_dir.is_empty() {
         p.push(Problem::new("node.data_dir", "must not be empty"));
     }
@@ -233,7 +258,10 @@ fn parse_node(t: &toml::Table, p: &mut Vec<Problem>) -> Option<NodeConfig> {
     if let (Some(a), Some(b)) = (listen, metrics_listen)
         && a == b
     {
-        p.push(Problem::new("node.metrics_listen", format!("{b} is also node.listen")));
+        p.push(Problem::new(
+            "node.metrics_listen",
+            format!("{b} is also node.listen"),
+        ));
     }
     s.finish(p);
     Some(NodeConfig {
@@ -283,7 +311,12 @@ fn parse_defaults(t: &toml::Table, p: &mut Vec<Problem>) -> ProbeDefaults {
 }
 
 /// Interval and timeout rules shared by the defaults and every target.
-pub(crate) fn check_timing(path: &str, interval: Duration, timeout: Duration, p: &mut Vec<Problem>) {
+pub(crate) fn check_timing(
+    path: &str,
+    interval: Duration,
+    timeout: Duration,
+    p: &mut Vec<Problem>,
+) {
     if interval < MIN_INTERVAL {
         p.push(Problem::new(
             format!("{path}.interval"),
@@ -310,14 +343,16 @@ fn parse_cluster(
     let empty = toml::Table::new();
     let mut s = Section::new(t.unwrap_or(&empty), "cluster");
     let tick = s.duration("tick", p).unwrap_or(DEFAULT_TICK);
-    let election_ticks = s.int("election_ticks", 2, 10_000, p).map_or(DEFAULT_ELECTION_TICKS, |v| v as u32);
-    let heartbeat_ticks = s.int("heartbeat_ticks", 1, 10_000, p).map_or(DEFAULT_HEARTBEAT_TICKS, |v| v as u32);
+    let election_ticks = s
+        .int("election_ticks", 2, 10_000, p)
+        .map_or(DEFAULT_ELECTION_TICKS, |v| v as u32);
+    let heartbeat_ticks = s
+        .int("heartbeat_ticks", 1, 10_000, p)
+        .map_or(DEFAULT_HEARTBEAT_TICKS, |v| v as u32);
     if election_ticks <= heartbeat_ticks {
         p.push(Problem::new(
             "cluster.election_ticks",
-            format!(
-                "must be greater than heartbeat_ticks ({election_ticks} <= {heartbeat_ticks})"
-            ),
+            format!("must be greater than heartbeat_ticks ({election_ticks} <= {heartbeat_ticks})"),
         ));
     }
     let peer_tables = s.tables("peers", p);
@@ -329,12 +364,19 @@ fn parse_cluster(
         // No [cluster] peers: a single-node cluster of this node alone.
         None => {
             if let Some(n) = node {
-                peers.push(Peer { id: n.id, zone: n.zone.clone(), addr: n.listen.to_string() });
+                peers.push(Peer {
+                    id: n.id,
+                    zone: n.zone.clone(),
+                    addr: n.listen.to_string(),
+                });
             }
         }
         Some(list) => {
             if list.is_empty() {
-                p.push(Problem::new("cluster.peers", "is empty: list every bootstrap member, this node included"));
+                p.push(Problem::new(
+                    "cluster.peers",
+                    "is empty: list every bootstrap member, this node included",
+                ));
             }
             for (i, t) in list.iter().enumerate() {
                 let Some(t) = t else { continue };
@@ -371,7 +413,12 @@ fn parse_cluster(
             Some(_) => {}
         }
     }
-    Some(ClusterConfig { peers, tick, election_ticks, heartbeat_ticks })
+    Some(ClusterConfig {
+        peers,
+        tick,
+        election_ticks,
+        heartbeat_ticks,
+    })
 }
 
 fn parse_peer(t: &toml::Table, i: usize, p: &mut Vec<Problem>) -> Option<Peer> {
@@ -393,7 +440,11 @@ fn parse_peer(t: &toml::Table, i: usize, p: &mut Vec<Problem>) -> Option<Peer> {
         p.push(Problem::new(s.key("addr"), reason));
     }
     s.finish(p);
-    Some(Peer { id: id? as u64, zone: zone?, addr: addr? })
+    Some(Peer {
+        id: id? as u64,
+        zone: zone?,
+        addr: addr?,
+    })
 }
 
 /// Names (zones, targets) are what operators type and what labels carry:
@@ -401,7 +452,9 @@ fn parse_peer(t: &toml::Table, i: usize, p: &mut Vec<Problem>) -> Option<Peer> {
 pub(crate) fn check_name(key: &str, name: &str, p: &mut Vec<Problem>) {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !ok {
         p.push(Problem::new(
             key,

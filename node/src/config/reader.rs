@@ -20,12 +20,20 @@ pub(crate) struct Section<'a> {
 
 impl<'a> Section<'a> {
     pub(crate) fn new(table: &'a Table, path: impl Into<String>) -> Self {
-        Self { table, path: path.into(), used: BTreeSet::new() }
+        Self {
+            table,
+            path: path.into(),
+            used: BTreeSet::new(),
+        }
     }
 
     /// The full path of `key` in this table.
     pub(crate) fn key(&self, key: &str) -> String {
-        if self.path.is_empty() { key.to_owned() } else { format!("{}.{key}", self.path) }
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
     }
 
     /// Whether `key` is present (marks it as known).
@@ -107,7 +115,11 @@ impl<'a> Section<'a> {
     }
 
     /// An array of strings.
-    pub(crate) fn strings(&mut self, key: &'static str, p: &mut Vec<Problem>) -> Option<Vec<String>> {
+    pub(crate) fn strings(
+        &mut self,
+        key: &'static str,
+        p: &mut Vec<Problem>,
+    ) -> Option<Vec<String>> {
         let v = self.raw(key)?;
         let Value::Array(items) = v else {
             self.wrong_type(key, "an array of strings", v, p);
@@ -201,8 +213,20 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
         assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
-        assert!(parse_duration("0s").unwrap_err().contains("greater than zero"));
-        assert!(parse_duration("2 hours please").unwrap_err().contains("invalid duration"));
-        assert!(parse_duration("10").unwrap_err().contains("invalid duration"));
+        assert!(
+            parse_duration("0s")
+                .unwrap_err()
+                .contains("greater than zero")
+        );
+        assert!(
+            parse_duration("2 hours please")
+                .unwrap_err()
+                .contains("invalid duration")
+        );
+        assert!(
+            parse_duration("10")
+                .unwrap_err()
+                .contains("invalid duration")
+        );
     }
 }

@@ -82,11 +82,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pw");
         std::fs::write(&p, "s3cret\n").unwrap();
-        assert_eq!(SecretSource::File(p.clone()).resolve().unwrap().expose(), "s3cret");
+        assert_eq!(
+            SecretSource::File(p.clone()).resolve().unwrap().expose(),
+            "s3cret"
+        );
         let missing = dir.path().join("nope");
         let err = SecretSource::File(missing).resolve().unwrap_err();
         assert!(err.contains("nope"), "{err}");
-        let err = SecretSource::Env("FAXI_TEST_SURELY_UNSET_VAR".into()).resolve().unwrap_err();
-        assert_eq!(err, "environment variable FAXI_TEST_SURELY_UNSET_VAR is not set");
+        let err = SecretSource::Env("FAXI_TEST_SURELY_UNSET_VAR".into())
+            .resolve()
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "environment variable FAXI_TEST_SURELY_UNSET_VAR is not set"
+        );
     }
 }

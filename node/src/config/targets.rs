@@ -123,10 +123,13 @@ impl std::fmt::Display for TargetKind {
 impl FromStr for TargetKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        TargetKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
-            let all: Vec<&str> = TargetKind::ALL.iter().map(|k| k.as_str()).collect();
-            format!("unknown kind \"{s}\" (one of: {})", all.join(", "))
-        })
+        TargetKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                let all: Vec<&str> = TargetKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!("unknown kind \"{s}\" (one of: {})", all.join(", "))
+            })
     }
 }
 
@@ -277,7 +280,10 @@ pub(crate) fn parse_targets(
     for (i, spec) in &out {
         for (k, dep) in spec.depends_on.iter().enumerate() {
             if dep == &spec.name {
-                p.push(Problem::new(format!("targets[{i}].depends_on[{k}]"), "a target cannot depend on itself"));
+                p.push(Problem::new(
+                    format!("targets[{i}].depends_on[{k}]"),
+                    "a target cannot depend on itself",
+                ));
             } else if !names.contains_key(dep) {
                 p.push(Problem::new(
                     format!("targets[{i}].depends_on[{k}]"),
@@ -287,14 +293,19 @@ pub(crate) fn parse_targets(
         }
     }
     if let Some(cycle) = find_cycle(&out) {
-        p.push(Problem::new("targets", format!("depends_on forms a cycle: {}", cycle.join(" -> "))));
+        p.push(Problem::new(
+            "targets",
+            format!("depends_on forms a cycle: {}", cycle.join(" -> ")),
+        ));
     }
     out.into_iter().map(|(_, s)| s).collect()
 }
 
 fn find_cycle(targets: &[(usize, TargetSpec)]) -> Option<Vec<String>> {
-    let deps: BTreeMap<&str, &[String]> =
-        targets.iter().map(|(_, t)| (t.name.as_str(), t.depends_on.as_slice())).collect();
+    let deps: BTreeMap<&str, &[String]> = targets
+        .iter()
+        .map(|(_, t)| (t.name.as_str(), t.depends_on.as_slice()))
+        .collect();
     // 0 = unvisited, 1 = on the stack, 2 = done.
     let mut mark: BTreeMap<&str, u8> = BTreeMap::new();
     fn visit<'a>(
@@ -345,7 +356,10 @@ fn parse_target(
     let mut s = Section::new(t, path);
     let name = s.string("name", p);
     if !s.has("name") {
-        p.push(Problem::new(s.key("name"), "missing: every target needs a unique name"));
+        p.push(Problem::new(
+            s.key("name"),
+            "missing: every target needs a unique name",
+        ));
     }
     if let Some(n) = &name {
         check_name(&s.key("name"), n, p);
@@ -371,13 +385,20 @@ fn parse_target(
     let interval = s.duration("interval", p).unwrap_or(defaults.interval);
     let timeout = s.duration("timeout", p).unwrap_or(defaults.timeout);
     check_timing(path, interval, timeout, p);
-    let fall = s.int("fall", 1, 1000, p).map_or(defaults.fall, |v| v as u32);
-    let rise = s.int("rise", 1, 1000, p).map_or(defaults.rise, |v| v as u32);
+    let fall = s
+        .int("fall", 1, 1000, p)
+        .map_or(defaults.fall, |v| v as u32);
+    let rise = s
+        .int("rise", 1, 1000, p)
+        .map_or(defaults.rise, |v| v as u32);
     let depends_on = s.strings("depends_on", p).unwrap_or_default();
     let mut uniq = BTreeSet::new();
     for (k, d) in depends_on.iter().enumerate() {
         if !uniq.insert(d) {
-            p.push(Problem::new(format!("{path}.depends_on[{k}]"), format!("\"{d}\" is listed twice")));
+            p.push(Problem::new(
+                format!("{path}.depends_on[{k}]"),
+                format!("\"{d}\" is listed twice"),
+            ));
         }
     }
     let rto = s.duration("rto", p);
@@ -387,7 +408,10 @@ fn parse_target(
     {
         p.push(Problem::new(
             s.key("recovery"),
-            format!("unknown recovery plan \"{r}\" (one of: {})", RECOVERY_PLANS.join(", ")),
+            format!(
+                "unknown recovery plan \"{r}\" (one of: {})",
+                RECOVERY_PLANS.join(", ")
+            ),
         ));
     }
 
@@ -395,7 +419,10 @@ fn parse_target(
     if let Some(kind) = kind {
         for key in KIND_KEYS {
             if !kind.keys().contains(key) && s.has(key) {
-                p.push(Problem::new(s.key(key), format!("does not apply to kind \"{kind}\"")));
+                p.push(Problem::new(
+                    s.key(key),
+                    format!("does not apply to kind \"{kind}\""),
+                ));
             }
         }
     }
@@ -421,7 +448,12 @@ fn parse_target(
     })
 }
 
-fn required(s: &mut Section<'_>, key: &'static str, why: &str, p: &mut Vec<Problem>) -> Option<String> {
+fn required(
+    s: &mut Section<'_>,
+    key: &'static str,
+    why: &str,
+    p: &mut Vec<Problem>,
+) -> Option<String> {
     let v = s.string(key, p);
     if v.is_none() && !s.has(key) {
         p.push(Problem::new(s.key(key), format!("missing: {why}")));
@@ -446,7 +478,10 @@ fn secret(
     let file = s.string(file_key, p);
     let source = match (env, file) {
         (Some(_), Some(_)) => {
-            p.push(Problem::new(s.key(file_key), format!("set only one of {env_key} and {file_key}")));
+            p.push(Problem::new(
+                s.key(file_key),
+                format!("set only one of {env_key} and {file_key}"),
+            ));
             return None;
         }
         (Some(e), None) => SecretSource::Env(e),
@@ -469,7 +504,12 @@ fn secret(
 fn parse_check(kind: TargetKind, s: &mut Section<'_>, p: &mut Vec<Problem>) -> Option<Check> {
     match kind {
         TargetKind::Postgres => {
-            let dsn = required(s, "dsn", "the connection string, like \"host=db user=faxi dbname=faxi\"", p);
+            let dsn = required(
+                s,
+                "dsn",
+                "the connection string, like \"host=db user=faxi dbname=faxi\"",
+                p,
+            );
             let query = s.string("query", p).unwrap_or_else(|| "SELECT 1".into());
             if query.trim().is_empty() {
                 p.push(Problem::new(s.key("query"), "must not be empty"));
@@ -486,10 +526,17 @@ fn parse_check(kind: TargetKind, s: &mut Section<'_>, p: &mut Vec<Problem>) -> O
                     }
                     Ok(_) => {}
                     // The driver's message never repeats the DSN's contents.
-                    Err(e) => p.push(Problem::new(s.key("dsn"), format!("is not a valid DSN: {e}"))),
+                    Err(e) => p.push(Problem::new(
+                        s.key("dsn"),
+                        format!("is not a valid DSN: {e}"),
+                    )),
                 }
             }
-            Some(Check::Postgres(PostgresCheck { dsn: dsn?, query, password: password? }))
+            Some(Check::Postgres(PostgresCheck {
+                dsn: dsn?,
+                query,
+                password: password?,
+            }))
         }
         TargetKind::Redis => {
             let url = required(s, "url", "like \"redis://redis:6379\"", p);
@@ -500,35 +547,52 @@ fn parse_check(kind: TargetKind, s: &mut Section<'_>, p: &mut Vec<Problem>) -> O
                     p.push(Problem::new(s.key("url"), "must start with redis://"));
                 } else {
                     match u.as_str().into_connection_info() {
-                        Ok(info) if info.redis_settings().password().is_some() => p.push(Problem::new(
-                            s.key("url"),
-                            "contains a password: move it to password_env or password_file",
-                        )),
+                        Ok(info) if info.redis_settings().password().is_some() => {
+                            p.push(Problem::new(
+                                s.key("url"),
+                                "contains a password: move it to password_env or password_file",
+                            ))
+                        }
                         Ok(_) => {}
                         Err(_) => p.push(Problem::new(s.key("url"), "is not a valid redis:// URL")),
                     }
                 }
             }
-            Some(Check::Redis(RedisCheck { url: url?, username, password: password? }))
+            Some(Check::Redis(RedisCheck {
+                url: url?,
+                username,
+                password: password?,
+            }))
         }
         TargetKind::Http => {
             let url = required(s, "url", "like \"http://app:4000/health\"", p);
-            let expect_status = s.int("expect_status", 100, 599, p).map_or(200, |v| v as u16);
+            let expect_status = s
+                .int("expect_status", 100, 599, p)
+                .map_or(200, |v| v as u16);
             if let Some(u) = &url {
                 match u.parse::<hyper::Uri>() {
                     Ok(uri) => {
                         if !matches!(uri.scheme_str(), Some("http" | "https")) {
-                            p.push(Problem::new(s.key("url"), "must start with http:// or https://"));
+                            p.push(Problem::new(
+                                s.key("url"),
+                                "must start with http:// or https://",
+                            ));
                         } else if uri.host().is_none_or(str::is_empty) {
                             p.push(Problem::new(s.key("url"), "names no host"));
                         } else if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
                             p.push(Problem::new(s.key("url"), "must not carry credentials"));
                         }
                     }
-                    Err(e) => p.push(Problem::new(s.key("url"), format!("is not a valid URL: {e}"))),
+                    Err(e) => p.push(Problem::new(
+                        s.key("url"),
+                        format!("is not a valid URL: {e}"),
+                    )),
                 }
             }
-            Some(Check::Http(HttpCheck { url: url?, expect_status }))
+            Some(Check::Http(HttpCheck {
+                url: url?,
+                expect_status,
+            }))
         }
         TargetKind::Tcp => {
             let addr = required(s, "addr", "host:port", p);
@@ -545,9 +609,16 @@ fn parse_check(kind: TargetKind, s: &mut Section<'_>, p: &mut Vec<Problem>) -> O
             let prefix = s.string("prefix", p).unwrap_or_default();
             let rpo = s.duration("rpo", p);
             if rpo.is_none() && !s.has("rpo") {
-                p.push(Problem::new(s.key("rpo"), "missing: the recovery point objective, like \"2h\""));
+                p.push(Problem::new(
+                    s.key("rpo"),
+                    "missing: the recovery point objective, like \"2h\"",
+                ));
             }
-            Some(Check::Backup(BackupCheck { s3: s3?, prefix, rpo: rpo? }))
+            Some(Check::Backup(BackupCheck {
+                s3: s3?,
+                prefix,
+                rpo: rpo?,
+            }))
         }
     }
 }
@@ -558,18 +629,28 @@ fn parse_s3(s: &mut Section<'_>, canary_allowed: bool, p: &mut Vec<Problem>) -> 
     if let Some(e) = &endpoint {
         match e.parse::<hyper::Uri>() {
             Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
-            _ => p.push(Problem::new(s.key("endpoint"), format!("\"{e}\" is not an http(s):// URL"))),
+            _ => p.push(Problem::new(
+                s.key("endpoint"),
+                format!("\"{e}\" is not an http(s):// URL"),
+            )),
         }
     }
     let region = s.string("region", p).unwrap_or_else(|| "us-east-1".into());
     let path_style = s.boolean("path_style", p).unwrap_or(false);
-    let canary = if canary_allowed { s.boolean("canary", p).unwrap_or(false) } else { false };
+    let canary = if canary_allowed {
+        s.boolean("canary", p).unwrap_or(false)
+    } else {
+        false
+    };
     let access_key = secret(s, "access_key_env", "access_key_file", p);
     let secret_key = secret(s, "secret_key_env", "secret_key_file", p);
     let access_key = match access_key {
         Some(Some(k)) => Some(k),
         Some(None) => {
-            p.push(Problem::new(s.key("access_key_env"), "missing: set access_key_env or access_key_file"));
+            p.push(Problem::new(
+                s.key("access_key_env"),
+                "missing: set access_key_env or access_key_file",
+            ));
             None
         }
         None => None,
@@ -577,7 +658,10 @@ fn parse_s3(s: &mut Section<'_>, canary_allowed: bool, p: &mut Vec<Problem>) -> 
     let secret_key = match secret_key {
         Some(Some(k)) => Some(k),
         Some(None) => {
-            p.push(Problem::new(s.key("secret_key_env"), "missing: set secret_key_env or secret_key_file"));
+            p.push(Problem::new(
+                s.key("secret_key_env"),
+                "missing: set secret_key_env or secret_key_file",
+            ));
             None
         }
         None => None,

@@ -62,8 +62,15 @@ pub(super) struct HttpProbe {
 
 impl HttpProbe {
     pub(super) fn new(c: &HttpCheck, client: HttpClient) -> Result<Self, String> {
-        let uri = c.url.parse::<Uri>().map_err(|e| format!("invalid url: {e}"))?;
-        Ok(Self { uri, expect: c.expect_status, client })
+        let uri = c
+            .url
+            .parse::<Uri>()
+            .map_err(|e| format!("invalid url: {e}"))?;
+        Ok(Self {
+            uri,
+            expect: c.expect_status,
+            client,
+        })
     }
 }
 
@@ -71,7 +78,10 @@ impl Probe for HttpProbe {
     fn check(&self) -> ProbeFuture<'_> {
         Box::pin(async move {
             let req = hyper::Request::get(self.uri.clone())
-                .header(hyper::header::USER_AGENT, concat!("faxi-watchdog/", env!("CARGO_PKG_VERSION")))
+                .header(
+                    hyper::header::USER_AGENT,
+                    concat!("faxi-watchdog/", env!("CARGO_PKG_VERSION")),
+                )
                 .body(Empty::new())
                 .map_err(|e| ProbeError::new(format!("bad request: {e}")))?;
             let resp = self
@@ -92,9 +102,15 @@ impl Probe for HttpProbe {
                 }
             }
             if status == self.expect {
-                Ok(Healthy { detail: format!("HTTP {status}"), ..Healthy::default() })
+                Ok(Healthy {
+                    detail: format!("HTTP {status}"),
+                    ..Healthy::default()
+                })
             } else {
-                Err(ProbeError::new(format!("HTTP {status}, expected {}", self.expect)))
+                Err(ProbeError::new(format!(
+                    "HTTP {status}, expected {}",
+                    self.expect
+                )))
             }
         })
     }

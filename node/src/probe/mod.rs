@@ -23,6 +23,7 @@ use crate::config::{Check, TargetSpec};
 use crate::verdict::Outcome;
 
 pub use http::HttpClient;
+pub use s3::http_client as s3_http_client;
 
 /// What a probe's future resolves to.
 pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<Healthy, ProbeError>> + Send + 'a>>;
@@ -57,7 +58,10 @@ pub struct ProbeError {
 impl ProbeError {
     /// A failure with a reason.
     pub fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into(), timed_out: false }
+        Self {
+            message: message.into(),
+            timed_out: false,
+        }
     }
 
     /// A failure described by an error and all its sources.
@@ -113,7 +117,11 @@ pub async fn run(probe: &dyn Probe, timeout: Duration) -> Report {
     let latency = start.elapsed();
     match result {
         Ok(Ok(h)) => Report {
-            outcome: if h.stale { Outcome::Stale } else { Outcome::Success },
+            outcome: if h.stale {
+                Outcome::Stale
+            } else {
+                Outcome::Success
+            },
             latency,
             detail: h.detail,
             error: None,
@@ -132,7 +140,10 @@ pub async fn run(probe: &dyn Probe, timeout: Duration) -> Report {
             outcome: Outcome::Failure,
             latency,
             detail: String::new(),
-            error: Some(format!("timed out after {}", humantime::format_duration(timeout))),
+            error: Some(format!(
+                "timed out after {}",
+                humantime::format_duration(timeout)
+            )),
             timed_out: true,
             backup_age: None,
         },
@@ -151,7 +162,11 @@ pub struct ProbeContext {
 impl ProbeContext {
     /// A context for node `node_id`; pools are made on first use.
     pub fn new(node_id: u64) -> Self {
-        Self { node_id, http: Arc::default(), s3_http: Arc::default() }
+        Self {
+            node_id,
+            http: Arc::default(),
+            s3_http: Arc::default(),
+        }
     }
 
     fn http(&self) -> HttpClient {

@@ -29,7 +29,10 @@ impl PostgresProbe {
         }
         config.connect_timeout(timeout);
         config.application_name("faxi-watchdog");
-        Ok(Self { config, query: c.query.clone() })
+        Ok(Self {
+            config,
+            query: c.query.clone(),
+        })
     }
 }
 
@@ -62,7 +65,10 @@ impl Probe for PostgresProbe {
                 .count();
             drop(client);
             let _ = tokio::time::timeout(GOODBYE, conn).await;
-            Ok(Healthy { detail: format!("query ok, {n} row(s)"), ..Healthy::default() })
+            Ok(Healthy {
+                detail: format!("query ok, {n} row(s)"),
+                ..Healthy::default()
+            })
         })
     }
 }

@@ -15,7 +15,11 @@ pub(super) struct RedisProbe {
 
 impl RedisProbe {
     pub(super) fn new(c: &RedisCheck, timeout: Duration) -> Result<Self, String> {
-        let info = c.url.as_str().into_connection_info().map_err(|_| "invalid redis url".to_owned())?;
+        let info = c
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|_| "invalid redis url".to_owned())?;
         let mut settings = info.redis_settings().clone();
         if let Some(u) = &c.username {
             settings = settings.set_username(u);
@@ -28,13 +32,18 @@ impl RedisProbe {
         let conn_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
-        Ok(Self { client, conn_config })
+        Ok(Self {
+            client,
+            conn_config,
+        })
     }
 }
 
 /// `role:master` out of an `INFO replication` answer.
 fn role(info: &str) -> Option<&str> {
-    info.lines().find_map(|l| l.strip_prefix("role:")).map(str::trim)
+    info.lines()
+        .find_map(|l| l.strip_prefix("role:"))
+        .map(str::trim)
 }
 
 impl Probe for RedisProbe {
@@ -58,7 +67,10 @@ impl Probe for RedisProbe {
                 .await
                 .map_err(|e| ProbeError::from_error("INFO failed", &e))?;
             let role = role(&info).unwrap_or("unknown");
-            Ok(Healthy { detail: format!("role={role}"), ..Healthy::default() })
+            Ok(Healthy {
+                detail: format!("role={role}"),
+                ..Healthy::default()
+            })
         })
     }
 }

@@ -17,10 +17,12 @@ use crate::config::{BackupCheck, S3Check};
 const MAX_PAGES: usize = 100;
 
 /// The HTTP client every S3 target of a node shares (rustls with ring).
-pub(super) fn http_client() -> SharedHttpClient {
+pub fn http_client() -> SharedHttpClient {
     use aws_smithy_http_client::tls;
     aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
         .build_https()
 }
 
@@ -62,9 +64,14 @@ pub(super) struct S3Probe {
 
 impl S3Probe {
     pub(super) fn new(c: &S3Check, target: &str, timeout: Duration, ctx: &ProbeContext) -> Self {
-        let canary_key =
-            c.canary.then(|| format!(".faxi-watchdog/canary/node-{}/{target}", ctx.node_id));
-        Self { client: client(c, timeout, ctx), bucket: c.bucket.clone(), canary_key }
+        let canary_key = c
+            .canary
+            .then(|| format!(".faxi-watchdog/canary/node-{}/{target}", ctx.node_id));
+        Self {
+            client: client(c, timeout, ctx),
+            bucket: c.bucket.clone(),
+            canary_key,
+        }
     }
 }
 
@@ -78,7 +85,10 @@ impl Probe for S3Probe {
                 .await
                 .map_err(|e| s3_error("HeadBucket", e))?;
             let Some(key) = &self.canary_key else {
-                return Ok(Healthy { detail: "bucket reachable".into(), ..Healthy::default() });
+                return Ok(Healthy {
+                    detail: "bucket reachable".into(),
+                    ..Healthy::default()
+                });
             };
             let nanos = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -107,7 +117,9 @@ impl Probe for S3Probe {
                 .map_err(|e| s3_error("canary GetObject body", e))?
                 .into_bytes();
             if got.as_ref() != body.as_bytes() {
-                return Err(ProbeError::new("canary GetObject returned other content than was put"));
+                return Err(ProbeError::new(
+                    "canary GetObject returned other content than was put",
+                ));
             }
             self.client
                 .delete_object()
@@ -116,7 +128,10 @@ impl Probe for S3Probe {
                 .send()
                 .await
                 .map_err(|e| s3_error("canary DeleteObject", e))?;
-            Ok(Healthy { detail: "canary put/get/delete ok".into(), ..Healthy::default() })
+            Ok(Healthy {
+                detail: "canary put/get/delete ok".into(),
+                ..Healthy::default()
+            })
         })
     }
 }
@@ -156,7 +171,9 @@ impl Probe for BackupProbe {
                     .await
                     .map_err(|e| s3_error("ListObjectsV2", e))?;
                 for o in page.contents() {
-                    let Some(t) = o.last_modified().and_then(|t| SystemTime::try_from(*t).ok())
+                    let Some(t) = o
+                        .last_modified()
+                        .and_then(|t| SystemTime::try_from(*t).ok())
                     else {
                         continue;
                     };

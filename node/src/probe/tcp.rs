@@ -12,7 +12,9 @@ pub(super) struct TcpProbe {
 
 impl TcpProbe {
     pub(super) fn new(c: &TcpCheck) -> Self {
-        Self { addr: c.addr.clone() }
+        Self {
+            addr: c.addr.clone(),
+        }
     }
 }
 
@@ -22,8 +24,14 @@ impl Probe for TcpProbe {
             let stream = TcpStream::connect(&self.addr)
                 .await
                 .map_err(|e| ProbeError::from_error("connect failed", &e))?;
-            let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-            Ok(Healthy { detail: format!("connected to {peer}"), ..Healthy::default() })
+            let peer = stream
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            Ok(Healthy {
+                detail: format!("connected to {peer}"),
+                ..Healthy::default()
+            })
         })
     }
 }

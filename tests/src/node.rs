@@ -1,0 +1,167 @@
+//! Real `faxi-watchdog` processes, with their config in a temp dir, their
+//! logs captured and their metrics scraped.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+use crate::{free_port, metric, wait_for, workspace_bin};
+
+/// A running node process; killed on drop.
+#[derive(Debug)]
+pub struct NodeProcess {
+    /// Its `/metrics` address.
+    pub metrics: SocketAddr,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its stderr (JSON log lines).
+    pub log: PathBuf,
+    child: Option<Child>,
+    _dir: TempDir,
+}
+
+/// The `[node]` section for a node listening on free loopback ports; the
+/// caller appends `[probe_defaults]` and `[[targets]]`.
+pub fn node_section(id: u64, zone: &str, dir: &std::path::Path) -> (String, SocketAddr) {
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let text = format!(
+        "[node]\nid = {id}\nzone = \"{zone}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"{metrics}\"\n\n",
+        dir.join("data").display(),
+        free_port()
+    );
+    (text, metrics)
+}
+
+impl NodeProcess {
+    /// Starts `faxi-watchdog run` with `[node]` generated and `rest` appended
+    /// (targets, defaults); returns once `/healthz` answers.
+    pub async fn start(rest: &str) -> NodeProcess {
+        Self::start_with_env(rest, &[]).await
+    }
+
+    /// As [`NodeProcess::start`], with extra environment variables (secrets).
+    pub async fn start_with_env(rest: &str, env: &[(&str, &str)]) -> NodeProcess {
+        let dir = tempfile::Builder::new()
+            .prefix("faxi-node-")
+            .tempdir()
+            .unwrap();
+        let (head, metrics) = node_section(1, "zone-a", dir.path());
+        let config = dir.path().join("node.toml");
+        std::fs::write(&config, format!("{head}{rest}")).unwrap();
+        let log = dir.path().join("node.log");
+        let child = Command::new(workspace_bin("faxi-watchdog"))
+            .args(["run", "--log-format", "json", "--config"])
+            .arg(&config)
+            .envs(env.iter().copied())
+            .env("FAXI_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let node = NodeProcess {
+            metrics,
+            config,
+            log,
+            child: Some(child),
+            _dir: dir,
+        };
+        wait_for("the node's /healthz", Duration::from_secs(20), || {
+            node.get("/healthz")
+        })
+        .await;
+        node
+    }
+
+    /// GETs a path of the metrics listener; the body on 200.
+    pub async fn get(&self, path: &str) -> Result<String, String> {
+        let mut s = TcpStream::connect(self.metrics)
+            .await
+            .map_err(|e| e.to_string())?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (head, body) = out.split_once("\r\n\r\n").ok_or("no header end")?;
+        if !head.starts_with("HTTP/1.1 200") {
+            return Err(head.lines().next().unwrap_or_default().to_owned());
+        }
+        // The metrics server answers with a content-length body (no chunking).
+        Ok(body.to_owned())
+    }
+
+    /// The node's current `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        self.get("/metrics").await.unwrap()
+    }
+
+    /// Waits until the node's verdict on `target` is `verdict`.
+    pub async fn wait_verdict(&self, target: &str, verdict: &str, deadline: Duration) {
+        let what = format!("{target} to be {verdict}");
+        wait_for(&what, deadline, || async {
+            let text = self.get("/metrics").await?;
+            match metric(
+                &text,
+                "faxi_local_verdict",
+                &[("target", target), ("verdict", verdict)],
+            ) {
+                Some(v) if v == 1.0 => Ok(()),
+                _ => {
+                    let now = ["UNKNOWN", "UP", "DOWN", "STALE"].into_iter().find(|v| {
+                        metric(
+                            &text,
+                            "faxi_local_verdict",
+                            &[("target", target), ("verdict", v)],
+                        ) == Some(1.0)
+                    });
+                    Err(format!("verdict is {now:?}"))
+                }
+            }
+        })
+        .await
+    }
+
+    /// The log so far, one JSON object per line.
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The raw log text.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().expect("pid");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        tokio::time::timeout(Duration::from_secs(20), child.wait())
+            .await
+            .expect("exit after SIGTERM")
+            .unwrap()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().and_then(Child::id).expect("running")
+    }
+}

@@ -1,0 +1,191 @@
+//! A private PostgreSQL: `initdb` + `pg_ctl` on a free port in a temp dir,
+//! password authentication (scram-sha-256) on TCP.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::{free_port, is_root, wait_listening};
+
+/// The superuser the instance is created with.
+pub const USER: &str = "faxi";
+/// Its password.
+pub const PASSWORD: &str = "faxi-test-pw";
+
+/// A running PostgreSQL; stopped (immediate) on drop.
+#[derive(Debug)]
+pub struct Postgres {
+    /// Where it listens.
+    pub port: u16,
+    dir: TempDir,
+    bin: PathBuf,
+}
+
+fn pg_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("PG_BIN") {
+        return PathBuf::from(p);
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    versions.pop().unwrap_or_default()
+}
+
+/// Runs a PostgreSQL tool, as `postgres` when we are root (initdb refuses root).
+fn pg(bin: &Path, tool: &str, args: &[&str]) -> std::process::Output {
+    let exe = bin.join(tool);
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(&exe);
+        c
+    } else {
+        Command::new(&exe)
+    };
+    cmd.args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()))
+}
+
+impl Postgres {
+    /// initdb, then start on a free port; returns once it accepts connections.
+    pub async fn start() -> Postgres {
+        let bin = pg_bin();
+        let dir = tempfile::Builder::new()
+            .prefix("faxi-pg-")
+            .tempdir()
+            .unwrap();
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["postgres:"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown postgres {}", dir.path().display());
+        }
+        let data = dir.path().join("data");
+        let pwfile = dir.path().join("pw");
+        std::fs::write(&pwfile, PASSWORD).unwrap();
+        if is_root() {
+            Command::new("chown")
+                .args(["postgres:"])
+                .arg(&pwfile)
+                .status()
+                .unwrap();
+        }
+        let out = pg(
+            &bin,
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                USER,
+                &format!("--pwfile={}", pwfile.display()),
+                "-A",
+                "scram-sha-256",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pg = Postgres {
+            port: free_port(),
+            dir,
+            bin,
+        };
+        pg.start_again().await;
+        pg
+    }
+
+    /// Starts the (stopped) instance again on the same port and data.
+    pub async fn start_again(&self) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("log");
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=50",
+            self.port,
+            self.dir.path().display()
+        );
+        let out = pg(
+            &self.bin,
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-w",
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        wait_listening(
+            "postgres",
+            ([127, 0, 0, 1], self.port).into(),
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+
+    /// Kills it as a crash would (`pg_ctl stop -m immediate`).
+    pub fn kill(&self) {
+        let data = self.dir.path().join("data");
+        let _ = pg(
+            &self.bin,
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    /// A DSN without the password, as the config wants it.
+    pub fn dsn(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={USER} dbname=postgres",
+            self.port
+        )
+    }
+
+    /// A connected client with the right password.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(
+            &format!("{} password={PASSWORD}", self.dsn()),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        client
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
