@@ -1,1 +1,142 @@
+//! Parser unit tests; the corpus of bad files lives in tests/configs.
 
+use std::time::Duration;
+
+use super::*;
+
+const NODE: &str = "[node]\nid = 1\nzone = \"zone-a\"\n";
+
+fn problems(text: &str) -> Vec<String> {
+    match Config::parse(text) {
+        Ok(_) => vec![],
+        Err(p) => p
+            .into_iter()
+            .map(|p| format!("{}: {}", p.key, p.reason))
+            .collect(),
+    }
+}
+
+#[test]
+fn defaults_fill_what_is_not_said() {
+    let c = Config::parse(&format!(
+        "{NODE}\n[[targets]]\nname = \"app\"\nkind = \"http\"\nurl = \"http://app:4000/health\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.node.listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(c.node.metrics_listen.to_string(), DEFAULT_METRICS_LISTEN);
+    assert_eq!(c.node.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    assert_eq!(c.cluster.tick, Duration::from_millis(100));
+    assert_eq!(
+        (c.cluster.election_ticks, c.cluster.heartbeat_ticks),
+        (10, 1)
+    );
+    // No [cluster]: a cluster of this node alone.
+    assert_eq!(
+        c.cluster.peers,
+        vec![Peer {
+            id: 1,
+            zone: "zone-a".into(),
+            addr: DEFAULT_LISTEN.into()
+        }]
+    );
+    let t = &c.targets[0];
+    assert_eq!(
+        (t.interval, t.timeout, t.fall, t.rise),
+        (DEFAULT_INTERVAL, DEFAULT_TIMEOUT, 3, 2)
+    );
+    let Check::Http(h) = &t.check else {
+        panic!("{t:?}")
+    };
+    assert_eq!(h.expect_status, 200);
+}
+
+#[test]
+fn probe_defaults_apply_and_targets_override_them() {
+    let c = Config::parse(&format!(
+        "{NODE}\n[probe_defaults]\ninterval = \"2s\"\ntimeout = \"1s\"\nfall = 5\nrise = 4\n\n\
+         [[targets]]\nname = \"a\"\nkind = \"tcp\"\naddr = \"a:1\"\n\n\
+         [[targets]]\nname = \"b\"\nkind = \"tcp\"\naddr = \"b:1\"\ninterval = \"250ms\"\ntimeout = \"250ms\"\nfall = 1\n"
+    ))
+    .unwrap();
+    let (a, b) = (&c.targets[0], &c.targets[1]);
+    assert_eq!(
+        (a.interval, a.timeout, a.fall, a.rise),
+        (Duration::from_secs(2), Duration::from_secs(1), 5, 4)
+    );
+    assert_eq!(
+        (b.interval, b.timeout, b.fall, b.rise),
+        (Duration::from_millis(250), Duration::from_millis(250), 1, 4)
+    );
+}
+
+#[test]
+fn secrets_are_read_from_files_and_never_debug_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "pg-s3cret\n").unwrap();
+    let c = Config::parse(&format!(
+        "{NODE}\n[[targets]]\nname = \"db\"\nkind = \"postgres\"\ndsn = \"host=db user=faxi\"\npassword_file = \"{}\"\n",
+        pw.display()
+    ))
+    .unwrap();
+    let Check::Postgres(p) = &c.targets[0].check else {
+        panic!()
+    };
+    assert_eq!(p.password.as_ref().unwrap().expose(), "pg-s3cret");
+    assert_eq!(p.query, "SELECT 1");
+    assert!(!format!("{c:?}").contains("pg-s3cret"));
+}
+
+#[test]
+fn both_secret_sources_at_once_is_a_problem() {
+    let p = problems(&format!(
+        "{NODE}\n[[targets]]\nname = \"db\"\nkind = \"postgres\"\ndsn = \"host=db\"\npassword_env = \"A\"\npassword_file = \"/b\"\n"
+    ));
+    assert_eq!(
+        p,
+        vec!["targets[0].password_file: set only one of password_env and password_file"]
+    );
+}
+
+#[test]
+fn every_problem_is_reported_not_just_the_first() {
+    let p = problems(
+        "[node]\nid = 0\nzone = \"\"\nbogus = 1\n\n[probe_defaults]\ninterval = \"5ms\"\n\n\
+         [[targets]]\nkind = \"tcp\"\n\n[[targets]]\nname = \"x\"\nkind = \"http\"\nurl = \"http://x\"\nrise = -1\n",
+    );
+    let want = [
+        "node.id: 0 is out of range",
+        "node.zone: \"\" is not a valid name",
+        "node.bogus: unknown key",
+        "probe_defaults.interval: 5ms is too short",
+        "probe_defaults.timeout: 800ms exceeds the interval (5ms)",
+        "targets[0].name: missing",
+        "targets[0].addr: missing",
+        "targets[1].rise: -1 is out of range",
+    ];
+    for w in want {
+        assert!(p.iter().any(|x| x.starts_with(w)), "no {w:?} in {p:#?}");
+    }
+}
+
+#[test]
+fn a_config_error_names_file_key_and_reason_per_line() {
+    let e = ConfigError {
+        file: PathBuf::from("/etc/faxi.toml"),
+        problems: vec![Problem::new("a.b", "bad"), Problem::new("c", "worse")],
+    };
+    assert_eq!(
+        e.to_string(),
+        "/etc/faxi.toml: a.b: bad\n/etc/faxi.toml: c: worse"
+    );
+}
+
+#[test]
+fn peers_with_this_node_parse() {
+    let c = Config::parse(&format!(
+        "{NODE}\n[cluster]\npeers = [\n {{ id = 1, zone = \"zone-a\", addr = \"wd-a:7400\" }},\n {{ id = 2, zone = \"zone-b\", addr = \"wd-b:7400\" }},\n]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.cluster.peers.len(), 2);
+    assert_eq!(c.zone_of(2), Some("zone-b"));
+}

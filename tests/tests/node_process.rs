@@ -1,0 +1,235 @@
+//! A real `faxi-watchdog run` process: rise/fall transitions logged as
+//! structured events, metrics and health endpoints, isolation of hanging
+//! targets, secrets kept out of logs and metrics, clean SIGTERM.
+
+use std::time::Duration;
+
+use faxi_tests::http::AppStub;
+use faxi_tests::node::NodeProcess;
+use faxi_tests::redis::Redis;
+use faxi_tests::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+use faxi_tests::{Blackhole, Silent, metric, secret_file, wait_for};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn verdict_events(node: &NodeProcess, target: &str) -> Vec<(String, String)> {
+    node.log_lines()
+        .into_iter()
+        .filter(|l| l["message"] == "verdict changed" && l["target_name"] == target)
+        .map(|l| {
+            (
+                l["from"].as_str().unwrap_or("").to_owned(),
+                l["to"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn rise_and_fall_transitions_are_logged_and_exported() {
+    let app = AppStub::start().await;
+    let mut node = NodeProcess::start(&format!(
+        "[[targets]]\nname = \"app\"\nkind = \"http\"\nurl = \"{}\"\ninterval = \"100ms\"\ntimeout = \"80ms\"\nfall = 3\nrise = 2\n",
+        app.url()
+    ))
+    .await;
+    node.wait_verdict("app", "UP", DEADLINE).await;
+
+    app.set_status(500);
+    node.wait_verdict("app", "DOWN", DEADLINE).await;
+    let text = node.metrics_text().await;
+    let failures = metric(
+        &text,
+        "faxi_probes_total",
+        &[("target", "app"), ("result", "failure")],
+    )
+    .unwrap();
+    assert!(
+        failures >= 3.0,
+        "DOWN after only {failures} failures (fall = 3)"
+    );
+    assert_eq!(
+        metric(&text, "faxi_probe_up", &[("target", "app")]),
+        Some(0.0)
+    );
+
+    app.set_status(200);
+    node.wait_verdict("app", "UP", DEADLINE).await;
+
+    let events = verdict_events(&node, "app");
+    let want: Vec<(String, String)> = [("UNKNOWN", "UP"), ("UP", "DOWN"), ("DOWN", "UP")]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(events, want, "log:\n{}", node.log_text());
+    let down = node
+        .log_lines()
+        .into_iter()
+        .find(|l| l["message"] == "verdict changed" && l["to"] == "DOWN")
+        .unwrap();
+    assert_eq!(down["error"], "HTTP 500, expected 200");
+    assert_eq!(down["level"], "WARN");
+
+    let status = node.terminate().await;
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
+    assert!(
+        node.log_text().contains("\"stopped\""),
+        "{}",
+        node.log_text()
+    );
+}
+
+#[tokio::test]
+async fn hanging_targets_do_not_delay_the_others() {
+    let app = AppStub::start().await;
+    let hole = Blackhole::start().await;
+    let silent = Silent::start().await;
+    let node = NodeProcess::start(&format!(
+        "[probe_defaults]\ninterval = \"500ms\"\ntimeout = \"400ms\"\nfall = 2\nrise = 1\n\n\
+         [[targets]]\nname = \"blackholed\"\nkind = \"tcp\"\naddr = \"{}\"\n\n\
+         [[targets]]\nname = \"silent\"\nkind = \"http\"\nurl = \"http://{}/health\"\n\n\
+         [[targets]]\nname = \"app\"\nkind = \"http\"\nurl = \"{}\"\ninterval = \"50ms\"\ntimeout = \"40ms\"\n",
+        hole.addr,
+        silent.addr,
+        app.url()
+    ))
+    .await;
+    node.wait_verdict("blackholed", "DOWN", DEADLINE).await;
+    node.wait_verdict("silent", "DOWN", DEADLINE).await;
+    // While the two hanging targets time out again and again, the app keeps
+    // being probed on its own schedule and never fails.
+    wait_for(
+        "3 more timeouts of each hanging target",
+        DEADLINE,
+        || async {
+            let t = node.get("/metrics").await?;
+            let a = metric(
+                &t,
+                "faxi_probes_total",
+                &[("target", "blackholed"), ("result", "timeout")],
+            )
+            .unwrap_or(0.0);
+            let b = metric(
+                &t,
+                "faxi_probes_total",
+                &[("target", "silent"), ("result", "timeout")],
+            )
+            .unwrap_or(0.0);
+            if a >= 5.0 && b >= 5.0 {
+                Ok(())
+            } else {
+                Err(format!("{a} and {b} timeouts"))
+            }
+        },
+    )
+    .await;
+    let t = node.metrics_text().await;
+    let ok = metric(
+        &t,
+        "faxi_probes_total",
+        &[("target", "app"), ("result", "success")],
+    )
+    .unwrap();
+    let bad = metric(
+        &t,
+        "faxi_probes_total",
+        &[("target", "app"), ("result", "failure")],
+    )
+    .unwrap()
+        + metric(
+            &t,
+            "faxi_probes_total",
+            &[("target", "app"), ("result", "timeout")],
+        )
+        .unwrap();
+    assert_eq!(bad, 0.0, "the app's probes failed while others hung");
+    // 5 timeouts at a 500 ms interval is >= 2 s: the 50 ms app must have run
+    // far more than 20 probes unless something held it back.
+    assert!(
+        ok >= 20.0,
+        "only {ok} app probes while the hanging targets timed out"
+    );
+    assert!(app.hits() as f64 >= ok);
+}
+
+#[tokio::test]
+async fn secrets_stay_out_of_logs_and_metrics() {
+    let redis = Redis::start().await;
+    let wrong = "wrong-redis-password-4711";
+    let pw = secret_file(wrong);
+    let node = NodeProcess::start_with_env(
+        &format!(
+            "[[targets]]\nname = \"redis\"\nkind = \"redis\"\nurl = \"{}\"\npassword_env = \"FAXI_TEST_REDIS_PW\"\ninterval = \"100ms\"\ntimeout = \"90ms\"\nfall = 1\n\n\
+             [[targets]]\nname = \"redis-file\"\nkind = \"redis\"\nurl = \"{}\"\npassword_file = \"{}\"\ninterval = \"100ms\"\ntimeout = \"90ms\"\nfall = 1\n",
+            redis.url(),
+            redis.url(),
+            pw.path().display()
+        ),
+        &[("FAXI_TEST_REDIS_PW", wrong)],
+    )
+    .await;
+    node.wait_verdict("redis", "DOWN", DEADLINE).await;
+    node.wait_verdict("redis-file", "DOWN", DEADLINE).await;
+    let log = node.log_text();
+    assert!(log.contains("verdict changed"), "{log}");
+    assert!(!log.contains(wrong), "a password reached the log:\n{log}");
+    assert!(!node.metrics_text().await.contains(wrong));
+}
+
+#[tokio::test]
+async fn backup_age_and_stale_verdict_are_exported() {
+    let s3 = S3Server::start().await;
+    s3.create_bucket("faxi-backups").await;
+    s3.put_aged(
+        "faxi-backups",
+        "postgres/faxi.sql.gz",
+        Duration::from_secs(3 * 3600),
+    )
+    .await;
+    let node = NodeProcess::start_with_env(
+        &format!(
+            "[[targets]]\nname = \"pg-backups\"\nkind = \"backup\"\nendpoint = \"{}\"\nbucket = \"faxi-backups\"\npath_style = true\n\
+             prefix = \"postgres/\"\nrpo = \"2h\"\naccess_key_env = \"AK\"\nsecret_key_env = \"SK\"\ninterval = \"200ms\"\ntimeout = \"190ms\"\nfall = 1\nrise = 1\n",
+            s3.endpoint()
+        ),
+        &[("AK", ACCESS_KEY), ("SK", SECRET_KEY)],
+    )
+    .await;
+    node.wait_verdict("pg-backups", "STALE", DEADLINE).await;
+    let age = metric(
+        &node.metrics_text().await,
+        "faxi_backup_age_seconds",
+        &[("target", "pg-backups")],
+    )
+    .unwrap();
+    assert!(
+        (3.0 * 3600.0..3.0 * 3600.0 + 120.0).contains(&age),
+        "age {age}"
+    );
+
+    s3.put_aged(
+        "faxi-backups",
+        "postgres/faxi-new.sql.gz",
+        Duration::from_secs(60),
+    )
+    .await;
+    node.wait_verdict("pg-backups", "UP", DEADLINE).await;
+    let age = metric(
+        &node.metrics_text().await,
+        "faxi_backup_age_seconds",
+        &[("target", "pg-backups")],
+    )
+    .unwrap();
+    assert!((60.0..180.0).contains(&age), "age {age}");
+    assert!(!node.log_text().contains(SECRET_KEY));
+}
+
+#[tokio::test]
+async fn health_and_unknown_paths() {
+    let node = NodeProcess::start("").await;
+    assert_eq!(node.get("/healthz").await.unwrap(), "ok\n");
+    let err = node.get("/nope").await.unwrap_err();
+    assert!(err.contains("404"), "{err}");
+    let text = node.metrics_text().await;
+    assert_eq!(metric(&text, "faxi_targets", &[]), Some(0.0));
+}
