@@ -115,7 +115,7 @@ impl NodeProcess {
                 "faxi_local_verdict",
                 &[("target", target), ("verdict", verdict)],
             ) {
-                Some(v) if v == 1.0 => Ok(()),
+                Some(1.0) => Ok(()),
                 _ => {
                     let now = ["UNKNOWN", "UP", "DOWN", "STALE"].into_iter().find(|v| {
                         metric(

@@ -3,6 +3,8 @@
 //! `# expect:` lines, and what they must never show with `# never:`), and the
 //! shipped example configs, which must pass.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::process::Command;
 

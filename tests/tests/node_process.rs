@@ -2,6 +2,8 @@
 //! structured events, metrics and health endpoints, isolation of hanging
 //! targets, secrets kept out of logs and metrics, clean SIGTERM.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use faxi_tests::http::AppStub;

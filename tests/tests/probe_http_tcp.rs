@@ -1,6 +1,8 @@
 //! The http and tcp probes against a real HTTP server, a closed port, a
 //! silent server and a blackholed address.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use faxi_tests::http::AppStub;

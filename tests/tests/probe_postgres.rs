@@ -1,5 +1,7 @@
 //! The postgres probe against a real PostgreSQL.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use faxi_tests::postgres::{PASSWORD, Postgres};

@@ -1,5 +1,7 @@
 //! The redis probe against a real redis-server.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use faxi_tests::redis::{PASSWORD, Redis};
 use faxi_tests::{Silent, probe_once, secret_file, target};
 use faxi_watchdog::verdict::Outcome;

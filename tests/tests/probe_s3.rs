@@ -1,5 +1,7 @@
 //! The s3 and backup probes against a real S3-protocol server.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use faxi_tests::s3::{ACCESS_KEY, S3Server, SECRET_KEY};

@@ -227,8 +227,8 @@ mod tests {
 
     #[test]
     fn error_chain_skips_repeats() {
-        let inner = std::io::Error::new(std::io::ErrorKind::Other, "refused");
-        let outer = std::io::Error::new(std::io::ErrorKind::Other, inner);
+        let inner = std::io::Error::other("refused");
+        let outer = std::io::Error::other(inner);
         // io::Error's Display of a wrapped error repeats the inner message.
         assert_eq!(error_chain(&outer), "refused");
     }
