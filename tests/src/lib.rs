@@ -61,8 +61,11 @@ pub async fn wait_listening(what: &str, addr: SocketAddr, deadline: Duration) {
 /// A binary of this workspace, built next to the test executable.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    // A test runs from target/<profile>/deps/, a bench binary from target/<profile>/.
+    let mut dir = exe.parent().expect("exe dir");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target dir");
+    }
     let bin = dir.join(name);
     assert!(
         bin.exists(),
