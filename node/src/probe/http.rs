@@ -10,6 +10,11 @@ use hyper_util::rt::TokioExecutor;
 use super::{Healthy, Probe, ProbeError, ProbeFuture};
 use crate::config::HttpCheck;
 
+/// Idle keep-alive connections kept per host. Enough for the probes in
+/// flight at once even with thousands of targets on one host; without a cap
+/// the pool grows by one connection per connect-vs-reuse race, to thousands.
+const MAX_IDLE_PER_HOST: usize = 64;
+
 /// How much of a response body is read (and thrown away) so the connection
 /// can be reused; a bigger body closes the connection instead.
 const MAX_BODY: usize = 64 * 1024;
@@ -42,6 +47,7 @@ impl HttpClient {
         let connector = tls.https_or_http().enable_http1().wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
             .build(connector);
         Self(client)
     }

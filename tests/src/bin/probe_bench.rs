@@ -55,6 +55,7 @@ struct Row {
     timeouts: f64,
     failures: f64,
     probes: f64,
+    listen_overflows: f64,
 }
 
 /// The app stand-in: answers every request 200 with a small body.
@@ -62,7 +63,9 @@ async fn serve(listener: TcpListener) {
     while let Ok((stream, _)) = listener.accept().await {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(|_req| async {
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{\"status\":\"ok\"}"))))
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                    b"{\"status\":\"ok\"}",
+                ))))
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -90,6 +93,22 @@ fn proc_mem_mb(pid: u32, field: &str) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// The kernel's count of connections dropped because a listen queue was
+/// full: a timeout that coincides with these is the server's, not the node's.
+fn listen_overflows() -> f64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return f64::NAN;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "ListenOverflows")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 fn sum(text: &str, name: &str, result: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && l.contains(&format!("result=\"{result}\"")))
@@ -99,13 +118,19 @@ fn sum(text: &str, name: &str, result: &str) -> f64 {
 
 async fn scrape(addr: SocketAddr) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .map_err(|e| e.to_string())?;
     let mut out = String::new();
-    s.read_to_string(&mut out).await.map_err(|e| e.to_string())?;
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).ok_or_else(|| "no body".into())
+    s.read_to_string(&mut out)
+        .await
+        .map_err(|e| e.to_string())?;
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .ok_or_else(|| "no body".into())
 }
 
 async fn run_one(kind: &str, n: usize, args: &Args, server: SocketAddr) -> Row {
@@ -139,19 +164,28 @@ async fn run_one(kind: &str, n: usize, args: &Args, server: SocketAddr) -> Row {
     let pid = child.id().unwrap();
 
     // Warm-up: every target probed at least twice.
-    wait_for("every target probed twice", Duration::from_secs(120), || async move {
-        let t = scrape(metrics).await?;
-        let done = sum(&t, "faxi_probes_total", "success") + sum(&t, "faxi_probes_total", "failure")
-            + sum(&t, "faxi_probes_total", "timeout");
-        if done >= 2.0 * n as f64 { Ok(()) } else { Err(format!("{done} probes")) }
-    })
+    wait_for(
+        "every target probed twice",
+        Duration::from_secs(120),
+        || async move {
+            let t = scrape(metrics).await?;
+            let done = sum(&t, "faxi_probes_total", "success")
+                + sum(&t, "faxi_probes_total", "failure")
+                + sum(&t, "faxi_probes_total", "timeout");
+            if done >= 2.0 * n as f64 {
+                Ok(())
+            } else {
+                Err(format!("{done} probes"))
+            }
+        },
+    )
     .await;
 
     let t0 = scrape(metrics).await.unwrap();
-    let (cpu0, at0) = (proc_cpu_seconds(pid), Instant::now());
+    let (cpu0, at0, ovf0) = (proc_cpu_seconds(pid), Instant::now(), listen_overflows());
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let t1 = scrape(metrics).await.unwrap();
-    let (cpu1, at1) = (proc_cpu_seconds(pid), Instant::now());
+    let (cpu1, at1, ovf1) = (proc_cpu_seconds(pid), Instant::now(), listen_overflows());
     let rss_mb = proc_mem_mb(pid, "VmRSS:");
     let hwm_mb = proc_mem_mb(pid, "VmHWM:");
     let _ = child.kill().await;
@@ -166,19 +200,27 @@ async fn run_one(kind: &str, n: usize, args: &Args, server: SocketAddr) -> Row {
         targets: n,
         probes_per_s: probes / secs,
         cpu_s,
-        probes_per_cpu_s: if cpu_s > 0.0 { probes / cpu_s } else { f64::NAN },
+        probes_per_cpu_s: if cpu_s > 0.0 {
+            probes / cpu_s
+        } else {
+            f64::NAN
+        },
         rss_mb,
         hwm_mb,
         timeouts,
         failures,
         probes,
+        listen_overflows: ovf1 - ovf0,
     }
 }
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // A deep accept queue, so the stand-in server is not what times out.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(65535).unwrap();
     let server = listener.local_addr().unwrap();
     tokio::spawn(serve(listener));
 
@@ -192,13 +234,13 @@ async fn main() {
         }
     }
     println!(
-        "| kind | targets | probes/s | node CPU s in {} s | probes per CPU-second | RSS MB | peak RSS MB | timeouts | failures |",
+        "| kind | targets | probes/s | node CPU s in {} s | probes per CPU-second | RSS MB | peak RSS MB | timeouts | failures | listen overflows |",
         args.seconds
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.0} | {:.1} | {:.1} | {} of {} ({:.3} %) | {} |",
+            "| {} | {} | {:.0} | {:.2} | {:.0} | {:.1} | {:.1} | {} of {} ({:.3} %) | {} | {} |",
             r.kind,
             r.targets,
             r.probes_per_s,
@@ -208,8 +250,13 @@ async fn main() {
             r.hwm_mb,
             r.timeouts,
             r.probes,
-            if r.probes > 0.0 { 100.0 * r.timeouts / r.probes } else { 0.0 },
-            r.failures
+            if r.probes > 0.0 {
+                100.0 * r.timeouts / r.probes
+            } else {
+                0.0
+            },
+            r.failures,
+            r.listen_overflows
         );
     }
 }
