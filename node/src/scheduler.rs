@@ -167,7 +167,7 @@ async fn target_loop(
                 Verdict::Down | Verdict::Stale => tracing::warn!(
                     target_name = %spec.name, kind, from = %previous, to = %next,
                     latency_ms, error = report.error.as_deref().unwrap_or(""),
-                    detail = %report.detail, "verdict changed"
+                    "verdict changed"
                 ),
             }
         }

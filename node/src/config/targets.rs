@@ -261,18 +261,26 @@ pub(crate) fn parse_targets(
     defaults: &ProbeDefaults,
     p: &mut Vec<Problem>,
 ) -> Vec<TargetSpec> {
-    let mut out: Vec<(usize, TargetSpec)> = Vec::new();
+    // Names first, from every table that has one, so a target with its own
+    // problems still counts as existing for the others' `depends_on`.
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     for (i, t) in tables.iter().enumerate() {
+        let Some(toml::Value::String(name)) = t.and_then(|t| t.get("name")) else {
+            continue;
+        };
+        if let Some(j) = names.get(name) {
+            p.push(Problem::new(
+                format!("targets[{i}].name"),
+                format!("\"{name}\" is also the name of targets[{j}]"),
+            ));
+        } else {
+            names.insert(name.clone(), i);
+        }
+    }
+    let mut out: Vec<(usize, TargetSpec)> = Vec::new();
+    for (i, t) in tables.iter().enumerate() {
         let Some(t) = t else { continue };
-        let path = format!("targets[{i}]");
-        if let Some(spec) = parse_target(t, &path, defaults, p) {
-            if let Some(j) = names.insert(spec.name.clone(), i) {
-                p.push(Problem::new(
-                    format!("{path}.name"),
-                    format!("\"{}\" is also the name of targets[{j}]", spec.name),
-                ));
-            }
+        if let Some(spec) = parse_target(t, &format!("targets[{i}]"), defaults, p) {
             out.push((i, spec));
         }
     }

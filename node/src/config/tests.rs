@@ -140,3 +140,15 @@ fn peers_with_this_node_parse() {
     assert_eq!(c.cluster.peers.len(), 2);
     assert_eq!(c.zone_of(2), Some("zone-b"));
 }
+
+#[test]
+fn a_broken_target_still_counts_for_depends_on() {
+    let p = problems(&format!(
+        "{NODE}\n[[targets]]\nname = \"db\"\nkind = \"postgres\"\ndsn = \"host=db\"\npassword_env = \"FAXI_SURELY_UNSET_VAR_2\"\n\n\
+         [[targets]]\nname = \"app\"\nkind = \"http\"\nurl = \"http://app\"\ndepends_on = [\"db\"]\n"
+    ));
+    assert_eq!(
+        p,
+        vec!["targets[0].password_env: environment variable FAXI_SURELY_UNSET_VAR_2 is not set"]
+    );
+}
