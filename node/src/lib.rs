@@ -2,6 +2,7 @@
 //! backups and app. See ARCHITECTURE.md for the code map and its invariants.
 
 pub mod config;
+pub mod mesh;
 pub mod metrics;
 pub mod node;
 pub mod probe;

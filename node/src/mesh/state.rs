@@ -1,0 +1,375 @@
+//! The replicated state machine: observations in, agreed failure state out.
+//!
+//! Architecture invariant: this module is pure. No I/O, no clock, no
+//! randomness, no hash-ordered iteration: every node that applies the same
+//! committed commands in the same order holds the same state, byte for byte.
+//! Time is *log time*: the largest proposer timestamp applied so far. An
+//! observation expires when log time passes its `expires_at_ms`, never by the
+//! applier's wall clock.
+//!
+//! The rules (DESIGN.md §3):
+//! - zone verdict = what a strict majority of that zone's fresh observations
+//!   say (no fresh observation, or no majority: UNKNOWN);
+//! - the quorum is a majority of the zones that have members, or, with a
+//!   single zone, a majority of its nodes;
+//! - DOWN when DOWN zones (nodes, with one zone) reach the quorum;
+//! - SUSPECT when some zone sees DOWN but not a quorum, naming those zones;
+//! - STALE when STALE zones reach the quorum, then UP when UP zones do;
+//! - UNKNOWN otherwise.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// A Raft node id.
+pub type NodeId = u64;
+
+/// A node's verdict or a target's agreed state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum State {
+    /// Not enough fresh evidence.
+    Unknown,
+    /// Healthy.
+    Up,
+    /// Failed, as seen by a quorum (agreed) or by this node (verdict).
+    Down,
+    /// Some zone sees it down, but not a quorum: no recovery.
+    Suspect,
+    /// A backup older than its RPO.
+    Stale,
+}
+
+impl State {
+    /// Upper-case, as status output and scripts expect.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Unknown => "UNKNOWN",
+            State::Up => "UP",
+            State::Down => "DOWN",
+            State::Suspect => "SUSPECT",
+            State::Stale => "STALE",
+        }
+    }
+}
+
+impl From<crate::verdict::Verdict> for State {
+    fn from(v: crate::verdict::Verdict) -> Self {
+        use crate::verdict::Verdict;
+        match v {
+            Verdict::Unknown => State::Unknown,
+            Verdict::Up => State::Up,
+            Verdict::Down => State::Down,
+            Verdict::Stale => State::Stale,
+        }
+    }
+}
+
+/// A member of the mesh, as the state machine knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its zone.
+    pub zone: String,
+    /// Its gRPC address.
+    pub addr: String,
+}
+
+/// One node's view of one target, as proposed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    /// The target.
+    pub target: String,
+    /// The node's local verdict.
+    pub verdict: State,
+    /// Last probe latency, in microseconds.
+    pub latency_us: u64,
+    /// Last probe error, if it failed.
+    pub error: Option<String>,
+}
+
+/// A committed command. Proposals carry changes and refreshes only, batched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Node `node` reports its verdicts, taken at `at_ms` on its own clock;
+    /// they hold until `at_ms + valid_for_ms` in log time unless refreshed.
+    Observe {
+        /// The proposer.
+        node: NodeId,
+        /// Proposer clock, Unix milliseconds.
+        at_ms: u64,
+        /// How long these verdicts stay fresh without a refresh.
+        valid_for_ms: u64,
+        /// Changed or refreshed verdicts.
+        seen: Vec<Seen>,
+    },
+    /// Adds or replaces a member (its zone and address).
+    SetMember {
+        /// The member's id.
+        id: NodeId,
+        /// Zone and address.
+        member: Member,
+    },
+    /// Removes a member and forgets its observations.
+    RemoveMember {
+        /// The member's id.
+        id: NodeId,
+    },
+}
+
+/// One node's fresh-or-not observation of one target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// The verdict.
+    pub verdict: State,
+    /// Latency of the last probe, in microseconds.
+    pub latency_us: u64,
+    /// The last error.
+    pub error: Option<String>,
+    /// When it was taken (proposer clock).
+    pub at_ms: u64,
+    /// When it stops counting (log time).
+    pub expires_at_ms: u64,
+}
+
+/// A target's agreed state and the evidence behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agreed {
+    /// The agreed state.
+    pub state: State,
+    /// Log time of the last change of `state`.
+    pub since_ms: u64,
+    /// Each zone's verdict (zones with members only).
+    pub zones: BTreeMap<String, State>,
+    /// The zones that see the target DOWN (non-empty when SUSPECT).
+    pub down_zones: Vec<String>,
+}
+
+/// A change of a target's agreed state, produced by [`StateMachine::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The target.
+    pub target: String,
+    /// State before.
+    pub from: State,
+    /// State after.
+    pub to: State,
+    /// Log time of the change.
+    pub at_ms: u64,
+    /// Zones seeing it DOWN at that moment.
+    pub down_zones: Vec<String>,
+}
+
+/// Why a command was not applied. Never fatal: a bad entry is skipped on
+/// every node alike, so state stays identical.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    /// An observation from a node that is not a member.
+    #[error("observation from node {0}, which is not a member")]
+    NotAMember(NodeId),
+    /// Removing a node that is not a member.
+    #[error("node {0} is not a member")]
+    UnknownMember(NodeId),
+}
+
+/// The whole replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateMachine {
+    /// Largest proposer timestamp applied: the clock of expiry and `since`.
+    log_now_ms: u64,
+    members: BTreeMap<NodeId, Member>,
+    /// target -> node -> view.
+    views: BTreeMap<String, BTreeMap<NodeId, NodeView>>,
+    /// target -> agreed state.
+    agreed: BTreeMap<String, Agreed>,
+}
+
+impl StateMachine {
+    /// A state machine with the bootstrap members.
+    pub fn new(members: impl IntoIterator<Item = (NodeId, Member)>) -> Self {
+        Self {
+            members: members.into_iter().collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Log time.
+    pub fn log_now_ms(&self) -> u64 {
+        self.log_now_ms
+    }
+
+    /// Members by id.
+    pub fn members(&self) -> &BTreeMap<NodeId, Member> {
+        &self.members
+    }
+
+    /// Every target's agreed state.
+    pub fn agreed(&self) -> &BTreeMap<String, Agreed> {
+        &self.agreed
+    }
+
+    /// Each node's view of a target (expired ones included, for display).
+    pub fn views(&self, target: &str) -> Option<&BTreeMap<NodeId, NodeView>> {
+        self.views.get(target)
+    }
+
+    /// Applies one committed command; returns the agreed-state changes it
+    /// caused (including expiries that log time's advance brought about).
+    pub fn apply(&mut self, cmd: &Command) -> Result<Vec<Transition>, Rejected> {
+        match cmd {
+            Command::Observe {
+                node,
+                at_ms,
+                valid_for_ms,
+                seen,
+            } => {
+                if !self.members.contains_key(node) {
+                    return Err(Rejected::NotAMember(*node));
+                }
+                self.log_now_ms = self.log_now_ms.max(*at_ms);
+                let expires_at_ms = at_ms.saturating_add(*valid_for_ms);
+                for s in seen {
+                    let view = NodeView {
+                        verdict: s.verdict,
+                        latency_us: s.latency_us,
+                        error: s.error.clone(),
+                        at_ms: *at_ms,
+                        expires_at_ms,
+                    };
+                    let per_node = self.views.entry(s.target.clone()).or_default();
+                    // An older report never overwrites a newer one.
+                    match per_node.get(node) {
+                        Some(old) if old.at_ms > *at_ms => {}
+                        _ => {
+                            per_node.insert(*node, view);
+                        }
+                    }
+                }
+            }
+            Command::SetMember { id, member } => {
+                self.members.insert(*id, member.clone());
+            }
+            Command::RemoveMember { id } => {
+                if self.members.remove(id).is_none() {
+                    return Err(Rejected::UnknownMember(*id));
+                }
+                for per_node in self.views.values_mut() {
+                    per_node.remove(id);
+                }
+            }
+        }
+        Ok(self.recompute())
+    }
+
+    /// Recomputes every target's agreed state at the current log time.
+    fn recompute(&mut self) -> Vec<Transition> {
+        let mut out = Vec::new();
+        let zones = self.zones();
+        for (target, per_node) in &self.views {
+            let (state, zone_states, down_zones) =
+                agree(&self.members, &zones, per_node, self.log_now_ms);
+            let entry = self.agreed.entry(target.clone()).or_insert_with(|| Agreed {
+                state: State::Unknown,
+                since_ms: self.log_now_ms,
+                zones: BTreeMap::new(),
+                down_zones: Vec::new(),
+            });
+            if entry.state != state {
+                out.push(Transition {
+                    target: target.clone(),
+                    from: entry.state,
+                    to: state,
+                    at_ms: self.log_now_ms,
+                    down_zones: down_zones.clone(),
+                });
+                entry.state = state;
+                entry.since_ms = self.log_now_ms;
+            }
+            entry.zones = zone_states;
+            entry.down_zones = down_zones;
+        }
+        out
+    }
+
+    /// Zones that have members, with their member ids.
+    fn zones(&self) -> BTreeMap<String, BTreeSet<NodeId>> {
+        let mut z: BTreeMap<String, BTreeSet<NodeId>> = BTreeMap::new();
+        for (id, m) in &self.members {
+            z.entry(m.zone.clone()).or_default().insert(*id);
+        }
+        z
+    }
+
+    /// Serialises the whole state (a Raft snapshot's data).
+    pub fn snapshot(&self) -> Vec<u8> {
+        // BTreeMaps and plain structs: serialisation cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Restores from [`StateMachine::snapshot`] output.
+    pub fn restore(data: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(data).map_err(|e| format!("corrupt state snapshot: {e}"))
+    }
+}
+
+/// The agreed state of one target from the fresh views of members.
+fn agree(
+    members: &BTreeMap<NodeId, Member>,
+    zones: &BTreeMap<String, BTreeSet<NodeId>>,
+    per_node: &BTreeMap<NodeId, NodeView>,
+    now_ms: u64,
+) -> (State, BTreeMap<String, State>, Vec<String>) {
+    let fresh = |id: &NodeId| {
+        per_node
+            .get(id)
+            .filter(|v| v.expires_at_ms >= now_ms && members.contains_key(id))
+    };
+    let mut zone_states = BTreeMap::new();
+    for (zone, ids) in zones {
+        let verdicts: Vec<State> = ids.iter().filter_map(fresh).map(|v| v.verdict).collect();
+        zone_states.insert(zone.clone(), majority(&verdicts));
+    }
+    // With one zone, the quorum counts nodes; with several, zones.
+    let votes: Vec<State> = if zones.len() == 1 {
+        let ids = zones.values().next().cloned().unwrap_or_default();
+        ids.iter()
+            .map(|id| fresh(id).map_or(State::Unknown, |v| v.verdict))
+            .collect()
+    } else {
+        zone_states.values().copied().collect()
+    };
+    let quorum = votes.len() / 2 + 1;
+    let count = |s: State| votes.iter().filter(|v| **v == s).count();
+    let down_zones: Vec<String> = zone_states
+        .iter()
+        .filter(|(_, s)| **s == State::Down)
+        .map(|(z, _)| z.clone())
+        .collect();
+    let state = if votes.is_empty() {
+        State::Unknown
+    } else if count(State::Down) >= quorum {
+        State::Down
+    } else if count(State::Down) > 0 {
+        State::Suspect
+    } else if count(State::Stale) >= quorum {
+        State::Stale
+    } else if count(State::Up) >= quorum {
+        State::Up
+    } else {
+        State::Unknown
+    };
+    (state, zone_states, down_zones)
+}
+
+/// The verdict held by a strict majority, else UNKNOWN.
+fn majority(verdicts: &[State]) -> State {
+    let mut counts: BTreeMap<State, usize> = BTreeMap::new();
+    for v in verdicts {
+        *counts.entry(*v).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .find(|(_, n)| *n * 2 > verdicts.len())
+        .map_or(State::Unknown, |(s, _)| s)
+}
+
+#[cfg(test)]
+mod tests;
