@@ -3,3 +3,4 @@
 //! it committed commands come next.
 
 pub mod state;
+pub mod storage;

@@ -1,0 +1,334 @@
+//! Raft log storage on sled, implementing raft-rs's [`Storage`].
+//!
+//! Architecture invariants:
+//! - this is the only module that touches sled;
+//! - every write is flushed (fsync) before it returns, so the node may
+//!   acknowledge what it wrote;
+//! - every call blocks: the Raft driver calls it from its own thread (or
+//!   `spawn_blocking`), never from an async worker.
+//!
+//! Layout: tree `entries` maps the index (8 bytes, big-endian, so sled's
+//! order is log order) to a protobuf `Entry`; tree `meta` holds the hard
+//! state, the conf state, the last snapshot (metadata and data) and a format
+//! marker that tells our data dir from anything else.
+
+use std::path::Path;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+
+/// Written once into a new data dir; checked at every open.
+const FORMAT: &[u8] = b"faxi-watchdog raft log v1";
+const K_FORMAT: &[u8] = b"format";
+const K_HARD_STATE: &[u8] = b"hard_state";
+const K_CONF_STATE: &[u8] = b"conf_state";
+const K_SNAP_META: &[u8] = b"snapshot_meta";
+const K_SNAP_DATA: &[u8] = b"snapshot_data";
+/// sled's page cache: the log is small and the node must stay small.
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Why the store could not be opened or used. Opening errors name the path;
+/// every one of them stops the node (a Raft log cannot be half trusted).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed (I/O, or its own files are corrupt).
+    #[error("raft log at {path}: {source}")]
+    Sled {
+        /// The data dir.
+        path: String,
+        /// sled's error.
+        source: sled::Error,
+    },
+    /// The directory holds a sled database that is not ours, or another version's.
+    #[error("raft log at {path}: not a faxi-watchdog data dir (format marker {found:?})")]
+    Foreign {
+        /// The data dir.
+        path: String,
+        /// What the marker said.
+        found: String,
+    },
+    /// A stored record does not decode.
+    #[error("raft log: corrupt {what}: {reason}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// The decoder's message.
+        reason: String,
+    },
+}
+
+/// The sled-backed Raft log.
+#[derive(Debug, Clone)]
+pub struct SledStorage {
+    db: sled::Db,
+    entries: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn index_of(k: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&k[..8.min(k.len())]);
+    u64::from_be_bytes(b)
+}
+
+fn store_err(e: sled::Error) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(StoreError::Corrupt {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    })))
+}
+
+impl SledStorage {
+    /// Opens (or creates) the log in `dir`. A directory that holds another
+    /// program's sled database, or files sled cannot read, is an error that
+    /// names the directory; nothing in it is changed.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.display().to_string();
+        let sled_err = |source| StoreError::Sled {
+            path: path.clone(),
+            source,
+        };
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(sled_err)?;
+        let meta = db.open_tree("meta").map_err(sled_err)?;
+        let entries = db.open_tree("entries").map_err(sled_err)?;
+        match meta.get(K_FORMAT).map_err(sled_err)? {
+            Some(f) if f.as_ref() == FORMAT => {}
+            Some(f) => {
+                return Err(StoreError::Foreign {
+                    path,
+                    found: String::from_utf8_lossy(&f).into_owned(),
+                });
+            }
+            None => {
+                // A new store must be empty: any other tree or key means foreign data.
+                let foreign = db
+                    .tree_names()
+                    .iter()
+                    .any(|n| !matches!(n.as_ref(), b"meta" | b"entries" | b"__sled__default"))
+                    || !db.is_empty()
+                    || !entries.is_empty();
+                if foreign {
+                    return Err(StoreError::Foreign {
+                        path,
+                        found: "(none)".into(),
+                    });
+                }
+                meta.insert(K_FORMAT, FORMAT).map_err(sled_err)?;
+                db.flush().map_err(sled_err)?;
+            }
+        }
+        Ok(Self { db, entries, meta })
+    }
+
+    fn flush(&self) -> raft::Result<()> {
+        self.db.flush().map(drop).map_err(store_err)
+    }
+
+    fn get_msg<M: protobuf::Message + Default>(&self, k: &[u8], what: &str) -> raft::Result<M> {
+        match self.meta.get(k).map_err(store_err)? {
+            None => Ok(M::default()),
+            Some(v) => M::parse_from_bytes(&v).map_err(|e| corrupt(what, e)),
+        }
+    }
+
+    fn put_msg<M: protobuf::Message>(&self, k: &[u8], m: &M, what: &str) -> raft::Result<()> {
+        let bytes = m.write_to_bytes().map_err(|e| corrupt(what, e))?;
+        self.meta.insert(k, bytes).map_err(store_err)?;
+        Ok(())
+    }
+
+    fn snapshot_meta(&self) -> raft::Result<SnapshotMetadata> {
+        self.get_msg(K_SNAP_META, "snapshot metadata")
+    }
+
+    /// Persists the hard state (term, vote, commit); flushed.
+    pub fn set_hard_state(&self, hs: &HardState) -> raft::Result<()> {
+        self.put_msg(K_HARD_STATE, hs, "hard state")?;
+        self.flush()
+    }
+
+    /// Persists the conf state; flushed.
+    pub fn set_conf_state(&self, cs: &ConfState) -> raft::Result<()> {
+        self.put_msg(K_CONF_STATE, cs, "conf state")?;
+        self.flush()
+    }
+
+    /// Appends entries, first dropping any stored entry at or after the first
+    /// new index (a conflicting suffix from an old term); flushed.
+    pub fn append(&self, ents: &[Entry]) -> raft::Result<()> {
+        let Some(first) = ents.first() else {
+            return Ok(());
+        };
+        if first.index < self.first_index()? {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if first.index > self.last_index()? + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let mut batch = sled::Batch::default();
+        for item in self.entries.range(key(first.index)..) {
+            let (k, _) = item.map_err(store_err)?;
+            batch.remove(k);
+        }
+        for e in ents {
+            batch.insert(
+                &key(e.index),
+                e.write_to_bytes().map_err(|err| corrupt("entry", err))?,
+            );
+        }
+        self.entries.apply_batch(batch).map_err(store_err)?;
+        self.flush()
+    }
+
+    /// Drops every entry before `index` (they are in a snapshot); flushed.
+    pub fn compact(&self, index: u64) -> raft::Result<()> {
+        if index > self.last_index()? + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let mut batch = sled::Batch::default();
+        for item in self.entries.range(..key(index)) {
+            let (k, _) = item.map_err(store_err)?;
+            batch.remove(k);
+        }
+        self.entries.apply_batch(batch).map_err(store_err)?;
+        self.flush()
+    }
+
+    /// Records a snapshot of the applied state at `index` (whose term is
+    /// `term`), for followers that fall behind; flushed. Compact separately.
+    pub fn create_snapshot(&self, index: u64, conf: &ConfState, data: Vec<u8>) -> raft::Result<()> {
+        let term = self.term(index)?;
+        let mut meta = SnapshotMetadata::default();
+        meta.set_index(index);
+        meta.set_term(term);
+        meta.set_conf_state(conf.clone());
+        self.put_msg(K_SNAP_META, &meta, "snapshot metadata")?;
+        self.meta.insert(K_SNAP_DATA, data).map_err(store_err)?;
+        self.flush()
+    }
+
+    /// Installs a snapshot received from the leader: the log before and at
+    /// it is dropped, the hard state's commit moves to it; flushed.
+    pub fn apply_snapshot(&self, snap: &Snapshot) -> raft::Result<()> {
+        let meta = snap.get_metadata();
+        if meta.index < self.first_index()? - 1 || meta.index < self.snapshot_meta()?.index {
+            return Err(raft::Error::Store(StorageError::SnapshotOutOfDate));
+        }
+        let mut hs: HardState = self.get_msg(K_HARD_STATE, "hard state")?;
+        hs.term = hs.term.max(meta.term);
+        hs.commit = meta.index;
+        self.put_msg(K_HARD_STATE, &hs, "hard state")?;
+        self.put_msg(K_CONF_STATE, meta.get_conf_state(), "conf state")?;
+        self.put_msg(K_SNAP_META, meta, "snapshot metadata")?;
+        self.meta
+            .insert(K_SNAP_DATA, snap.get_data().to_vec())
+            .map_err(store_err)?;
+        self.entries.clear().map_err(store_err)?;
+        self.flush()
+    }
+}
+
+impl Storage for SledStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.get_msg(K_HARD_STATE, "hard state")?,
+            self.get_msg(K_CONF_STATE, "conf state")?,
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into();
+        if low < self.first_index()? {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last_index()? + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        for item in self.entries.range(key(low)..key(high)) {
+            let (_, v) = item.map_err(store_err)?;
+            let e = Entry::parse_from_bytes(&v).map_err(|err| corrupt("entry", err))?;
+            size += u64::from(e.compute_size());
+            // At least one entry, then only while under max_size.
+            if !out.is_empty() && max_size.is_some_and(|m| size > m) {
+                break;
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let snap = self.snapshot_meta()?;
+        if idx == snap.index {
+            return Ok(snap.term);
+        }
+        if idx < self.first_index()? {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        match self.entries.get(key(idx)).map_err(store_err)? {
+            Some(v) => Ok(Entry::parse_from_bytes(&v)
+                .map_err(|e| corrupt("entry", e))?
+                .term),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        match self.entries.first().map_err(store_err)? {
+            Some((k, _)) => Ok(index_of(&k)),
+            None => Ok(self.snapshot_meta()?.index + 1),
+        }
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        match self.entries.last().map_err(store_err)? {
+            Some((k, _)) => Ok(index_of(&k)),
+            None => Ok(self.snapshot_meta()?.index),
+        }
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let meta = self.snapshot_meta()?;
+        if meta.index < request_index {
+            // Not built yet: raft retries later.
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let mut snap = Snapshot::default();
+        snap.set_metadata(meta);
+        snap.set_data(
+            self.meta
+                .get(K_SNAP_DATA)
+                .map_err(store_err)?
+                .map(|v| v.to_vec())
+                .unwrap_or_default()
+                .into(),
+        );
+        Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests;

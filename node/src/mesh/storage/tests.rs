@@ -1,0 +1,230 @@
+//! One storage suite, run against raft-rs's MemStorage (the reference) and
+//! SledStorage; then what only a durable store must do.
+
+// Protobuf messages are built field by field, as their docs show.
+#![allow(clippy::field_reassign_with_default)]
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::storage::MemStorage;
+use raft::{GetEntriesContext, Storage, StorageError};
+
+use super::*;
+
+/// The writes both stores support, behind one face.
+trait Store: Storage {
+    fn put(&self, ents: &[Entry]);
+    fn cut(&self, index: u64);
+    fn hard(&self, hs: HardState);
+    fn install(&self, snap: Snapshot) -> raft::Result<()>;
+}
+
+impl Store for MemStorage {
+    fn put(&self, ents: &[Entry]) {
+        self.wl().append(ents).unwrap();
+    }
+    fn cut(&self, index: u64) {
+        self.wl().compact(index).unwrap();
+    }
+    fn hard(&self, hs: HardState) {
+        self.wl().set_hardstate(hs);
+    }
+    fn install(&self, snap: Snapshot) -> raft::Result<()> {
+        self.wl().apply_snapshot(snap)
+    }
+}
+
+impl Store for SledStorage {
+    fn put(&self, ents: &[Entry]) {
+        self.append(ents).unwrap();
+    }
+    fn cut(&self, index: u64) {
+        self.compact(index).unwrap();
+    }
+    fn hard(&self, hs: HardState) {
+        self.set_hard_state(&hs).unwrap();
+    }
+    fn install(&self, snap: Snapshot) -> raft::Result<()> {
+        self.apply_snapshot(&snap)
+    }
+}
+
+fn entry(index: u64, term: u64) -> Entry {
+    let mut e = Entry::default();
+    e.index = index;
+    e.term = term;
+    e.data = vec![index as u8; 10].into();
+    e
+}
+
+fn snapshot(index: u64, term: u64, voters: Vec<u64>) -> Snapshot {
+    let mut s = Snapshot::default();
+    s.mut_metadata().index = index;
+    s.mut_metadata().term = term;
+    s.mut_metadata().mut_conf_state().voters = voters;
+    s.data = b"state".to_vec().into();
+    s
+}
+
+fn ctx() -> GetEntriesContext {
+    GetEntriesContext::empty(false)
+}
+
+fn indexes(es: &[Entry]) -> Vec<(u64, u64)> {
+    es.iter().map(|e| (e.index, e.term)).collect()
+}
+
+/// The shared behaviour; `fresh` makes an empty store.
+fn suite<S: Store>(fresh: impl Fn() -> S) {
+    // Empty: first 1, last 0.
+    let s = fresh();
+    assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 0));
+
+    // Append, read back, terms.
+    let s = fresh();
+    s.put(&[entry(1, 1), entry(2, 1), entry(3, 2)]);
+    assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 3));
+    assert_eq!(
+        indexes(&s.entries(1, 4, None, ctx()).unwrap()),
+        vec![(1, 1), (2, 1), (3, 2)]
+    );
+    assert_eq!(s.term(3).unwrap(), 2);
+    assert_eq!(s.term(0).unwrap(), 0);
+    assert!(matches!(
+        s.term(9),
+        Err(raft::Error::Store(StorageError::Unavailable))
+    ));
+
+    // A conflicting suffix is replaced.
+    s.put(&[entry(2, 3)]);
+    assert_eq!(
+        indexes(&s.entries(1, 3, None, ctx()).unwrap()),
+        vec![(1, 1), (2, 3)]
+    );
+    assert_eq!(s.last_index().unwrap(), 2);
+
+    // max_size: always at least one entry.
+    s.put(&[entry(3, 3), entry(4, 3)]);
+    let one = u64::from(entry(1, 1).compute_size());
+    assert_eq!(s.entries(1, 5, 0, ctx()).unwrap().len(), 1);
+    assert_eq!(s.entries(1, 5, one * 2, ctx()).unwrap().len(), 2);
+    assert_eq!(s.entries(1, 5, None, ctx()).unwrap().len(), 4);
+
+    // Compaction: the index before the first keeps its term for matching
+    // only in the snapshot case; entries before are gone.
+    s.cut(3);
+    assert_eq!(s.first_index().unwrap(), 3);
+    assert!(matches!(
+        s.entries(2, 4, None, ctx()),
+        Err(raft::Error::Store(StorageError::Compacted))
+    ));
+    assert!(matches!(
+        s.term(1),
+        Err(raft::Error::Store(StorageError::Compacted))
+    ));
+    assert_eq!(
+        indexes(&s.entries(3, 5, None, ctx()).unwrap()),
+        vec![(3, 3), (4, 3)]
+    );
+
+    // Hard state round trip.
+    let mut hs = HardState::default();
+    hs.term = 3;
+    hs.vote = 2;
+    hs.commit = 4;
+    s.hard(hs.clone());
+    assert_eq!(s.initial_state().unwrap().hard_state, hs);
+
+    // Installing a snapshot drops the log and moves commit.
+    let s = fresh();
+    s.put(&[entry(1, 1), entry(2, 1)]);
+    s.install(snapshot(10, 4, vec![1, 2, 3])).unwrap();
+    assert_eq!(
+        (s.first_index().unwrap(), s.last_index().unwrap()),
+        (11, 10)
+    );
+    assert_eq!(s.term(10).unwrap(), 4);
+    let st = s.initial_state().unwrap();
+    assert_eq!(st.hard_state.commit, 10);
+    assert_eq!(st.hard_state.term, 4);
+    assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
+    s.put(&[entry(11, 4)]);
+    assert_eq!(s.last_index().unwrap(), 11);
+    // An older snapshot is refused.
+    assert!(matches!(
+        s.install(snapshot(5, 2, vec![1])),
+        Err(raft::Error::Store(StorageError::SnapshotOutOfDate))
+    ));
+}
+
+#[test]
+fn mem_storage_passes_the_suite() {
+    suite(MemStorage::new);
+}
+
+#[test]
+fn sled_storage_passes_the_suite() {
+    let dirs = std::cell::RefCell::new(Vec::new());
+    suite(|| {
+        let d = tempfile::tempdir().unwrap();
+        let s = SledStorage::open(d.path()).unwrap();
+        dirs.borrow_mut().push(d);
+        s
+    });
+}
+
+#[test]
+fn sled_storage_survives_a_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let s = SledStorage::open(d.path()).unwrap();
+        s.append(&[entry(1, 1), entry(2, 2)]).unwrap();
+        let mut hs = HardState::default();
+        hs.term = 2;
+        hs.commit = 2;
+        s.set_hard_state(&hs).unwrap();
+        let mut cs = ConfState::default();
+        cs.voters = vec![1, 2, 3];
+        s.set_conf_state(&cs).unwrap();
+        s.create_snapshot(2, &cs, b"applied".to_vec()).unwrap();
+    }
+    let s = SledStorage::open(d.path()).unwrap();
+    assert_eq!(
+        indexes(&s.entries(1, 3, None, ctx()).unwrap()),
+        vec![(1, 1), (2, 2)]
+    );
+    let st = s.initial_state().unwrap();
+    assert_eq!((st.hard_state.term, st.hard_state.commit), (2, 2));
+    assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
+    let snap = s.snapshot(2, 9).unwrap();
+    assert_eq!(
+        (snap.get_metadata().index, snap.get_metadata().term),
+        (2, 2)
+    );
+    assert_eq!(snap.get_data(), b"applied");
+    assert!(matches!(
+        s.snapshot(3, 9),
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable
+        ))
+    ));
+}
+
+#[test]
+fn a_foreign_data_dir_is_refused_by_name() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let other = sled::open(d.path()).unwrap();
+        other.insert(b"someone", b"else").unwrap();
+        other.flush().unwrap();
+    }
+    let err = SledStorage::open(d.path()).unwrap_err().to_string();
+    assert!(err.contains(&d.path().display().to_string()), "{err}");
+    assert!(err.contains("not a faxi-watchdog data dir"), "{err}");
+
+    // Garbage where sled expects its files.
+    let g = tempfile::tempdir().unwrap();
+    std::fs::write(g.path().join("conf"), b"\xff\xfe garbage").unwrap();
+    std::fs::write(g.path().join("db"), b"\x00\x01 not a sled file").unwrap();
+    let err = SledStorage::open(g.path()).unwrap_err().to_string();
+    assert!(err.contains(&g.path().display().to_string()), "{err}");
+}
