@@ -82,10 +82,7 @@ async fn postgres_silent_server_hits_the_timeout() {
     let s = spec(&dsn, PASSWORD, "");
     let r = probe_once(&s).await;
     assert_eq!(r.outcome, Outcome::Failure);
-    assert!(
-        r.timed_out || r.error.as_deref().unwrap_or("").contains("timed out"),
-        "{r:?}"
-    );
+    assert!(r.timed_out, "{r:?}");
     // Never (much) longer than the timeout, whatever the server does.
     assert!(
         r.latency < s.timeout + Duration::from_secs(2),

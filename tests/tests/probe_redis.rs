@@ -60,8 +60,5 @@ async fn redis_silent_server_hits_the_timeout() {
     let s = spec(&format!("redis://{}", silent.addr), None);
     let r = probe_once(&s).await;
     assert_eq!(r.outcome, Outcome::Failure);
-    assert!(
-        r.timed_out || r.error.as_deref().unwrap_or("").contains("timed out"),
-        "{r:?}"
-    );
+    assert!(r.timed_out, "{r:?}");
 }

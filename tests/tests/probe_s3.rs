@@ -66,6 +66,7 @@ async fn s3_down_when_the_server_is_killed_and_timeout_when_silent() {
     let s = spec("s3", &format!("http://{}", silent.addr), "faxi-images", "");
     let r = probe_once(&s).await;
     assert_eq!(r.outcome, Outcome::Failure);
+    assert!(r.timed_out, "{r:?}");
     assert!(
         r.latency < s.timeout + Duration::from_secs(2),
         "{:?}",

@@ -47,12 +47,11 @@ pub struct Healthy {
 }
 
 /// Why a probe failed, in words safe to log and show (never a secret).
+/// Running out of time is not a probe error: [`run`] alone decides that.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeError {
     /// The reason.
     pub message: String,
-    /// The probe ran out of time.
-    pub timed_out: bool,
 }
 
 impl ProbeError {
@@ -60,7 +59,6 @@ impl ProbeError {
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
-            timed_out: false,
         }
     }
 
@@ -133,7 +131,7 @@ pub async fn run(probe: &dyn Probe, timeout: Duration) -> Report {
             latency,
             detail: String::new(),
             error: Some(e.message),
-            timed_out: e.timed_out,
+            timed_out: false,
             backup_age: None,
         },
         Err(_) => Report {
@@ -181,12 +179,12 @@ impl ProbeContext {
 /// Builds the probe for a validated target.
 pub fn build(spec: &TargetSpec, ctx: &ProbeContext) -> Result<Arc<dyn Probe>, String> {
     Ok(match &spec.check {
-        Check::Postgres(c) => Arc::new(postgres::PostgresProbe::new(c, spec.timeout)?),
-        Check::Redis(c) => Arc::new(redis::RedisProbe::new(c, spec.timeout)?),
+        Check::Postgres(c) => Arc::new(postgres::PostgresProbe::new(c)?),
+        Check::Redis(c) => Arc::new(redis::RedisProbe::new(c)?),
         Check::Http(c) => Arc::new(http::HttpProbe::new(c, ctx.http())?),
         Check::Tcp(c) => Arc::new(tcp::TcpProbe::new(c)),
-        Check::S3(c) => Arc::new(s3::S3Probe::new(c, &spec.name, spec.timeout, ctx)),
-        Check::Backup(c) => Arc::new(s3::BackupProbe::new(c, spec.timeout, ctx)),
+        Check::S3(c) => Arc::new(s3::S3Probe::new(c, &spec.name, ctx)),
+        Check::Backup(c) => Arc::new(s3::BackupProbe::new(c, ctx)),
     })
 }
 

@@ -20,14 +20,13 @@ pub(super) struct PostgresProbe {
 }
 
 impl PostgresProbe {
-    pub(super) fn new(c: &PostgresCheck, timeout: Duration) -> Result<Self, String> {
+    pub(super) fn new(c: &PostgresCheck) -> Result<Self, String> {
         // Validated at config load; the driver's message never echoes the DSN.
         let mut config =
             tokio_postgres::Config::from_str(&c.dsn).map_err(|e| format!("invalid dsn: {e}"))?;
         if let Some(pw) = &c.password {
             config.password(pw.expose());
         }
-        config.connect_timeout(timeout);
         config.application_name("faxi-watchdog");
         Ok(Self {
             config,

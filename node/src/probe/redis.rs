@@ -1,7 +1,5 @@
 //! `kind = "redis"`: PING, then the server's role from `INFO replication`.
 
-use std::time::Duration;
-
 use redis::{AsyncConnectionConfig, IntoConnectionInfo};
 
 use super::{Healthy, Probe, ProbeError, ProbeFuture};
@@ -14,7 +12,7 @@ pub(super) struct RedisProbe {
 }
 
 impl RedisProbe {
-    pub(super) fn new(c: &RedisCheck, timeout: Duration) -> Result<Self, String> {
+    pub(super) fn new(c: &RedisCheck) -> Result<Self, String> {
         let info = c
             .url
             .as_str()
@@ -29,9 +27,10 @@ impl RedisProbe {
         }
         let client = redis::Client::open(info.set_redis_settings(settings))
             .map_err(|_| "invalid redis url".to_owned())?;
+        // No driver timeouts: the probe's deadline (probe::run) is the only one.
         let conn_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
+            .set_connection_timeout(None)
+            .set_response_timeout(None);
         Ok(Self {
             client,
             conn_config,

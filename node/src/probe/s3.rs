@@ -4,7 +4,6 @@
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::config::retry::RetryConfig;
-use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, SharedHttpClient};
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
@@ -26,7 +25,7 @@ pub fn http_client() -> SharedHttpClient {
         .build_https()
 }
 
-fn client(c: &S3Check, timeout: Duration, ctx: &ProbeContext) -> aws_sdk_s3::Client {
+fn client(c: &S3Check, ctx: &ProbeContext) -> aws_sdk_s3::Client {
     let creds = Credentials::new(
         c.access_key.expose(),
         c.secret_key.expose(),
@@ -42,8 +41,8 @@ fn client(c: &S3Check, timeout: Duration, ctx: &ProbeContext) -> aws_sdk_s3::Cli
         .http_client(ctx.s3_http())
         // No SDK retries: rise/fall is the retry, and a retry would hide
         // exactly the flakiness a health check exists to see.
-        .retry_config(RetryConfig::disabled())
-        .timeout_config(TimeoutConfig::builder().operation_timeout(timeout).build());
+        // No SDK timeouts either: the probe's deadline (probe::run) is the only one.
+        .retry_config(RetryConfig::disabled());
     if let Some(e) = &c.endpoint {
         b = b.endpoint_url(e);
     }
@@ -63,12 +62,12 @@ pub(super) struct S3Probe {
 }
 
 impl S3Probe {
-    pub(super) fn new(c: &S3Check, target: &str, timeout: Duration, ctx: &ProbeContext) -> Self {
+    pub(super) fn new(c: &S3Check, target: &str, ctx: &ProbeContext) -> Self {
         let canary_key = c
             .canary
             .then(|| format!(".faxi-watchdog/canary/node-{}/{target}", ctx.node_id));
         Self {
-            client: client(c, timeout, ctx),
+            client: client(c, ctx),
             bucket: c.bucket.clone(),
             canary_key,
         }
@@ -145,9 +144,9 @@ pub(super) struct BackupProbe {
 }
 
 impl BackupProbe {
-    pub(super) fn new(c: &BackupCheck, timeout: Duration, ctx: &ProbeContext) -> Self {
+    pub(super) fn new(c: &BackupCheck, ctx: &ProbeContext) -> Self {
         Self {
-            client: client(&c.s3, timeout, ctx),
+            client: client(&c.s3, ctx),
             bucket: c.s3.bucket.clone(),
             prefix: c.prefix.clone(),
             rpo: c.rpo,
