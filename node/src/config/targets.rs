@@ -391,7 +391,12 @@ fn parse_target(
         }
     };
     let interval = s.duration("interval", p).unwrap_or(defaults.interval);
-    let timeout = s.duration("timeout", p).unwrap_or(defaults.timeout);
+    // A target that shortens its interval but says nothing of its timeout
+    // gets the default timeout cut to fit (as Prometheus does with
+    // scrape_timeout); only a timeout written longer than the interval is an error.
+    let timeout = s
+        .duration("timeout", p)
+        .unwrap_or(defaults.timeout.min(interval));
     check_timing(path, interval, timeout, p);
     let fall = s
         .int("fall", 1, 1000, p)

@@ -70,6 +70,24 @@ fn probe_defaults_apply_and_targets_override_them() {
 }
 
 #[test]
+fn an_inherited_timeout_is_cut_to_a_shorter_interval_but_a_written_one_is_not() {
+    let c = Config::parse(&format!(
+        "{NODE}\n[[targets]]\nname = \"a\"\nkind = \"tcp\"\naddr = \"a:1\"\ninterval = \"250ms\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.targets[0].timeout, Duration::from_millis(250));
+    let p = problems(&format!(
+        "{NODE}\n[[targets]]\nname = \"a\"\nkind = \"tcp\"\naddr = \"a:1\"\ninterval = \"250ms\"\ntimeout = \"300ms\"\n"
+    ));
+    assert_eq!(
+        p,
+        vec![
+            "targets[0].timeout: 300ms exceeds the interval (250ms): probes of one target never overlap, so the timeout must fit in the interval"
+        ]
+    );
+}
+
+#[test]
 fn secrets_are_read_from_files_and_never_debug_printed() {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
