@@ -58,6 +58,27 @@ pub async fn wait_listening(what: &str, addr: SocketAddr, deadline: Duration) {
     .await;
 }
 
+/// A plain HTTP/1.1 GET over a fresh connection: the body on 200, else the
+/// status line. For the node's `/metrics` and `/healthz`, which answer with a
+/// content-length body (never chunked).
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (head, body) = out.split_once("\r\n\r\n").ok_or("no header end")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head.lines().next().unwrap_or_default().to_owned());
+    }
+    Ok(body.to_owned())
+}
+
 /// A binary of this workspace, built next to the test executable.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");

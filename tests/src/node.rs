@@ -7,19 +7,15 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tempfile::TempDir;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use crate::{free_port, metric, wait_for, workspace_bin};
+use crate::{free_port, http_get, metric, wait_for, workspace_bin};
 
 /// A running node process; killed on drop.
 #[derive(Debug)]
 pub struct NodeProcess {
     /// Its `/metrics` address.
     pub metrics: SocketAddr,
-    /// Its config file.
-    pub config: PathBuf,
     /// Its stderr (JSON log lines).
     pub log: PathBuf,
     child: Option<Child>,
@@ -67,7 +63,6 @@ impl NodeProcess {
             .unwrap();
         let node = NodeProcess {
             metrics,
-            config,
             log,
             child: Some(child),
             _dir: dir,
@@ -81,23 +76,7 @@ impl NodeProcess {
 
     /// GETs a path of the metrics listener; the body on 200.
     pub async fn get(&self, path: &str) -> Result<String, String> {
-        let mut s = TcpStream::connect(self.metrics)
-            .await
-            .map_err(|e| e.to_string())?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (head, body) = out.split_once("\r\n\r\n").ok_or("no header end")?;
-        if !head.starts_with("HTTP/1.1 200") {
-            return Err(head.lines().next().unwrap_or_default().to_owned());
-        }
-        // The metrics server answers with a content-length body (no chunking).
-        Ok(body.to_owned())
+        http_get(self.metrics, path).await
     }
 
     /// The node's current `/metrics` text.
@@ -158,10 +137,5 @@ impl NodeProcess {
             .await
             .expect("exit after SIGTERM")
             .unwrap()
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().and_then(Child::id).expect("running")
     }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
-use faxi_tests::{wait_for, workspace_bin};
+use faxi_tests::{http_get, wait_for, workspace_bin};
 use http_body_util::Full;
 use hyper::Response;
 use hyper_util::rt::TokioIo;
@@ -117,20 +117,7 @@ fn sum(text: &str, name: &str, result: &str) -> f64 {
 }
 
 async fn scrape(addr: SocketAddr) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)
-        .await
-        .map_err(|e| e.to_string())?;
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .ok_or_else(|| "no body".into())
+    http_get(addr, "/metrics").await
 }
 
 async fn run_one(kind: &str, n: usize, args: &Args, server: SocketAddr) -> Row {
