@@ -217,15 +217,6 @@ impl Config {
             _ => Err(p),
         }
     }
-
-    /// The zone of each bootstrap member, by id.
-    pub fn zone_of(&self, id: u64) -> Option<&str> {
-        self.cluster
-            .peers
-            .iter()
-            .find(|p| p.id == id)
-            .map(|p| p.zone.as_str())
-    }
 }
 
 fn parse_node(t: &toml::Table, p: &mut Vec<Problem>) -> Option<NodeConfig> {

@@ -156,7 +156,7 @@ fn peers_with_this_node_parse() {
     ))
     .unwrap();
     assert_eq!(c.cluster.peers.len(), 2);
-    assert_eq!(c.zone_of(2), Some("zone-b"));
+    assert_eq!(c.cluster.peers[1].zone, "zone-b");
 }
 
 #[test]

@@ -298,10 +298,10 @@ impl StateMachine {
         z
     }
 
-    /// Serialises the whole state (a Raft snapshot's data).
-    pub fn snapshot(&self) -> Vec<u8> {
-        // BTreeMaps and plain structs: serialisation cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+    /// Serialises the whole state (a Raft snapshot's data). An error here
+    /// must stop the snapshot, never produce an empty one.
+    pub fn snapshot(&self) -> Result<Vec<u8>, String> {
+        serde_json::to_vec(self).map_err(|e| format!("cannot serialise the state: {e}"))
     }
 
     /// Restores from [`StateMachine::snapshot`] output.

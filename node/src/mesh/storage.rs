@@ -70,10 +70,12 @@ fn key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
-fn index_of(k: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&k[..8.min(k.len())]);
-    u64::from_be_bytes(b)
+/// The index in an `entries` key; a key of another length is corruption.
+fn index_of(k: &[u8]) -> raft::Result<u64> {
+    let b: [u8; 8] = k
+        .try_into()
+        .map_err(|_| corrupt("entry key", format!("{} bytes, not 8", k.len())))?;
+    Ok(u64::from_be_bytes(b))
 }
 
 fn store_err(e: sled::Error) -> raft::Error {
@@ -296,14 +298,14 @@ impl Storage for SledStorage {
 
     fn first_index(&self) -> raft::Result<u64> {
         match self.entries.first().map_err(store_err)? {
-            Some((k, _)) => Ok(index_of(&k)),
+            Some((k, _)) => index_of(&k),
             None => Ok(self.snapshot_meta()?.index + 1),
         }
     }
 
     fn last_index(&self) -> raft::Result<u64> {
         match self.entries.last().map_err(store_err)? {
-            Some((k, _)) => Ok(index_of(&k)),
+            Some((k, _)) => index_of(&k),
             None => Ok(self.snapshot_meta()?.index),
         }
     }

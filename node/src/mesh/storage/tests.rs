@@ -228,3 +228,12 @@ fn a_foreign_data_dir_is_refused_by_name() {
     let err = SledStorage::open(g.path()).unwrap_err().to_string();
     assert!(err.contains(&g.path().display().to_string()), "{err}");
 }
+
+#[test]
+fn a_corrupt_entry_key_is_an_error_not_a_panic() {
+    let d = tempfile::tempdir().unwrap();
+    let s = SledStorage::open(d.path()).unwrap();
+    s.entries.insert(b"bad", b"x").unwrap();
+    let err = s.first_index().unwrap_err().to_string();
+    assert!(err.contains("corrupt entry key: 3 bytes, not 8"), "{err}");
+}
