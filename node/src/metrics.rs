@@ -52,7 +52,9 @@ pub fn install() -> Result<PrometheusHandle, String> {
         let mut t = tokio::time::interval(UPKEEP);
         loop {
             t.tick().await;
-            upkeep.run_upkeep();
+            // Folding thousands of histograms is CPU work: off the probe workers.
+            let h = upkeep.clone();
+            let _ = tokio::task::spawn_blocking(move || h.run_upkeep()).await;
         }
     });
     Ok(handle)
