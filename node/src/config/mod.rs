@@ -208,8 +208,8 @@ impl Config {
         let cluster = parse_cluster(cluster_table, node.as_ref(), &mut p);
         let targets = targets::parse_targets(&target_tables, &defaults, &mut p);
 
-        match (node, cluster) {
-            (Some(node), Some(cluster)) if p.is_empty() => Ok(Config {
+        match node {
+            Some(node) if p.is_empty() => Ok(Config {
                 node,
                 cluster,
                 targets,
@@ -330,7 +330,7 @@ fn parse_cluster(
     t: Option<&toml::Table>,
     node: Option<&NodeConfig>,
     p: &mut Vec<Problem>,
-) -> Option<ClusterConfig> {
+) -> ClusterConfig {
     let empty = toml::Table::new();
     let mut s = Section::new(t.unwrap_or(&empty), "cluster");
     let tick = s.duration("tick", p).unwrap_or(DEFAULT_TICK);
@@ -404,12 +404,12 @@ fn parse_cluster(
             Some(_) => {}
         }
     }
-    Some(ClusterConfig {
+    ClusterConfig {
         peers,
         tick,
         election_ticks,
         heartbeat_ticks,
-    })
+    }
 }
 
 fn parse_peer(t: &toml::Table, i: usize, p: &mut Vec<Problem>) -> Option<Peer> {
