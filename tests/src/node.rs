@@ -126,16 +126,21 @@ impl NodeProcess {
 
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("-TERM").await
+    }
+
+    /// Sends a signal (`-TERM`, `-INT`, ...) and waits for the exit status.
+    pub async fn signal(&mut self, sig: &str) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
         let pid = child.id().expect("pid");
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([sig, &pid.to_string()])
             .status()
             .unwrap();
         assert!(status.success());
         tokio::time::timeout(Duration::from_secs(20), child.wait())
             .await
-            .expect("exit after SIGTERM")
+            .expect("exit after the signal")
             .unwrap()
     }
 }

@@ -227,11 +227,15 @@ async fn backup_age_and_stale_verdict_are_exported() {
 }
 
 #[tokio::test]
-async fn health_and_unknown_paths() {
-    let node = NodeProcess::start("").await;
+async fn health_and_unknown_paths_and_ctrl_c() {
+    let mut node = NodeProcess::start("").await;
     assert_eq!(node.get("/healthz").await.unwrap(), "ok\n");
     let err = node.get("/nope").await.unwrap_err();
     assert!(err.contains("404"), "{err}");
     let text = node.metrics_text().await;
     assert_eq!(metric(&text, "faxi_targets", &[]), Some(0.0));
+    // Ctrl-C (SIGINT) stops it as cleanly as SIGTERM.
+    let status = node.signal("-INT").await;
+    assert!(status.success(), "exit after SIGINT: {status:?}");
+    assert!(node.log_text().contains("stopped"), "{}", node.log_text());
 }
