@@ -25,6 +25,17 @@ enum Command {
         /// Log line format (the filter comes from FAXI_LOG, default "info").
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// Stop when standard input closes (for a supervising parent).
+        #[arg(long, hide = true)]
+        stop_on_stdin_eof: bool,
+    },
+    /// Run a complete 3-zone mesh on loopback with demo targets: gRPC on
+    /// 127.0.0.1:7401-7403, metrics on 127.0.0.1:9401-9403. Then try
+    /// `faxictl status`.
+    Dev {
+        /// Where configs, logs and raft logs go.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
     /// Validate a config file: exit 0 when it is good, else print every
     /// problem (file, key, reason) and exit 1.
@@ -42,7 +53,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
-        Command::Run { config, log_format } => run(&config, log_format),
+        Command::Run {
+            config,
+            log_format,
+            stop_on_stdin_eof,
+        } => run(&config, log_format, stop_on_stdin_eof),
+        Command::Dev { dir } => dev(dir),
     }
 }
 
@@ -80,7 +96,29 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(file: &std::path::Path, log_format: LogFormat) -> ExitCode {
+fn dev(dir: Option<PathBuf>) -> ExitCode {
+    let dir = dir.unwrap_or_else(faxi_watchdog::dev::default_dir);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("faxi-watchdog: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(faxi_watchdog::dev::run(&dir, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("faxi-watchdog dev: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn run(file: &std::path::Path, log_format: LogFormat, stop_on_stdin_eof: bool) -> ExitCode {
     // A bad config is refused before anything starts, exactly as check-config reports it.
     let config = match Config::load(file) {
         Ok(c) => c,
@@ -108,12 +146,34 @@ fn run(file: &std::path::Path, log_format: LogFormat) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    match runtime.block_on(faxi_watchdog::node::run(config, shutdown_signal())) {
+    let shutdown = async move {
+        if stop_on_stdin_eof {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = stdin_closed() => {}
+            }
+        } else {
+            shutdown_signal().await;
+        }
+    };
+    match runtime.block_on(faxi_watchdog::node::run(config, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "node failed");
             eprintln!("faxi-watchdog: {e}");
             ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Resolves when standard input reaches its end or fails.
+async fn stdin_closed() {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0 {
+            break;
         }
     }
 }

@@ -30,6 +30,22 @@ pub const LOCAL_VERDICT: &str = "faxi_local_verdict";
 pub const BACKUP_AGE: &str = "faxi_backup_age_seconds";
 /// Number of configured targets.
 pub const TARGETS: &str = "faxi_targets";
+/// The agreed (replicated) state per target, one-hot over `state`.
+pub const TARGET_STATE: &str = "faxi_target_state";
+/// This node's current Raft term.
+pub const RAFT_TERM: &str = "faxi_raft_term";
+/// 1 on the leader, else 0.
+pub const RAFT_IS_LEADER: &str = "faxi_raft_is_leader";
+/// The commit index this node knows.
+pub const RAFT_COMMIT: &str = "faxi_raft_commit_index";
+/// The index this node has applied.
+pub const RAFT_APPLIED: &str = "faxi_raft_applied_index";
+/// Known leader id (0 for none).
+pub const RAFT_LEADER: &str = "faxi_raft_leader_id";
+/// Raft messages dropped because a peer's queue was full.
+pub const RAFT_DROPPED: &str = "faxi_raft_messages_dropped_total";
+/// 1 when this node's last message to the peer got through.
+pub const RAFT_PEER_REACHABLE: &str = "faxi_raft_peer_reachable";
 
 /// Probe duration buckets: from a loopback answer to a timeout. Few on
 /// purpose: each bucket is one more series per target, and at thousands of
@@ -81,6 +97,63 @@ fn describe() {
         "Age of the newest backup object."
     );
     metrics::describe_gauge!(TARGETS, "Number of configured targets.");
+    metrics::describe_gauge!(
+        TARGET_STATE,
+        "The agreed state of the target (zone quorum), one-hot over state."
+    );
+    metrics::describe_gauge!(RAFT_TERM, "Current Raft term.");
+    metrics::describe_gauge!(RAFT_IS_LEADER, "1 on the Raft leader, else 0.");
+    metrics::describe_gauge!(RAFT_COMMIT, "Raft commit index known here.");
+    metrics::describe_gauge!(RAFT_APPLIED, "Raft index applied here.");
+    metrics::describe_gauge!(RAFT_LEADER, "Id of the known leader, 0 for none.");
+    metrics::describe_counter!(
+        RAFT_DROPPED,
+        "Raft messages dropped because a peer's queue was full."
+    );
+    metrics::describe_gauge!(
+        RAFT_PEER_REACHABLE,
+        "1 when this node's last message to the peer got through."
+    );
+}
+
+/// Every agreed state, in the order `faxi_target_state` exports them.
+const AGREED_STATES: [crate::mesh::state::State; 5] = {
+    use crate::mesh::state::State;
+    [
+        State::Unknown,
+        State::Up,
+        State::Down,
+        State::Suspect,
+        State::Stale,
+    ]
+};
+
+/// Sets a target's agreed state (one-hot).
+pub fn set_target_state(target: &str, to: crate::mesh::state::State) {
+    for s in AGREED_STATES {
+        metrics::gauge!(TARGET_STATE, "target" => target.to_owned(), "state" => s.as_str())
+            .set(if s == to { 1.0 } else { 0.0 });
+    }
+}
+
+/// Exports raft status.
+pub fn set_raft(info: &crate::mesh::driver::RaftInfo) {
+    metrics::gauge!(RAFT_TERM).set(info.term as f64);
+    metrics::gauge!(RAFT_IS_LEADER).set(if info.leader == info.id && info.id != 0 {
+        1.0
+    } else {
+        0.0
+    });
+    metrics::gauge!(RAFT_COMMIT).set(info.commit as f64);
+    metrics::gauge!(RAFT_APPLIED).set(info.applied as f64);
+    metrics::gauge!(RAFT_LEADER).set(info.leader as f64);
+    for (peer, ok) in &info.reachable {
+        metrics::gauge!(RAFT_PEER_REACHABLE, "peer" => peer.to_string()).set(if *ok {
+            1.0
+        } else {
+            0.0
+        });
+    }
 }
 
 /// One target's metric handles, made once so a probe records without lookups.

@@ -1,31 +1,137 @@
-//! One node: wires the probe scheduler and the metrics server together and
-//! runs until told to stop.
+//! One node: the Raft driver, the probe scheduler, the proposer that feeds
+//! local verdicts to the log, the gRPC server and the metrics server; runs
+//! until told to stop.
 
 use std::future::Future;
+use std::sync::mpsc::sync_channel;
 
 use crate::config::Config;
+use crate::mesh::driver::{self, DriverConfig};
+use crate::mesh::proposer::{self, Cadence};
+use crate::mesh::state::Member;
+use crate::mesh::storage::SledStorage;
+use crate::mesh::transport::Transport;
 use crate::probe::ProbeContext;
 use crate::scheduler::Scheduler;
 
-/// Runs a node until `shutdown` resolves. Errors are fatal start-up problems
-/// (a port in use, a probe that cannot be built), worded for the operator.
+/// Runs a node until `shutdown` resolves. Errors are fatal problems (a port
+/// in use, an unreadable data dir, a probe that cannot be built, a raft log
+/// write that failed), worded for the operator.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let handle = crate::metrics::install()?;
-    let listener = crate::metrics::bind(config.node.metrics_listen).await?;
+    let metrics_listener = crate::metrics::bind(config.node.metrics_listen).await?;
+    let grpc_listener = tokio::net::TcpListener::bind(config.node.listen)
+        .await
+        .map_err(|e| format!("cannot listen on node.listen {}: {e}", config.node.listen))?;
+
+    let data_dir = config.node.data_dir.clone();
+    let storage = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| format!("cannot create node.data_dir {}: {e}", data_dir.display()))?;
+        SledStorage::open(&data_dir).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("opening the raft log: {e}"))??;
+
+    let c = &config.cluster;
+    let dcfg = DriverConfig {
+        id: config.node.id,
+        peers: c
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.id,
+                    Member {
+                        zone: p.zone.clone(),
+                        addr: p.addr.clone(),
+                    },
+                )
+            })
+            .collect(),
+        tick: c.tick,
+        election_ticks: c.election_ticks as usize,
+        heartbeat_ticks: c.heartbeat_ticks as usize,
+        snapshot_entries: c.snapshot_entries,
+        join: c.join,
+    };
+    let (tx, rx) = sync_channel(driver::INBOX);
+    let transport = Transport::new(
+        config.node.id,
+        tokio::runtime::Handle::current(),
+        tx.clone(),
+    );
+    let (mesh, raft_thread) =
+        driver::start(dcfg, storage, transport, (tx, rx)).map_err(|e| e.to_string())?;
+
     let ctx = ProbeContext::new(config.node.id);
     let scheduler = Scheduler::start(&config.targets, &ctx)?;
+    let proposer = tokio::spawn(proposer::run(
+        config.node.id,
+        mesh.clone(),
+        scheduler.view(),
+        Cadence::from_refresh(c.refresh),
+    ));
+
+    let kinds = config
+        .targets
+        .iter()
+        .map(|t| (t.name.clone(), t.kind().as_str()))
+        .collect();
+    let api = crate::api::Api::new(
+        mesh.clone(),
+        config.node.id,
+        config.node.zone.clone(),
+        kinds,
+    );
+    let (watchdog_svc, peer_svc) = api.services();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(watchdog_svc)
+            .add_service(peer_svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+                grpc_listener,
+            )),
+    );
     tracing::info!(
         node = config.node.id,
         zone = %config.node.zone,
+        peers = config.cluster.peers.len(),
         targets = config.targets.len(),
+        listen = %config.node.listen,
         metrics = %config.node.metrics_listen,
         "node started"
     );
-    let server = tokio::spawn(crate::metrics::serve(listener, handle));
-    shutdown.await;
+    let server = tokio::spawn(crate::metrics::serve(metrics_listener, handle));
+
+    // A raft thread that stops on its own has hit a log it cannot write.
+    let (died_tx, died_rx) = tokio::sync::oneshot::channel();
+    let watcher = std::thread::Builder::new()
+        .name("raft-watch".into())
+        .spawn(move || {
+            let r = raft_thread
+                .join()
+                .unwrap_or_else(|_| Err("the raft thread panicked".into()));
+            let _ = died_tx.send(r);
+        })
+        .map_err(|e| format!("cannot start a thread: {e}"))?;
+    let mut died_rx = died_rx;
+    let outcome = tokio::select! {
+        () = shutdown => None,
+        r = &mut died_rx => Some(r.unwrap_or(Ok(()))),
+    };
     tracing::info!("shutting down");
+    proposer.abort();
+    grpc.abort();
     server.abort();
     scheduler.shutdown().await;
+    mesh.stop();
+    let result = match outcome {
+        Some(r) => r,
+        None => died_rx.await.unwrap_or(Ok(())),
+    };
+    let _ = watcher.join();
     tracing::info!("stopped");
-    Ok(())
+    result
 }

@@ -44,6 +44,8 @@ pub struct TargetView {
 #[derive(Debug)]
 pub struct LocalView {
     slots: Vec<Mutex<TargetView>>,
+    /// Notified whenever a verdict changes (a permit is kept when nobody waits).
+    changed: tokio::sync::Notify,
 }
 
 impl LocalView {
@@ -58,6 +60,11 @@ impl LocalView {
         (0..self.slots.len())
             .map(|i| self.lock(i).clone())
             .collect()
+    }
+
+    /// Resolves when some verdict changed since the last call returned.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// A copy of one target's view.
@@ -102,6 +109,7 @@ impl Scheduler {
                     })
                 })
                 .collect(),
+            changed: tokio::sync::Notify::new(),
         });
         metrics::gauge!(crate::metrics::TARGETS).set(targets.len() as f64);
         let mut tasks = JoinSet::new();
@@ -157,6 +165,7 @@ async fn target_loop(
             previous
         };
         if let Some(next) = changed {
+            view.changed.notify_one();
             metrics.set_verdict(next);
             let latency_ms = (report.latency.as_secs_f64() * 1e6).round() / 1e3;
             match next {

@@ -35,6 +35,10 @@ pub const DEFAULT_TICK: Duration = Duration::from_millis(100);
 pub const DEFAULT_ELECTION_TICKS: u32 = 10;
 /// Default heartbeat interval, in ticks.
 pub const DEFAULT_HEARTBEAT_TICKS: u32 = 1;
+/// Default observation refresh.
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(5);
+/// Default applied entries between snapshots.
+pub const DEFAULT_SNAPSHOT_ENTRIES: u64 = 10_000;
 /// Default probe interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 /// Default probe timeout.
@@ -124,6 +128,14 @@ pub struct ClusterConfig {
     pub election_ticks: u32,
     /// Heartbeat interval in ticks.
     pub heartbeat_ticks: u32,
+    /// How often every verdict is re-proposed; observations stay fresh for
+    /// three refreshes.
+    pub refresh: Duration,
+    /// Applied entries between snapshots (each compacts the log).
+    pub snapshot_entries: u64,
+    /// Start with an empty log and wait to be added (`faxictl members add`),
+    /// instead of bootstrapping from `peers`.
+    pub join: bool,
 }
 
 /// One member of the bootstrap cluster.
@@ -346,6 +358,17 @@ fn parse_cluster(
             format!("must be greater than heartbeat_ticks ({election_ticks} <= {heartbeat_ticks})"),
         ));
     }
+    let refresh = s.duration("refresh", p).unwrap_or(DEFAULT_REFRESH);
+    if refresh < Duration::from_millis(100) {
+        p.push(Problem::new(
+            "cluster.refresh",
+            format!("{refresh:?} is too short: the minimum is 100ms"),
+        ));
+    }
+    let snapshot_entries = s
+        .int("snapshot_entries", 10, 100_000_000, p)
+        .map_or(DEFAULT_SNAPSHOT_ENTRIES, |v| v as u64);
+    let join = s.boolean("join", p).unwrap_or(false);
     let peer_tables = s.tables("peers", p);
     s.finish(p);
 
@@ -409,6 +432,9 @@ fn parse_cluster(
         tick,
         election_ticks,
         heartbeat_ticks,
+        refresh,
+        snapshot_entries,
+        join,
     }
 }
 

@@ -162,6 +162,23 @@ impl SledStorage {
         self.flush()
     }
 
+    /// Moves the stored commit index forward (a commit learned after the
+    /// hard state was written); flushed.
+    pub fn set_commit(&self, commit: u64) -> raft::Result<()> {
+        let mut hs: HardState = self.get_msg(K_HARD_STATE, "hard state")?;
+        if commit > hs.commit {
+            hs.commit = commit;
+            self.put_msg(K_HARD_STATE, &hs, "hard state")?;
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The last snapshot taken or installed (empty when there is none).
+    pub fn last_snapshot(&self) -> raft::Result<Snapshot> {
+        self.snapshot(0, 0)
+    }
+
     /// Persists the conf state; flushed.
     pub fn set_conf_state(&self, cs: &ConfState) -> raft::Result<()> {
         self.put_msg(K_CONF_STATE, cs, "conf state")?;

@@ -1,0 +1,199 @@
+//! `faxi-watchdog dev`: a whole 3-zone mesh on loopback for a first look.
+//!
+//! It starts a small demo service in this process (an HTTP app with
+//! `/health`, and a TCP port), writes one config per node and runs three
+//! node processes of this same binary (`run --config`), with gRPC on
+//! 127.0.0.1:7401–7403 and metrics on 127.0.0.1:9401–9403: faxictl's
+//! defaults. The demo targets show every agreed state:
+//! - `app` (http) and `app-port` (tcp): UP everywhere;
+//! - `cache` (tcp): zone-c's node is pointed at a closed port, as if that
+//!   zone had lost its route to it: SUSPECT, "zone-c cannot reach cache";
+//! - `legacy-db` (tcp): a closed port everywhere: DOWN.
+//!
+//! The nodes stop when this process stops (they watch their stdin).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+
+const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
+
+/// Where the mesh keeps its logs and data.
+pub fn default_dir() -> PathBuf {
+    std::env::temp_dir().join("faxi-watchdog-dev")
+}
+
+/// Runs the dev mesh until `shutdown` resolves.
+pub async fn run(
+    dir: &Path,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let app = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot start the demo app: {e}"))?;
+    let app_addr = app
+        .local_addr()
+        .map_err(|e| format!("cannot start the demo app: {e}"))?;
+    tokio::spawn(serve_demo_app(app));
+    let closed = closed_port().await?;
+
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let mut children: Vec<Child> = Vec::new();
+    for (i, zone) in ZONES.iter().enumerate() {
+        let id = i + 1;
+        let config = node_config(id, zone, dir, app_addr, closed);
+        let path = dir.join(format!("node{id}.toml"));
+        std::fs::write(&path, config)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let log_path = dir.join(format!("node{id}.log"));
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| format!("cannot write {}: {e}", log_path.display()))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| format!("cannot write {}: {e}", log_path.display()))?;
+        let child = Command::new(&exe)
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .arg("--stop-on-stdin-eof")
+            .stdin(std::process::Stdio::piped())
+            .stdout(log)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start node {id}: {e}"))?;
+        children.push(child);
+    }
+    eprintln!(
+        "faxi-watchdog dev: 3 nodes (zone-a, zone-b, zone-c)\n  \
+         gRPC    127.0.0.1:7401 127.0.0.1:7402 127.0.0.1:7403\n  \
+         metrics http://127.0.0.1:9401/metrics (9402, 9403)\n  \
+         logs, configs and raft logs in {}\n  \
+         demo app at http://{app_addr}/health\n\
+         try: faxictl status    (Ctrl-C here stops the mesh)",
+        dir.display()
+    );
+    let mut exited = Box::pin(first_exit(&mut children));
+    tokio::select! {
+        () = shutdown => {}
+        (id, status) = &mut exited => {
+            return Err(format!(
+                "node {id} exited ({status}); see {}",
+                dir.join(format!("node{id}.log")).display()
+            ));
+        }
+    }
+    drop(exited);
+    // Closing their stdin stops the nodes cleanly; then wait for them.
+    for c in &mut children {
+        drop(c.stdin.take());
+    }
+    for c in &mut children {
+        if tokio::time::timeout(Duration::from_secs(5), c.wait())
+            .await
+            .is_err()
+        {
+            let _ = c.kill().await;
+        }
+    }
+    Ok(())
+}
+
+async fn first_exit(children: &mut [Child]) -> (usize, String) {
+    loop {
+        for (i, c) in children.iter_mut().enumerate() {
+            if let Ok(Some(status)) = c.try_wait() {
+                return (i + 1, status.to_string());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A port nothing listens on: bound, then released.
+async fn closed_port() -> Result<SocketAddr, String> {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot find a free port: {e}"))?;
+    l.local_addr()
+        .map_err(|e| format!("cannot find a free port: {e}"))
+}
+
+fn node_config(id: usize, zone: &str, dir: &Path, app: SocketAddr, closed: SocketAddr) -> String {
+    let mut c = String::new();
+    let _ = writeln!(c, "# Written by `faxi-watchdog dev`.");
+    let _ = writeln!(c, "[node]\nid = {id}\nzone = \"{zone}\"");
+    let _ = writeln!(
+        c,
+        "data_dir = {:?}",
+        dir.join(format!("node{id}")).display().to_string()
+    );
+    let _ = writeln!(
+        c,
+        "listen = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{}\"\n",
+        7400 + id,
+        9400 + id
+    );
+    let _ = writeln!(c, "[cluster]\nrefresh = \"2s\"\npeers = [");
+    for (i, z) in ZONES.iter().enumerate() {
+        let _ = writeln!(
+            c,
+            "  {{ id = {}, zone = \"{z}\", addr = \"127.0.0.1:{}\" }},",
+            i + 1,
+            7401 + i
+        );
+    }
+    let _ = writeln!(c, "]\n");
+    let _ = writeln!(
+        c,
+        "[probe_defaults]\ninterval = \"1s\"\ntimeout = \"500ms\"\nfall = 2\nrise = 1\n"
+    );
+    let target = |c: &mut String, name: &str, kind: &str, key: &str, value: String| {
+        let _ = writeln!(
+            c,
+            "[[targets]]\nname = \"{name}\"\nkind = \"{kind}\"\n{key} = \"{value}\"\n"
+        );
+    };
+    target(&mut c, "app", "http", "url", format!("http://{app}/health"));
+    target(&mut c, "app-port", "tcp", "addr", app.to_string());
+    let cache = if zone == "zone-c" { closed } else { app };
+    target(&mut c, "cache", "tcp", "addr", cache.to_string());
+    target(&mut c, "legacy-db", "tcp", "addr", closed.to_string());
+    c
+}
+
+async fn serve_demo_app(listener: TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            // One request per connection is enough for a health check.
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        let req = String::from_utf8_lossy(&buf[..n]);
+                        let ok = req.starts_with("GET /health");
+                        let body = if ok { "ok\n" } else { "not found\n" };
+                        let status = if ok { "200 OK" } else { "404 Not Found" };
+                        let resp = format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,234 @@
+//! Peer transport: raft messages to other nodes over tonic.
+//!
+//! One task and one bounded queue per peer. A full queue drops the message
+//! (Raft resends what matters), so a slow or dead peer never blocks the
+//! driver. Every call has a deadline; after a failure the link backs off
+//! (50 ms doubling to 1 s) and drops what queued meanwhile. The driver hears
+//! of failures (`report_unreachable`, snapshot status) through its inbox.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::time::Duration;
+
+use faxi_proto::v1::RaftBatch;
+use faxi_proto::v1::peer_client::PeerClient;
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::driver::Input;
+use super::state::NodeId;
+
+/// Messages queued per peer before new ones are dropped.
+const QUEUE: usize = 4096;
+/// Messages sent in one call, at most.
+const BATCH: usize = 512;
+/// Deadline of an ordinary call.
+const CALL_DEADLINE: Duration = Duration::from_secs(1);
+/// Deadline of a call that carries a snapshot.
+const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(30);
+/// An idle link checks its peer this often.
+const IDLE_PING: Duration = Duration::from_secs(1);
+/// Largest message either side accepts (snapshots of many targets).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+struct Link {
+    addr: String,
+    tx: mpsc::Sender<Message>,
+    reachable: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+/// Outgoing raft traffic, owned by the driver thread.
+pub struct Transport {
+    me: NodeId,
+    rt: tokio::runtime::Handle,
+    links: BTreeMap<NodeId, Link>,
+    feedback: SyncSender<Input>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("me", &self.me)
+            .field("peers", &self.links.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Transport {
+    /// A transport for node `me`; link tasks run on `rt`.
+    pub fn new(me: NodeId, rt: tokio::runtime::Handle, feedback: SyncSender<Input>) -> Self {
+        Self {
+            me,
+            rt,
+            links: BTreeMap::new(),
+            feedback,
+        }
+    }
+
+    /// Sets every peer's address; links to removed or moved peers close.
+    pub fn set_peers(&mut self, book: BTreeMap<NodeId, String>) {
+        self.links.retain(|id, link| {
+            let keep = book.get(id) == Some(&link.addr);
+            if !keep {
+                link.task.abort();
+            }
+            keep
+        });
+        for (id, addr) in book {
+            if self.links.contains_key(&id) {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let reachable = Arc::new(AtomicBool::new(false));
+            let task = self.rt.spawn(run_link(
+                self.me,
+                id,
+                addr.clone(),
+                rx,
+                reachable.clone(),
+                self.feedback.clone(),
+            ));
+            self.links.insert(
+                id,
+                Link {
+                    addr,
+                    tx,
+                    reachable,
+                    task,
+                },
+            );
+        }
+    }
+
+    /// Queues messages; never blocks.
+    pub fn send(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            match self.links.get(&m.to) {
+                Some(link) => {
+                    if link.tx.try_send(m).is_err() {
+                        metrics::counter!(crate::metrics::RAFT_DROPPED).increment(1);
+                    }
+                }
+                None => {
+                    tracing::debug!(to = m.to, "no address for a raft message's destination");
+                }
+            }
+        }
+    }
+
+    /// Whether the last call to each peer succeeded.
+    pub fn reachable(&self) -> BTreeMap<NodeId, bool> {
+        self.links
+            .iter()
+            .map(|(id, l)| (*id, l.reachable.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        for l in self.links.values() {
+            l.task.abort();
+        }
+    }
+}
+
+async fn run_link(
+    me: NodeId,
+    to: NodeId,
+    addr: String,
+    mut rx: mpsc::Receiver<Message>,
+    reachable: Arc<AtomicBool>,
+    feedback: SyncSender<Input>,
+) {
+    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
+        Ok(e) => e
+            .connect_timeout(CALL_DEADLINE)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5)),
+        Err(e) => {
+            tracing::error!(peer = to, %addr, error = %e, "bad peer address; no messages will reach it");
+            return;
+        }
+    };
+    let mut client = PeerClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mut backoff = Duration::from_millis(50);
+    let mut warned = false;
+    loop {
+        // An idle link sends an empty batch now and then: followers do not
+        // talk to each other, yet status should say whether they could.
+        let mut batch = match tokio::time::timeout(IDLE_PING, rx.recv()).await {
+            Ok(Some(first)) => vec![first],
+            Ok(None) => return,
+            Err(_) => Vec::new(),
+        };
+        while !batch.is_empty() && batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let has_snapshot = batch
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+        let mut messages = Vec::with_capacity(batch.len());
+        for m in &batch {
+            match m.write_to_bytes() {
+                Ok(b) => messages.push(b),
+                Err(e) => tracing::error!(error = %e, "cannot encode a raft message"),
+            }
+        }
+        let deadline = if has_snapshot {
+            SNAPSHOT_DEADLINE
+        } else {
+            CALL_DEADLINE
+        };
+        let mut req = tonic::Request::new(RaftBatch {
+            from: me,
+            to,
+            messages,
+        });
+        req.set_timeout(deadline);
+        let result = tokio::time::timeout(deadline, client.step(req)).await;
+        let error = match result {
+            Ok(Ok(_)) => None,
+            Ok(Err(status)) => Some(format!("{}: {}", status.code(), status.message())),
+            Err(_) => Some(format!("no answer within {deadline:?}")),
+        };
+        match error {
+            None => {
+                if !reachable.swap(true, Ordering::Relaxed) || warned {
+                    tracing::info!(peer = to, %addr, "peer reachable");
+                    warned = false;
+                }
+                backoff = Duration::from_millis(50);
+                if has_snapshot {
+                    let _ = feedback.try_send(Input::SnapshotDone(to, true));
+                }
+            }
+            Some(error) => {
+                reachable.store(false, Ordering::Relaxed);
+                if !warned {
+                    tracing::warn!(peer = to, %addr, %error, "peer unreachable; backing off");
+                    warned = true;
+                }
+                let _ = feedback.try_send(Input::Unreachable(to));
+                if has_snapshot {
+                    let _ = feedback.try_send(Input::SnapshotDone(to, false));
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                // Raft resends what still matters; stale traffic would only delay it.
+                while rx.try_recv().is_ok() {}
+            }
+        }
+    }
+}
