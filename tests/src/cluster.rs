@@ -55,8 +55,6 @@ pub struct Spec {
     pub probe_defaults: String,
     /// Each node's targets: `(id, zone) -> [[targets]] TOML`.
     pub targets: fn(u64, &str, &Ctx) -> String,
-    /// Put each node in its own network namespace.
-    pub netns: bool,
 }
 
 /// What target configs may refer to.
@@ -81,7 +79,6 @@ impl Spec {
             probe_defaults: "interval = \"200ms\"\ntimeout = \"150ms\"\nfall = 2\nrise = 1\n"
                 .into(),
             targets: |_, _, _| String::new(),
-            netns: false,
         }
     }
 }
@@ -90,7 +87,12 @@ impl Cluster {
     /// Writes every config and starts every node; returns once each node's
     /// gRPC port answers.
     pub async fn start(spec: &Spec, ctx: &Ctx) -> Cluster {
-        Self::start_some(spec, ctx, spec.zones.len(), &[]).await
+        Self::start_some(spec, ctx, spec.zones.len(), &[], None).await
+    }
+
+    /// As [`Cluster::start`], each node in its own namespace of `net`.
+    pub async fn start_in(net: Net, spec: &Spec, ctx: &Ctx) -> Cluster {
+        Self::start_some(spec, ctx, spec.zones.len(), &[], Some(net)).await
     }
 
     /// As [`Cluster::start`], but only the first `bootstrap` nodes form the
@@ -101,13 +103,13 @@ impl Cluster {
         ctx: &Ctx,
         bootstrap: usize,
         joiners: &[usize],
+        net: Option<Net>,
     ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("faxi-mesh-")
             .tempdir()
             .unwrap();
         let n = spec.zones.len();
-        let net = spec.netns.then(|| Net::create(n));
         let addrs: Vec<(SocketAddr, SocketAddr)> = (0..n)
             .map(|i| match &net {
                 Some(net) => (
@@ -370,6 +372,11 @@ impl Net {
             &br,
         ]);
         sh(&["ip", "link", "set", &br, "up"]);
+        // Where bridged frames pass through iptables (br_netfilter, as Docker
+        // sets up) with a FORWARD policy of DROP, let this bridge forward.
+        let _ = std::process::Command::new("iptables")
+            .args(["-I", "FORWARD", "-i", &br, "-o", &br, "-j", "ACCEPT"])
+            .output();
         for i in 0..size {
             let ns = net.ns(i);
             let (outer, inner) = (format!("fx{n}v{i}"), format!("fx{n}p{i}"));
@@ -441,14 +448,16 @@ impl Net {
         }
     }
 
-    /// A one-way link: node `from` can no longer open connections to node
-    /// `to` (its SYNs are dropped), while `to` still reaches `from`.
-    pub fn block_connections(&self, from: usize, to: usize) {
+    /// A one-way link: packets from node `from` to port `port` of node `to`
+    /// are dropped. `from`'s calls to `to` fail, while `to`'s calls to `from`
+    /// (from `to`'s ephemeral ports) and their answers go through.
+    pub fn block_port(&self, from: usize, to: usize, port: u16) {
         let peer = self.ip(to).to_string();
+        let port = port.to_string();
         self.iptables(
             from,
             &[
-                "-A", "OUTPUT", "-d", &peer, "-p", "tcp", "--syn", "-j", "DROP",
+                "-A", "OUTPUT", "-d", &peer, "-p", "tcp", "--dport", &port, "-j", "DROP",
             ],
         );
     }
@@ -485,6 +494,18 @@ impl Drop for Net {
                 .args(["netns", "del", &self.ns(i)])
                 .output();
         }
+        let _ = std::process::Command::new("iptables")
+            .args([
+                "-D",
+                "FORWARD",
+                "-i",
+                &self.bridge(),
+                "-o",
+                &self.bridge(),
+                "-j",
+                "ACCEPT",
+            ])
+            .output();
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &self.bridge()])
             .output();

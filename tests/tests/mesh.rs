@@ -227,7 +227,7 @@ async fn a_node_added_at_runtime_catches_up_by_snapshot_then_leaves() {
         closed: None,
     };
     // Node 4 is written as a joiner: it waits to be added.
-    let mut c = Cluster::start_some(&spec, &ctx, 3, &[3]).await;
+    let mut c = Cluster::start_some(&spec, &ctx, 3, &[3], None).await;
     let (_, _) = c.wait_leader(&[0, 1, 2], LONG).await;
     // Let the log pass a few snapshots, so node 4 cannot be sent index 2.
     wait_for("the log past two snapshots", LONG, || async {

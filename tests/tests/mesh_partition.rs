@@ -1,0 +1,239 @@
+//! Partitions between real node processes, each in its own network
+//! namespace: an isolated leader, a one-way link, a zone cut off from a
+//! target. Needs root (as CI runs); without it each test says so and passes
+//! vacuously.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use faxi_tests::cluster::{Cluster, Ctx, Net, Spec};
+use faxi_tests::{is_root, wait_for};
+use tokio::net::TcpListener;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// A TCP service on the bridge, reachable from every namespace.
+async fn service(net: &Net) -> SocketAddr {
+    let l = TcpListener::bind((net.host_ip(), 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            drop(s);
+        }
+    });
+    addr
+}
+
+async fn mesh() -> Option<(Cluster, SocketAddr)> {
+    if !is_root() {
+        eprintln!("skipped: network namespaces need root");
+        return None;
+    }
+    let net = Net::create(3);
+    let svc = service(&net).await;
+    let mut spec = Spec::zones(3);
+    spec.targets = |_, _, ctx| {
+        format!(
+            "[[targets]]\nname = \"svc\"\nkind = \"tcp\"\naddr = \"{}\"\n",
+            ctx.service.unwrap()
+        )
+    };
+    let ctx = Ctx {
+        service: Some(svc),
+        closed: None,
+    };
+    Some((Cluster::start_in(net, &spec, &ctx).await, svc))
+}
+
+/// Polls every node and records which node claims leadership in which term.
+struct LeaderLog {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<BTreeMap<u64, Vec<u64>>>,
+}
+
+impl LeaderLog {
+    fn start(c: &Arc<Cluster>) -> LeaderLog {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s) = (c.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut claims: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+            while !s.load(Ordering::Relaxed) {
+                for i in 0..c.nodes.len() {
+                    if let Ok(st) = c.status(i).await {
+                        let cl = st.cluster.unwrap_or_default();
+                        if cl.leader == cl.node_id && cl.leader != 0 {
+                            let e = claims.entry(cl.term).or_default();
+                            if !e.contains(&cl.leader) {
+                                e.push(cl.leader);
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            claims
+        });
+        LeaderLog { stop, task }
+    }
+
+    async fn finish(self) -> BTreeMap<u64, Vec<u64>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+async fn commit(c: &Cluster, i: usize) -> Result<u64, String> {
+    Ok(c.status(i).await?.cluster.unwrap_or_default().commit_index)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_steps_down_its_side_commits_nothing_and_healing_converges() {
+    let Some((c, _)) = mesh().await else { return };
+    let c = Arc::new(c);
+    let net = c.net.as_ref().unwrap();
+    let leaders = LeaderLog::start(&c);
+    let (old, old_term) = c.wait_leader(&[0, 1, 2], LONG).await;
+    c.wait_state(&[0, 1, 2], "svc", "UP", LONG).await;
+    let li = c.index(old);
+    let rest: Vec<usize> = (0..3).filter(|i| *i != li).collect();
+
+    net.isolate(li);
+    let (new, new_term) = c.wait_leader(&rest, LONG).await;
+    assert_ne!(new, old);
+    assert!(new_term > old_term);
+    // check_quorum: the old leader notices it lost its quorum and steps down.
+    wait_for("the isolated leader steps down", LONG, || async {
+        let cl = c.status(li).await?.cluster.unwrap_or_default();
+        if cl.leader != old {
+            Ok(())
+        } else {
+            Err(format!("still leader in term {}", cl.term))
+        }
+    })
+    .await;
+    let isolated_commit = commit(&c, li).await.unwrap();
+    // The majority goes on committing observations; the minority commits nothing.
+    wait_for("the majority commits", LONG, || async {
+        let ci = commit(&c, rest[0]).await?;
+        if ci > isolated_commit + 10 {
+            Ok(())
+        } else {
+            Err(format!("commit {ci}"))
+        }
+    })
+    .await;
+    assert_eq!(
+        commit(&c, li).await.unwrap(),
+        isolated_commit,
+        "the minority committed"
+    );
+    // Its zone's observations expire; the two others still decide.
+    wait_for("the isolated zone's view expires", LONG, || async {
+        let s = c.status(rest[0]).await?;
+        let t = s.targets.iter().find(|t| t.name == "svc").ok_or("no svc")?;
+        let z = t.zones.get(&c.nodes[li].zone).cloned().unwrap_or_default();
+        if z == "UNKNOWN" && t.state == "UP" {
+            Ok(())
+        } else {
+            Err(format!("{z} / {}", t.state))
+        }
+    })
+    .await;
+
+    net.heal_all();
+    let (after, _) = c.wait_leader(&[0, 1, 2], LONG).await;
+    assert_eq!(after, new, "the healed node disrupted the leader");
+    let majority = commit(&c, rest[0]).await.unwrap();
+    wait_for("the healed node catches up", LONG, || async {
+        let cl = c.status(li).await?.cluster.unwrap_or_default();
+        if cl.applied_index >= majority {
+            Ok(())
+        } else {
+            Err(format!("applied {}", cl.applied_index))
+        }
+    })
+    .await;
+    wait_for("the healed zone counts again", LONG, || async {
+        let s = c.status(li).await?;
+        let t = s.targets.iter().find(|t| t.name == "svc").ok_or("no svc")?;
+        let z = t.zones.get(&c.nodes[li].zone).cloned().unwrap_or_default();
+        if z == "UP" { Ok(()) } else { Err(z) }
+    })
+    .await;
+
+    let claims = leaders.finish().await;
+    for (term, ids) in &claims {
+        assert_eq!(ids.len(), 1, "term {term} had leaders {ids:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_way_link_does_not_disrupt_the_leader_or_its_term() {
+    let Some((c, _)) = mesh().await else { return };
+    let net = c.net.as_ref().unwrap();
+    let (leader, term) = c.wait_leader(&[0, 1, 2], LONG).await;
+    let li = c.index(leader);
+    let fi = (0..3).find(|i| *i != li).unwrap();
+    let other = (0..3).find(|i| *i != li && *i != fi).unwrap();
+
+    // The leader's messages no longer reach the follower; the follower's
+    // still reach the leader. The follower's pre-votes must not move the term.
+    net.block_port(li, fi, 7400);
+    let start = commit(&c, other).await.unwrap();
+    wait_for("commits go on without the follower", LONG, || async {
+        let ci = commit(&c, other).await?;
+        if ci > start + 15 {
+            Ok(())
+        } else {
+            Err(format!("commit {ci}"))
+        }
+    })
+    .await;
+    for i in [li, other] {
+        let cl = c.status(i).await.unwrap().cluster.unwrap();
+        assert_eq!((cl.leader, cl.term), (leader, term), "node {}", i + 1);
+    }
+
+    net.heal_all();
+    let (after, after_term) = c.wait_leader(&[0, 1, 2], LONG).await;
+    assert_eq!(
+        (after, after_term),
+        (leader, term),
+        "healing moved the leader or term"
+    );
+    let majority = commit(&c, other).await.unwrap();
+    wait_for("the follower catches up", LONG, || async {
+        let cl = c.status(fi).await?.cluster.unwrap_or_default();
+        if cl.applied_index >= majority {
+            Ok(())
+        } else {
+            Err(format!("applied {}", cl.applied_index))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_that_loses_its_route_to_a_target_makes_it_suspect_not_down() {
+    let Some((c, svc)) = mesh().await else { return };
+    let net = c.net.as_ref().unwrap();
+    c.wait_leader(&[0, 1, 2], LONG).await;
+    c.wait_state(&[0, 1, 2], "svc", "UP", LONG).await;
+    net.cut_service(2, svc);
+    c.wait_state(&[0, 1, 2], "svc", "SUSPECT", LONG).await;
+    for i in 0..3 {
+        let s = c.status(i).await.unwrap();
+        let t = s.targets.iter().find(|t| t.name == "svc").unwrap();
+        assert_eq!(t.down_zones, vec!["zone-c".to_owned()]);
+    }
+    // A second zone losing it makes a quorum: DOWN.
+    net.cut_service(1, svc);
+    c.wait_state(&[0, 1, 2], "svc", "DOWN", LONG).await;
+    net.heal_all();
+    c.wait_state(&[0, 1, 2], "svc", "UP", LONG).await;
+}
