@@ -61,8 +61,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::runtime::Handle::current(),
         tx.clone(),
     );
+    // Opening replays the log from sled: off the async workers.
     let (mesh, raft_thread) =
-        driver::start(dcfg, storage, transport, (tx, rx)).map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || driver::start(dcfg, storage, transport, (tx, rx)))
+            .await
+            .map_err(|e| format!("starting raft: {e}"))?
+            .map_err(|e| e.to_string())?;
 
     let ctx = ProbeContext::new(config.node.id);
     let scheduler = Scheduler::start(&config.targets, &ctx)?;

@@ -228,6 +228,29 @@ pub enum StartError {
     Raft(String),
 }
 
+/// Where the driver's outgoing raft messages go: the tonic transport in a
+/// node, an in-memory network in the simulator.
+pub trait Outbox {
+    /// Queues messages; never blocks.
+    fn send(&mut self, msgs: Vec<Message>);
+    /// Sets every peer's address.
+    fn set_peers(&mut self, book: BTreeMap<NodeId, String>);
+    /// Whether the last message to each peer got through.
+    fn reachable(&self) -> BTreeMap<NodeId, bool>;
+}
+
+impl Outbox for Transport {
+    fn send(&mut self, msgs: Vec<Message>) {
+        Transport::send(self, msgs);
+    }
+    fn set_peers(&mut self, book: BTreeMap<NodeId, String>) {
+        Transport::set_peers(self, book);
+    }
+    fn reachable(&self) -> BTreeMap<NodeId, bool> {
+        Transport::reachable(self)
+    }
+}
+
 /// Opens the state from `storage` (bootstrapping a fresh one) and starts the
 /// driver thread. The transport carries outgoing messages.
 pub fn start(
@@ -236,93 +259,42 @@ pub fn start(
     transport: Transport,
     inbox: (SyncSender<Input>, Receiver<Input>),
 ) -> Result<(Mesh, std::thread::JoinHandle<Result<(), String>>), StartError> {
-    let serr = |e: raft::Error| StartError::Storage(e.to_string());
-    let fresh = storage
-        .initial_state()
-        .map_err(serr)?
-        .conf_state
-        .voters
-        .is_empty()
-        && storage.last_index().map_err(serr)? == 0;
-    if fresh && !cfg.join {
-        // Every bootstrap member starts from the same snapshot at index 1:
-        // the members and an empty state. A node added later has no index 1
-        // and so is sent a snapshot: every node applies the same history.
-        let sm = StateMachine::new(cfg.peers.clone());
-        let mut snap = Snapshot::default();
-        let meta = snap.mut_metadata();
-        meta.index = 1;
-        meta.term = 1;
-        meta.mut_conf_state().voters = cfg.peers.iter().map(|(id, _)| *id).collect();
-        snap.data = sm.snapshot().map_err(StartError::Storage)?.into();
-        storage.apply_snapshot(&snap).map_err(serr)?;
-    }
-    let snap = storage.last_snapshot().map_err(serr)?;
-    let applied = snap.get_metadata().index;
-    let sm = if applied == 0 {
-        StateMachine::default()
-    } else {
-        StateMachine::restore(&snap.data).map_err(StartError::Storage)?
-    };
-    let raft_cfg = raft::Config {
-        id: cfg.id,
-        election_tick: cfg.election_ticks,
-        heartbeat_tick: cfg.heartbeat_ticks,
-        applied,
-        pre_vote: true,
-        check_quorum: true,
-        max_size_per_msg: 1024 * 1024,
-        max_inflight_msgs: 256,
-        max_uncommitted_size: 64 * 1024 * 1024,
-        ..raft::Config::default()
-    };
-    raft_cfg
-        .validate()
-        .map_err(|e| StartError::Raft(e.to_string()))?;
-    let logger = super::raftlog::logger();
-    let raw =
-        RawNode::new(&raft_cfg, storage, &logger).map_err(|e| StartError::Raft(e.to_string()))?;
-
-    let shared = Arc::new(RwLock::new(Shared {
-        sm,
-        info: RaftInfo::default(),
-    }));
-    let (version_tx, version_rx) = watch::channel(0);
+    let core = Core::open(cfg, storage, transport, cfg_jitter::RANDOM)?;
+    let shared = core.shared.clone();
+    let version = core.version.subscribe();
     let (tx, rx) = inbox;
-    let mut driver = Driver {
-        cfg,
-        raw,
-        transport,
-        shared: shared.clone(),
-        version: version_tx,
-        pending: HashMap::new(),
-        seq: 0,
-        last_snapshot: applied,
-        leader_heard: None,
-        last_info: RaftInfo::default(),
-    };
-    driver.refresh_peers();
-    driver.export_all_targets();
     let thread = std::thread::Builder::new()
         .name("raft".into())
-        .spawn(move || driver.run(rx))
+        .spawn(move || core.run(rx))
         .map_err(|e| StartError::Raft(format!("cannot start the raft thread: {e}")))?;
     Ok((
         Mesh {
             tx,
             shared,
-            version: version_rx,
+            version,
         },
         thread,
     ))
 }
 
+/// Election timeout randomisation.
+pub mod cfg_jitter {
+    /// raft-rs's own: uniform in [election, 2 × election) ticks.
+    pub const RANDOM: bool = true;
+    /// None: always `election` ticks (raft-rs draws from its own RNG, which
+    /// a seeded simulation cannot replay; the simulator jitters ticks instead).
+    pub const FIXED: bool = false;
+}
+
 type Reply = oneshot::Sender<Result<u64, MeshError>>;
 
-struct Driver {
+/// The driver's state: the raft node, its log, the state machine and our
+/// pending proposals. The thread runs it; the simulator steps it by hand.
+pub struct Core<O: Outbox> {
     cfg: DriverConfig,
-    raw: RawNode<SledStorage>,
-    transport: Transport,
+    /// raft-rs's node (public for the simulator's checks).
+    pub raw: RawNode<SledStorage>,
+    transport: O,
     shared: Arc<RwLock<Shared>>,
     version: watch::Sender<u64>,
     /// Our proposals not yet applied, by sequence number.
@@ -365,7 +337,122 @@ fn role_str(r: StateRole) -> &'static str {
     }
 }
 
-impl Driver {
+impl<O: Outbox> std::fmt::Debug for Core<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").field("id", &self.cfg.id).finish()
+    }
+}
+
+impl<O: Outbox> Core<O> {
+    /// Opens the state from `storage`, bootstrapping a fresh log from the
+    /// config's peers (unless joining).
+    pub fn open(
+        cfg: DriverConfig,
+        storage: SledStorage,
+        transport: O,
+        random_election: bool,
+    ) -> Result<Self, StartError> {
+        let serr = |e: raft::Error| StartError::Storage(e.to_string());
+        let fresh = storage
+            .initial_state()
+            .map_err(serr)?
+            .conf_state
+            .voters
+            .is_empty()
+            && storage.last_index().map_err(serr)? == 0;
+        if fresh && !cfg.join {
+            // Every bootstrap member starts from the same snapshot at index 1:
+            // the members and an empty state. A node added later has no index
+            // 1 and so is sent a snapshot: every node applies the same history.
+            let sm = StateMachine::new(cfg.peers.clone());
+            let mut snap = Snapshot::default();
+            let meta = snap.mut_metadata();
+            meta.index = 1;
+            meta.term = 1;
+            meta.mut_conf_state().voters = cfg.peers.iter().map(|(id, _)| *id).collect();
+            snap.data = sm.snapshot().map_err(StartError::Storage)?.into();
+            storage.apply_snapshot(&snap).map_err(serr)?;
+        }
+        let snap = storage.last_snapshot().map_err(serr)?;
+        let applied = snap.get_metadata().index;
+        let sm = if applied == 0 {
+            StateMachine::default()
+        } else {
+            StateMachine::restore(&snap.data).map_err(StartError::Storage)?
+        };
+        let raft_cfg = raft::Config {
+            id: cfg.id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            min_election_tick: if random_election {
+                0
+            } else {
+                cfg.election_ticks
+            },
+            max_election_tick: if random_election {
+                0
+            } else {
+                cfg.election_ticks + 1
+            },
+            applied,
+            pre_vote: true,
+            check_quorum: true,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            max_uncommitted_size: 64 * 1024 * 1024,
+            ..raft::Config::default()
+        };
+        raft_cfg
+            .validate()
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let logger = super::raftlog::logger();
+        let raw = RawNode::new(&raft_cfg, storage, &logger)
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let (version, _) = watch::channel(0);
+        let mut core = Core {
+            cfg,
+            raw,
+            transport,
+            shared: Arc::new(RwLock::new(Shared {
+                sm,
+                info: RaftInfo::default(),
+            })),
+            version,
+            pending: HashMap::new(),
+            seq: 0,
+            last_snapshot: applied,
+            leader_heard: None,
+            last_info: RaftInfo::default(),
+        };
+        core.refresh_peers();
+        core.export_all_targets();
+        Ok(core)
+    }
+
+    /// The outbox (the simulator drains it).
+    pub fn outbox(&mut self) -> &mut O {
+        &mut self.transport
+    }
+
+    /// The applied state and raft status.
+    pub fn shared(&self) -> RwLockReadGuard<'_, Shared> {
+        self.read()
+    }
+
+    /// One step of the loop without a clock: handle inputs, optionally tick,
+    /// then process ready and publish.
+    pub fn step(&mut self, inputs: Vec<Input>, tick: bool) -> Result<(), String> {
+        for i in inputs {
+            self.handle(i);
+        }
+        if tick {
+            self.raw.tick();
+        }
+        self.on_ready()?;
+        self.publish();
+        Ok(())
+    }
+
     fn run(mut self, rx: Receiver<Input>) -> Result<(), String> {
         let tick = self.cfg.tick;
         let mut next_tick = Instant::now() + tick;

@@ -11,6 +11,8 @@
 pub mod driver;
 pub mod proposer;
 mod raftlog;
+#[cfg(test)]
+mod sim;
 pub mod state;
 pub mod storage;
 pub mod transport;

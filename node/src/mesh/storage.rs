@@ -61,6 +61,8 @@ pub enum StoreError {
 /// The sled-backed Raft log.
 #[derive(Debug, Clone)]
 pub struct SledStorage {
+    /// False only in the simulator's in-memory stores: writes skip the fsync.
+    durable: bool,
     db: sled::Db,
     entries: sled::Tree,
     meta: sled::Tree,
@@ -132,10 +134,44 @@ impl SledStorage {
                 db.flush().map_err(sled_err)?;
             }
         }
-        Ok(Self { db, entries, meta })
+        Ok(Self {
+            durable: true,
+            db,
+            entries,
+            meta,
+        })
+    }
+
+    /// A store in a temporary sled database that is never flushed: for the
+    /// simulator, which models a crash by reopening the same store (every
+    /// write it made counts as flushed, as it is in a node).
+    #[cfg(test)]
+    pub fn volatile() -> Result<Self, StoreError> {
+        let sled_err = |source| StoreError::Sled {
+            path: "(temporary)".into(),
+            source,
+        };
+        let db = sled::Config::new()
+            .temporary(true)
+            .flush_every_ms(None)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(sled_err)?;
+        let meta = db.open_tree("meta").map_err(sled_err)?;
+        let entries = db.open_tree("entries").map_err(sled_err)?;
+        meta.insert(K_FORMAT, FORMAT).map_err(sled_err)?;
+        Ok(Self {
+            durable: false,
+            db,
+            entries,
+            meta,
+        })
     }
 
     fn flush(&self) -> raft::Result<()> {
+        if !self.durable {
+            return Ok(());
+        }
         self.db.flush().map(drop).map_err(store_err)
     }
 
