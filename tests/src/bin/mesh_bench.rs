@@ -1,0 +1,377 @@
+//! Consensus benchmark (BENCHMARKS.md).
+//!
+//! - `commit` and `throughput`: three raft drivers in this process, each
+//!   with its own sled log in a temp dir (every write fsynced) and the real
+//!   tonic transport over loopback. `commit` proposes one observation at a
+//!   time on the leader and times propose → applied; `throughput` keeps
+//!   several batched proposals in flight, each carrying verdict changes of
+//!   many targets, and counts committed verdict changes (transitions) per
+//!   second.
+//! - `failover` and `detection`: three real node processes on loopback.
+//!   `failover` kills the leader (kill -9) and times until both survivors
+//!   name the same new leader. `detection` makes an HTTP target fail at a
+//!   random moment and times until every node's agreed state is DOWN,
+//!   against the probe-side floor `fall × interval`.
+//!
+//! Run it with `tests/bench-mesh` (release build). It prints Markdown.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::sync_channel;
+use std::time::Duration;
+
+use clap::Parser;
+use faxi_tests::cluster::{Cluster, Ctx, Spec};
+use faxi_tests::http::AppStub;
+use faxi_tests::wait_for;
+use faxi_watchdog::api::Api;
+use faxi_watchdog::mesh::driver::{self, DriverConfig, Mesh};
+use faxi_watchdog::mesh::state::{Command, Member, Seen, State};
+use faxi_watchdog::mesh::storage::SledStorage;
+use faxi_watchdog::mesh::transport::Transport;
+use rand::Rng;
+use tokio::time::Instant;
+
+#[derive(Debug, Parser)]
+#[command(about = "Measure commit latency, transitions/s, failover and detection")]
+struct Args {
+    /// Which parts to run, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "commit,throughput,failover,detection"
+    )]
+    parts: Vec<String>,
+    /// Single proposals timed.
+    #[arg(long, default_value_t = 2000)]
+    commits: usize,
+    /// Seconds of the throughput run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Verdict changes per proposal in the throughput run.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Proposals in flight in the throughput run.
+    #[arg(long, default_value_t = 8)]
+    inflight: usize,
+    /// Leader kills timed.
+    #[arg(long, default_value_t = 20)]
+    failovers: usize,
+    /// Faults timed in the detection run.
+    #[arg(long, default_value_t = 20)]
+    detections: usize,
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn summary(mut v: Vec<f64>) -> String {
+    v.sort_by(f64::total_cmp);
+    format!(
+        "n={} p50={:.2} p90={:.2} p99={:.2} max={:.2}",
+        v.len(),
+        pct(&v, 0.5),
+        pct(&v, 0.9),
+        pct(&v, 0.99),
+        v.last().copied().unwrap_or(f64::NAN)
+    )
+}
+
+/// Three drivers in this process with real sled logs and the tonic transport.
+async fn in_process_mesh(dir: &std::path::Path) -> Vec<Mesh> {
+    let listeners: Vec<tokio::net::TcpListener> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        v
+    };
+    let peers: Vec<(u64, Member)> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            (
+                i as u64 + 1,
+                Member {
+                    zone: format!("zone-{}", (b'a' + i as u8) as char),
+                    addr: l.local_addr().unwrap().to_string(),
+                },
+            )
+        })
+        .collect();
+    let mut meshes = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        let storage = SledStorage::open(&dir.join(format!("n{id}"))).unwrap();
+        let (tx, rx) = sync_channel(driver::INBOX);
+        let transport = Transport::new(id, tokio::runtime::Handle::current(), tx.clone());
+        let cfg = DriverConfig {
+            id,
+            peers: peers.clone(),
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            snapshot_entries: 10_000,
+            join: false,
+        };
+        let (mesh, _thread) = driver::start(cfg, storage, transport, (tx, rx)).unwrap();
+        let api = Api::new(mesh.clone(), id, peers[i].1.zone.clone(), BTreeMap::new());
+        let (_, peer_svc) = api.services();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(peer_svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        meshes.push(mesh);
+    }
+    meshes
+}
+
+async fn leader_of(meshes: &[Mesh]) -> usize {
+    wait_for("a leader", Duration::from_secs(20), || async {
+        let l = meshes[0].read().info.leader;
+        let agreed = meshes.iter().all(|m| m.read().info.leader == l);
+        if l != 0 && agreed {
+            Ok((l - 1) as usize)
+        } else {
+            Err("no leader yet".to_owned())
+        }
+    })
+    .await
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+async fn commit_latency(args: &Args) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let meshes = in_process_mesh(dir.path()).await;
+    let l = leader_of(&meshes).await;
+    let node = l as u64 + 1;
+    let mut lat = Vec::new();
+    for i in 0..args.commits {
+        let cmd = Command::Observe {
+            node,
+            at_ms: now_ms(),
+            valid_for_ms: 15_000,
+            seen: vec![Seen {
+                target: "t".into(),
+                verdict: if i.is_multiple_of(2) { State::Down } else { State::Up },
+                latency_us: 100,
+                error: None,
+            }],
+        };
+        let t = Instant::now();
+        meshes[l]
+            .propose(cmd, Duration::from_secs(5))
+            .await
+            .unwrap();
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    format!(
+        "| single proposal commit (ms), leader, 3 nodes, fsync | {} |\n",
+        summary(lat)
+    )
+}
+
+async fn throughput(args: &Args) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let meshes = in_process_mesh(dir.path()).await;
+    let l = leader_of(&meshes).await;
+    let node = l as u64 + 1;
+    let targets = 10_000usize;
+    let end = Instant::now() + Duration::from_secs(args.seconds);
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..args.inflight {
+        let mesh = meshes[l].clone();
+        let batch = args.batch;
+        tasks.spawn(async move {
+            let mut done = 0usize;
+            let mut round = 0usize;
+            while Instant::now() < end {
+                // Each proposal flips `batch` targets' verdicts: every Seen is a change.
+                let down = round.is_multiple_of(2);
+                let seen = (0..batch)
+                    .map(|k| Seen {
+                        target: format!("t{}", (w * batch + k) % targets),
+                        verdict: if down { State::Down } else { State::Up },
+                        latency_us: 100,
+                        error: None,
+                    })
+                    .collect();
+                let cmd = Command::Observe {
+                    node,
+                    at_ms: now_ms(),
+                    valid_for_ms: 15_000,
+                    seen,
+                };
+                if mesh.propose(cmd, Duration::from_secs(10)).await.is_ok() {
+                    done += batch;
+                }
+                round += 1;
+            }
+            done
+        });
+    }
+    let start = Instant::now();
+    let mut total = 0;
+    while let Some(r) = tasks.join_next().await {
+        total += r.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    // Every follower applied the same: wait for them to catch up.
+    let commit = meshes[l].read().info.commit;
+    wait_for("followers apply", Duration::from_secs(60), || async {
+        if meshes.iter().all(|m| m.read().info.applied >= commit) {
+            Ok(())
+        } else {
+            Err("behind".into())
+        }
+    })
+    .await;
+    format!(
+        "| committed verdict changes/s ({} per proposal, {} in flight, {} targets) | {:.0} over {:.1} s |\n",
+        args.batch,
+        args.inflight,
+        targets,
+        total as f64 / secs,
+        secs
+    )
+}
+
+fn http_targets(_: u64, _: &str, ctx: &Ctx) -> String {
+    format!(
+        "[[targets]]\nname = \"app\"\nkind = \"http\"\nurl = \"http://{}/health\"\n",
+        ctx.service.unwrap()
+    )
+}
+
+async fn failover(args: &Args) -> String {
+    let app = AppStub::start().await;
+    let mut spec = Spec::zones(3);
+    spec.cluster =
+        "tick = \"100ms\"\nelection_ticks = 10\nheartbeat_ticks = 1\nrefresh = \"1s\"\n".into();
+    spec.targets = http_targets;
+    let ctx = Ctx {
+        service: Some(app.addr),
+        closed: None,
+    };
+    let mut c = Cluster::start(&spec, &ctx).await;
+    let mut times = Vec::new();
+    for _ in 0..args.failovers {
+        let (old, _) = c.wait_leader(&[0, 1, 2], Duration::from_secs(30)).await;
+        let li = c.index(old);
+        let rest: Vec<usize> = (0..3).filter(|i| *i != li).collect();
+        c.kill(li).await;
+        let t = Instant::now();
+        loop {
+            let mut ls = Vec::new();
+            for i in &rest {
+                ls.push(
+                    c.status(*i)
+                        .await
+                        .ok()
+                        .and_then(|s| s.cluster)
+                        .map(|c| c.leader),
+                );
+            }
+            if let [Some(a), Some(b)] = ls[..]
+                && a == b
+                && a != 0
+                && a != old
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        c.restart(li).await;
+    }
+    format!(
+        "| leader failover (ms), kill -9 → both survivors name the new leader; 100 ms tick, 10 election ticks | {} |\n",
+        summary(times)
+    )
+}
+
+async fn detection(args: &Args) -> String {
+    let app = AppStub::start().await;
+    let mut spec = Spec::zones(3);
+    spec.cluster =
+        "tick = \"100ms\"\nelection_ticks = 10\nheartbeat_ticks = 1\nrefresh = \"5s\"\n".into();
+    spec.probe_defaults = "interval = \"500ms\"\ntimeout = \"400ms\"\nfall = 3\nrise = 2\n".into();
+    spec.targets = http_targets;
+    let ctx = Ctx {
+        service: Some(app.addr),
+        closed: None,
+    };
+    let c = Cluster::start(&spec, &ctx).await;
+    let floor_ms = 1500.0;
+    let mut total = Vec::new();
+    let mut over = Vec::new();
+    for _ in 0..args.detections {
+        c.wait_state(&[0, 1, 2], "app", "UP", Duration::from_secs(30))
+            .await;
+        // Fail at a random point of the probe cycle.
+        let pause = rand::rng().random_range(0..500);
+        tokio::time::sleep(Duration::from_millis(500 + pause)).await;
+        app.set_status(500);
+        let t = Instant::now();
+        loop {
+            let mut all = true;
+            for i in 0..3 {
+                let down = c.status(i).await.ok().is_some_and(|s| {
+                    s.targets
+                        .iter()
+                        .any(|t| t.name == "app" && t.state == "DOWN")
+                });
+                all &= down;
+            }
+            if all {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        total.push(ms);
+        over.push(ms - floor_ms);
+        app.set_status(200);
+    }
+    format!(
+        "| detection (ms), fault → DOWN applied on all 3 nodes; interval 500 ms, fall 3 | {} |\n\
+         | detection minus the floor fall × interval = 1500 ms (ms) | {} |\n",
+        summary(total),
+        summary(over)
+    )
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let args = Args::parse();
+    let mut out = String::from("| measure | result |\n|---|---|\n");
+    for part in &args.parts {
+        let row = match part.as_str() {
+            "commit" => commit_latency(&args).await,
+            "throughput" => throughput(&args).await,
+            "failover" => failover(&args).await,
+            "detection" => detection(&args).await,
+            other => {
+                eprintln!("unknown part {other}");
+                std::process::exit(2);
+            }
+        };
+        eprint!("{row}");
+        out.push_str(&row);
+    }
+    println!("{out}");
+}
