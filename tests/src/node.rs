@@ -16,6 +16,8 @@ use crate::{free_port, http_get, metric, wait_for, workspace_bin};
 pub struct NodeProcess {
     /// Its `/metrics` address.
     pub metrics: SocketAddr,
+    /// Its gRPC address.
+    pub grpc: SocketAddr,
     /// Its stderr (JSON log lines).
     pub log: PathBuf,
     child: Option<Child>,
@@ -24,14 +26,18 @@ pub struct NodeProcess {
 
 /// The `[node]` section for a node listening on free loopback ports; the
 /// caller appends `[probe_defaults]` and `[[targets]]`.
-pub fn node_section(id: u64, zone: &str, dir: &std::path::Path) -> (String, SocketAddr) {
+pub fn node_section(
+    id: u64,
+    zone: &str,
+    dir: &std::path::Path,
+) -> (String, SocketAddr, SocketAddr) {
     let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let text = format!(
-        "[node]\nid = {id}\nzone = \"{zone}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"{metrics}\"\n\n",
+        "[node]\nid = {id}\nzone = \"{zone}\"\ndata_dir = \"{}\"\nlisten = \"{grpc}\"\nmetrics_listen = \"{metrics}\"\n\n",
         dir.join("data").display(),
-        free_port()
     );
-    (text, metrics)
+    (text, metrics, grpc)
 }
 
 impl NodeProcess {
@@ -47,7 +53,7 @@ impl NodeProcess {
             .prefix("faxi-node-")
             .tempdir()
             .unwrap();
-        let (head, metrics) = node_section(1, "zone-a", dir.path());
+        let (head, metrics, grpc) = node_section(1, "zone-a", dir.path());
         let config = dir.path().join("node.toml");
         std::fs::write(&config, format!("{head}{rest}")).unwrap();
         let log = dir.path().join("node.log");
@@ -63,6 +69,7 @@ impl NodeProcess {
             .unwrap();
         let node = NodeProcess {
             metrics,
+            grpc,
             log,
             child: Some(child),
             _dir: dir,

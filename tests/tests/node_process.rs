@@ -10,7 +10,7 @@ use faxi_tests::http::AppStub;
 use faxi_tests::node::NodeProcess;
 use faxi_tests::redis::Redis;
 use faxi_tests::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
-use faxi_tests::{Blackhole, Silent, metric, secret_file, wait_for};
+use faxi_tests::{Blackhole, Silent, metric, secret_file, wait_for, workspace_bin};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -176,6 +176,121 @@ async fn secrets_stay_out_of_logs_and_metrics() {
     assert!(log.contains("verdict changed"), "{log}");
     assert!(!log.contains(wrong), "a password reached the log:\n{log}");
     assert!(!node.metrics_text().await.contains(wrong));
+    // Nor the status that faxictl shows, once the errors are in the log.
+    let out = wait_for("redis DOWN in faxictl status", DEADLINE, || async {
+        let out = tokio::process::Command::new(workspace_bin("faxictl"))
+            .args([
+                "--endpoints",
+                &node.grpc.to_string(),
+                "status",
+                "--output",
+                "json",
+            ])
+            .output()
+            .await
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("\"DOWN\"") && text.contains("\"error\": \"") {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    })
+    .await;
+    assert!(
+        !out.contains(wrong),
+        "a password reached the status:\n{out}"
+    );
+}
+
+/// Starts a node whose data dir is `data_dir` and expects it to refuse.
+async fn refused_data_dir(data_dir: &std::path::Path) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nid = 1\nzone = \"zone-a\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{}\"\n",
+            data_dir.display(),
+            faxi_tests::free_port(),
+            faxi_tests::free_port()
+        ),
+    )
+    .unwrap();
+    let out = tokio::time::timeout(
+        DEADLINE,
+        tokio::process::Command::new(workspace_bin("faxi-watchdog"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .output(),
+    )
+    .await
+    .expect("the node should exit")
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn a_bad_data_dir_is_refused_with_its_path() {
+    // A file where the data dir should be.
+    let f = tempfile::NamedTempFile::new().unwrap();
+    let err = refused_data_dir(f.path()).await;
+    assert!(err.contains(&f.path().display().to_string()), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // A directory holding something that is not our raft log.
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("conf"), b"not sled at all \x00\xff").unwrap();
+    std::fs::write(d.path().join("db"), vec![0xAB; 4096]).unwrap();
+    let err = refused_data_dir(d.path()).await;
+    assert!(err.contains(&d.path().display().to_string()), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_peer_messages_are_refused_and_the_node_goes_on() {
+    use faxi_proto::v1::{RaftBatch, peer_client::PeerClient};
+    let node = NodeProcess::start("").await;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut peer = PeerClient::new(ch);
+    let e = peer
+        .step(RaftBatch {
+            from: 2,
+            to: 1,
+            messages: vec![b"\xff\xff garbage".to_vec()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().contains("not a raft message"),
+        "{}",
+        e.message()
+    );
+    let e = peer
+        .step(RaftBatch {
+            from: 2,
+            to: 7,
+            messages: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(e.message().contains("not node 7"), "{}", e.message());
+    // Still a healthy single-node cluster that leads itself.
+    wait_for("the node leads itself", DEADLINE, || async {
+        let m = node.metrics_text().await;
+        match metric(&m, "faxi_raft_is_leader", &[]) {
+            Some(1.0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

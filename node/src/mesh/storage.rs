@@ -33,7 +33,7 @@ const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// sled failed (I/O, or its own files are corrupt).
-    #[error("raft log at {path}: {source}")]
+    #[error("raft log at {path}: {}", sled_reason(.source))]
     Sled {
         /// The data dir.
         path: String,
@@ -56,6 +56,15 @@ pub enum StoreError {
         /// The decoder's message.
         reason: String,
     },
+}
+
+/// sled's error in words an operator can act on.
+fn sled_reason(e: &sled::Error) -> String {
+    match e {
+        sled::Error::Corruption { .. } => "its files are damaged or are not a faxi-watchdog raft log (move them aside, then the node rejoins with `join = true` and catches up by snapshot)".into(),
+        sled::Error::Io(io) => format!("I/O error: {io}"),
+        other => other.to_string(),
+    }
 }
 
 /// The sled-backed Raft log.

@@ -167,7 +167,11 @@ async fn commit_latency(args: &Args) -> String {
             valid_for_ms: 15_000,
             seen: vec![Seen {
                 target: "t".into(),
-                verdict: if i.is_multiple_of(2) { State::Down } else { State::Up },
+                verdict: if i.is_multiple_of(2) {
+                    State::Down
+                } else {
+                    State::Up
+                },
                 latency_us: 100,
                 error: None,
             }],
