@@ -296,6 +296,40 @@ async fn a_node_added_at_runtime_catches_up_by_snapshot_then_leaves() {
     })
     .await;
 
+    // Replacing a member's zone (or address) in place: `members add` again.
+    let out = Cluster::faxictl(
+        &c.endpoints(&[2]),
+        &[
+            "members",
+            "add",
+            "4",
+            "zone-d",
+            &c.nodes[3].grpc.to_string(),
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("node 4 in zone-d everywhere", LONG, || async {
+        for i in 0..4 {
+            let s = c.status(i).await?;
+            let cl = s.cluster.unwrap_or_default();
+            let z = cl
+                .members
+                .iter()
+                .find(|m| m.id == 4)
+                .map(|m| m.zone.clone());
+            if z.as_deref() != Some("zone-d") {
+                return Err(format!("node {} says {z:?}", i + 1));
+            }
+        }
+        Ok(())
+    })
+    .await;
+
     let out = Cluster::faxictl(&c.endpoints(&[0]), &["members", "remove", "4"]).await;
     assert!(
         out.status.success(),
