@@ -108,8 +108,6 @@ pub enum Input {
     Unreachable(NodeId),
     /// A snapshot was (or was not) delivered.
     SnapshotDone(NodeId, bool),
-    /// Stop the thread.
-    Stop,
 }
 
 /// The Raft side of status, as this node sees it.
@@ -150,6 +148,7 @@ pub struct Shared {
 #[derive(Debug, Clone)]
 pub struct Mesh {
     tx: SyncSender<Input>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     shared: Arc<RwLock<Shared>>,
     version: watch::Receiver<u64>,
 }
@@ -199,10 +198,10 @@ impl Mesh {
         rx.await.map_err(|_| MeshError::Stopped)?
     }
 
-    /// Stops the driver thread.
+    /// Stops the driver thread (within one tick, however full its queue).
     pub fn stop(&self) {
-        // A full queue still ends: the thread also stops when every sender is gone.
-        let _ = self.tx.try_send(Input::Stop);
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -262,6 +261,7 @@ pub fn start(
     let core = Core::open(cfg, storage, transport, cfg_jitter::RANDOM)?;
     let shared = core.shared.clone();
     let version = core.version.subscribe();
+    let stopping = core.stopping.clone();
     let (tx, rx) = inbox;
     let thread = std::thread::Builder::new()
         .name("raft".into())
@@ -270,6 +270,7 @@ pub fn start(
     Ok((
         Mesh {
             tx,
+            stopping,
             shared,
             version,
         },
@@ -303,6 +304,7 @@ pub struct Core<O: Outbox> {
     last_snapshot: u64,
     leader_heard: Option<Instant>,
     last_info: RaftInfo,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The context that marks an entry as ours: proposer id and sequence.
@@ -423,6 +425,7 @@ impl<O: Outbox> Core<O> {
             last_snapshot: applied,
             leader_heard: None,
             last_info: RaftInfo::default(),
+            stopping: Arc::default(),
         };
         core.refresh_peers();
         core.export_all_targets();
@@ -470,11 +473,11 @@ impl<O: Outbox> Core<O> {
                     Err(_) => break,
                 }
             }
+            if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                self.fail_pending();
+                return Ok(());
+            }
             for input in inputs {
-                if matches!(input, Input::Stop) {
-                    self.fail_pending();
-                    return Ok(());
-                }
                 self.handle(input);
             }
             if Instant::now() >= next_tick {
@@ -595,7 +598,6 @@ impl<O: Outbox> Core<O> {
                     raft::SnapshotStatus::Failure
                 },
             ),
-            Input::Stop => {}
         }
     }
 
