@@ -3,9 +3,15 @@
 //! Architecture invariant: this module is pure. No I/O, no clock, no
 //! randomness, no hash-ordered iteration: every node that applies the same
 //! committed commands in the same order holds the same state, byte for byte.
-//! Time is *log time*: the largest proposer timestamp applied so far. An
-//! observation expires when log time passes its `expires_at_ms`, never by the
-//! applier's wall clock.
+//! Time is *log time*, never the applier's wall clock. Each member's latest
+//! proposer timestamp is kept; log time is the (f+1)-th largest of them (f =
+//! ⌊(members − 1) / 2⌋, the median with three members), and never goes back.
+//! So one node whose clock jumps ahead cannot expire everyone else's
+//! observations, and one whose clock lags cannot hold them fresh; a silent
+//! node's observations still expire while a majority keeps reporting. An
+//! observation is valid for `valid_for_ms` from the log time at which it is
+//! applied. Until (f+1) members have reported, log time is the largest
+//! timestamp seen, so a new cluster agrees at once.
 //!
 //! The rules (DESIGN.md §3):
 //! - zone verdict = what a strict majority of that zone's fresh observations
@@ -173,8 +179,11 @@ pub enum Rejected {
 /// The whole replicated state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateMachine {
-    /// Largest proposer timestamp applied: the clock of expiry and `since`.
+    /// Log time: the clock of expiry and `since` (see the module doc).
     log_now_ms: u64,
+    /// Each member's latest proposer timestamp.
+    #[serde(default)]
+    clocks: BTreeMap<NodeId, u64>,
     members: BTreeMap<NodeId, Member>,
     /// target -> node -> view.
     views: BTreeMap<String, BTreeMap<NodeId, NodeView>>,
@@ -224,8 +233,10 @@ impl StateMachine {
                 if !self.members.contains_key(node) {
                     return Err(Rejected::NotAMember(*node));
                 }
-                self.log_now_ms = self.log_now_ms.max(*at_ms);
-                let expires_at_ms = at_ms.saturating_add(*valid_for_ms);
+                let c = self.clocks.entry(*node).or_default();
+                *c = (*c).max(*at_ms);
+                self.log_now_ms = self.log_now_ms.max(self.quorum_clock());
+                let expires_at_ms = self.log_now_ms.saturating_add(*valid_for_ms);
                 for s in seen {
                     let view = NodeView {
                         verdict: s.verdict,
@@ -251,12 +262,26 @@ impl StateMachine {
                 if self.members.remove(id).is_none() {
                     return Err(Rejected::UnknownMember(*id));
                 }
+                self.clocks.remove(id);
                 for per_node in self.views.values_mut() {
                     per_node.remove(id);
                 }
             }
         }
         Ok(self.recompute())
+    }
+
+    /// The (f+1)-th largest member clock; the largest while fewer members
+    /// than that have reported.
+    fn quorum_clock(&self) -> u64 {
+        let mut stamps: Vec<u64> = self
+            .members
+            .keys()
+            .filter_map(|id| self.clocks.get(id).copied())
+            .collect();
+        stamps.sort_unstable_by(|a, b| b.cmp(a));
+        let k = (self.members.len().saturating_sub(1)) / 2;
+        stamps.get(k).or(stamps.first()).copied().unwrap_or(0)
     }
 
     /// Recomputes every target's agreed state at the current log time.

@@ -68,17 +68,18 @@ fn a_quorum_of_zones_makes_down() {
     assert_eq!(state(&sm, "pg"), State::Suspect);
     let t = observe(&mut sm, 3, 1_050, "pg", State::Down);
     assert_eq!(state(&sm, "pg"), State::Down);
+    // Log time is the second-latest of the two clocks heard so far.
     assert_eq!(
         t,
         vec![Transition {
             target: "pg".into(),
             from: State::Suspect,
             to: State::Down,
-            at_ms: 1_050,
+            at_ms: 1_000,
             down_zones: vec!["zone-a".into(), "zone-c".into()],
         }]
     );
-    assert_eq!(sm.agreed()["pg"].since_ms, 1_050);
+    assert_eq!(sm.agreed()["pg"].since_ms, 1_000);
 }
 
 #[test]
@@ -111,13 +112,57 @@ fn observations_expire_in_log_time() {
     observe(&mut sm, 1, 1_000, "pg", State::Down);
     observe(&mut sm, 2, 1_000, "pg", State::Down);
     assert_eq!(state(&sm, "pg"), State::Down);
-    // Node 3 keeps reporting; nodes 1 and 2 fall silent. Their views hold
-    // until 4_000 in log time, then stop counting.
+    // Node 1 falls silent; nodes 2 and 3 keep reporting. Node 1's view,
+    // applied at log time 1_000, holds until 4_000, then stops counting.
+    observe(&mut sm, 2, 4_000, "pg", State::Down);
     observe(&mut sm, 3, 4_000, "pg", State::Up);
+    assert_eq!(sm.log_now_ms(), 4_000);
     assert_eq!(state(&sm, "pg"), State::Down);
-    let t = observe(&mut sm, 3, 4_001, "pg", State::Up);
-    assert_eq!(state(&sm, "pg"), State::Unknown);
-    assert_eq!(t[0].to, State::Unknown);
+    observe(&mut sm, 3, 4_001, "pg", State::Up);
+    let t = observe(&mut sm, 2, 4_001, "pg", State::Down);
+    assert_eq!(state(&sm, "pg"), State::Suspect);
+    assert_eq!(t[0].to, State::Suspect);
+    assert_eq!(sm.agreed()["pg"].zones["zone-a"], State::Unknown);
+}
+
+#[test]
+fn one_clock_far_ahead_or_behind_moves_nothing() {
+    let mut sm = three_zones();
+    for n in 1..=3 {
+        observe(&mut sm, n, 1_000, "pg", State::Up);
+    }
+    // Node 1's clock jumps an hour ahead: log time follows the other two.
+    observe(&mut sm, 1, 3_601_000, "pg", State::Up);
+    assert_eq!(sm.log_now_ms(), 1_000);
+    observe(&mut sm, 2, 2_000, "pg", State::Up);
+    observe(&mut sm, 3, 2_000, "pg", State::Up);
+    assert_eq!(sm.log_now_ms(), 2_000);
+    assert_eq!(state(&sm, "pg"), State::Up);
+    assert_eq!(
+        sm.agreed()["pg"]
+            .zones
+            .values()
+            .filter(|z| **z == State::Up)
+            .count(),
+        3
+    );
+    // Node 3's clock is an hour behind: its reports still count, and it
+    // does not hold log time back.
+    let mut sm = three_zones();
+    observe(&mut sm, 1, 3_600_000, "pg", State::Down);
+    observe(&mut sm, 2, 3_600_000, "pg", State::Down);
+    observe(&mut sm, 3, 1_000, "pg", State::Down);
+    assert_eq!(sm.log_now_ms(), 3_600_000);
+    assert_eq!(sm.agreed()["pg"].zones["zone-c"], State::Down);
+}
+
+#[test]
+fn a_new_cluster_agrees_before_every_member_has_reported() {
+    let mut sm = three_zones();
+    observe(&mut sm, 1, 1_000, "pg", State::Up);
+    assert_eq!(sm.log_now_ms(), 1_000);
+    observe(&mut sm, 2, 1_010, "pg", State::Up);
+    assert_eq!(state(&sm, "pg"), State::Up);
 }
 
 #[test]
