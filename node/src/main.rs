@@ -96,18 +96,25 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     }
 }
 
-fn dev(dir: Option<PathBuf>) -> ExitCode {
-    let dir = dir.unwrap_or_else(faxi_watchdog::dev::default_dir);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
+/// The tokio runtime (`workers` threads, else one per core); says why not.
+fn runtime(workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n);
+    }
+    match b.enable_all().build() {
+        Ok(r) => Some(r),
         Err(e) => {
             eprintln!("faxi-watchdog: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
+            None
         }
+    }
+}
+
+fn dev(dir: Option<PathBuf>) -> ExitCode {
+    let dir = dir.unwrap_or_else(faxi_watchdog::dev::default_dir);
+    let Some(runtime) = runtime(Some(1)) else {
+        return ExitCode::from(EXIT_FAILURE);
     };
     match runtime.block_on(faxi_watchdog::dev::run(&dir, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
@@ -136,15 +143,8 @@ fn run(file: &std::path::Path, log_format: LogFormat, stop_on_stdin_eof: bool) -
         eprintln!("faxi-watchdog: {e}");
         return ExitCode::from(EXIT_FAILURE);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("faxi-watchdog: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
+    let Some(runtime) = runtime(None) else {
+        return ExitCode::from(EXIT_FAILURE);
     };
     let shutdown = async move {
         if stop_on_stdin_eof {

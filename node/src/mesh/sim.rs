@@ -162,6 +162,14 @@ impl Sim {
         (id - 1) as usize
     }
 
+    /// Node `id`'s commit index (it must be up).
+    fn commit(&self, id: NodeId) -> u64 {
+        self.nodes[self.index(id)]
+            .core
+            .as_ref()
+            .map_or(0, |c| c.raw.raft.raft_log.committed)
+    }
+
     /// Moves what a node sent into the network.
     fn collect(&mut self, i: usize) {
         let Some(core) = self.nodes[i].core.as_mut() else {
@@ -529,53 +537,14 @@ fn a_zone_cut_off_from_its_peers_commits_nothing() {
             }
         }
     }
-    let before: Vec<u64> = minority
-        .iter()
-        .map(|id| {
-            sim.nodes[sim.index(*id)]
-                .core
-                .as_ref()
-                .unwrap()
-                .raw
-                .raft
-                .raft_log
-                .committed
-        })
-        .collect();
-    let majority = sim.index(1);
-    let start = sim.nodes[majority]
-        .core
-        .as_ref()
-        .unwrap()
-        .raw
-        .raft
-        .raft_log
-        .committed;
+    let before: Vec<u64> = minority.iter().map(|id| sim.commit(*id)).collect();
+    let start = sim.commit(1);
     for _ in 0..1_000 {
         sim.step(false);
     }
-    let after: Vec<u64> = minority
-        .iter()
-        .map(|id| {
-            sim.nodes[sim.index(*id)]
-                .core
-                .as_ref()
-                .unwrap()
-                .raw
-                .raft
-                .raft_log
-                .committed
-        })
-        .collect();
+    let after: Vec<u64> = minority.iter().map(|id| sim.commit(*id)).collect();
     assert_eq!(before, after, "the cut-off zone committed");
-    let end = sim.nodes[majority]
-        .core
-        .as_ref()
-        .unwrap()
-        .raw
-        .raft
-        .raft_log
-        .committed;
+    let end = sim.commit(1);
     assert!(end > start + 10, "the majority stopped committing");
     sim.converge();
 }
