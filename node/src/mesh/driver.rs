@@ -280,7 +280,7 @@ pub fn start(
 
 /// Election timeout randomisation.
 pub mod cfg_jitter {
-    /// Uniform in [election, 1.5 × election) ticks, from raft-rs's RNG.
+    /// Uniform in [election, 1.4 × election) ticks, from raft-rs's RNG.
     pub const RANDOM: bool = true;
     /// None: always `election` ticks (raft-rs draws from its own RNG, which
     /// a seeded simulation cannot replay; the simulator jitters ticks instead).
@@ -386,13 +386,14 @@ impl<O: Outbox> Core<O> {
             id: cfg.id,
             election_tick: cfg.election_ticks,
             heartbeat_tick: cfg.heartbeat_ticks,
-            // Election timeouts are drawn from [election, 1.5 × election)
+            // Election timeouts are drawn from [election, 1.4 × election)
             // ticks rather than raft-rs's default [election, 2 × election):
-            // with 100 ms × 10 the first follower to time out does so within
-            // 1.5 s of the leader's last heartbeat (the failover bar).
+            // with 100 ms × 10 a follower campaigns at most 1.3 s after the
+            // leader's last heartbeat, leaving room for pre-vote, vote and
+            // the first append within the 1.5 s failover bar.
             min_election_tick: cfg.election_ticks,
             max_election_tick: if random_election {
-                cfg.election_ticks + (cfg.election_ticks / 2).max(1)
+                cfg.election_ticks + (cfg.election_ticks * 2 / 5).max(1)
             } else {
                 cfg.election_ticks + 1
             },

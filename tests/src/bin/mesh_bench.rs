@@ -308,6 +308,34 @@ async fn failover(args: &Args) -> String {
     )
 }
 
+/// Log event times (Unix ms) on node `i` after `since`: local verdict
+/// changes of `target` to DOWN, and agreed-state changes to DOWN.
+fn down_events(c: &Cluster, i: usize, target: &str, since: u64) -> (Option<u64>, Option<u64>) {
+    let mut local = None;
+    let mut agreed = None;
+    for l in c.log_lines(i) {
+        let Some(ts) = l["timestamp"]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+        else {
+            continue;
+        };
+        let ms = ts
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        if ms < since || l["target_name"] != target || l["to"] != "DOWN" {
+            continue;
+        }
+        match l["message"].as_str() {
+            Some("verdict changed") => local = local.or(Some(ms)),
+            Some("agreed state changed") => agreed = agreed.or(Some(ms)),
+            _ => {}
+        }
+    }
+    (local, agreed)
+}
+
 async fn detection(args: &Args) -> String {
     let app = AppStub::start().await;
     let mut spec = Spec::zones(3);
@@ -320,42 +348,71 @@ async fn detection(args: &Args) -> String {
         closed: None,
     };
     let c = Cluster::start(&spec, &ctx).await;
+    // One connection per node, reused: polling must not load the nodes.
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(c.client(i).await);
+    }
     let floor_ms = 1500.0;
     let mut total = Vec::new();
     let mut over = Vec::new();
+    let mut consensus = Vec::new();
     for _ in 0..args.detections {
         c.wait_state(&[0, 1, 2], "app", "UP", Duration::from_secs(30))
             .await;
         // Fail at a random point of the probe cycle.
         let pause = rand::rng().random_range(0..500);
         tokio::time::sleep(Duration::from_millis(500 + pause)).await;
+        let fault_ms = now_ms();
         app.set_status(500);
         let t = Instant::now();
         loop {
             let mut all = true;
-            for i in 0..3 {
-                let down = c.status(i).await.ok().is_some_and(|s| {
-                    s.targets
-                        .iter()
-                        .any(|t| t.name == "app" && t.state == "DOWN")
-                });
+            for cl in &mut clients {
+                let down = cl
+                    .status(faxi_proto::v1::StatusRequest {})
+                    .await
+                    .ok()
+                    .is_some_and(|s| {
+                        s.into_inner()
+                            .targets
+                            .iter()
+                            .any(|t| t.name == "app" && t.state == "DOWN")
+                    });
                 all &= down;
             }
             if all {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let ms = t.elapsed().as_secs_f64() * 1e3;
         total.push(ms);
         over.push(ms - floor_ms);
+        // From the nodes' own logs: the second local DOWN (what makes a
+        // quorum of zones) to the last node applying the agreed DOWN.
+        let mut locals = Vec::new();
+        let mut agreed = Vec::new();
+        for i in 0..3 {
+            let (l, a) = down_events(&c, i, "app", fault_ms);
+            locals.extend(l);
+            agreed.extend(a);
+        }
+        locals.sort_unstable();
+        if let (Some(second), Some(last)) = (locals.get(1), agreed.iter().max())
+            && agreed.len() == 3
+        {
+            consensus.push(last.saturating_sub(*second) as f64);
+        }
         app.set_status(200);
     }
     format!(
         "| detection (ms), fault → DOWN applied on all 3 nodes; interval 500 ms, fall 3 | {} |\n\
-         | detection minus the floor fall × interval = 1500 ms (ms) | {} |\n",
+         | detection minus the floor fall × interval = 1500 ms (ms) | {} |\n\
+         | consensus part (ms): second node's local DOWN → agreed DOWN logged on the last node | {} |\n",
         summary(total),
-        summary(over)
+        summary(over),
+        summary(consensus)
     )
 }
 
