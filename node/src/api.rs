@@ -21,7 +21,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::mesh::driver::{Input, MemberChange, Mesh, MeshError};
+use crate::mesh::driver::{Input, MemberChange, Mesh, MeshError, Shared};
 use crate::mesh::state::{Member, NodeId};
 use crate::mesh::transport::MAX_MESSAGE_BYTES;
 
@@ -68,30 +68,52 @@ impl Api {
         )
     }
 
+    /// Every member, with its role and reachability as this node sees them.
+    fn members(s: &Shared) -> Vec<pb::Member> {
+        let info = &s.info;
+        s.sm.members()
+            .iter()
+            .map(|(id, m)| pb::Member {
+                id: *id,
+                zone: m.zone.clone(),
+                addr: m.addr.clone(),
+                role: if *id == info.id {
+                    info.role
+                } else if *id == info.leader {
+                    "leader"
+                } else if info.learners.contains(id) {
+                    "learner"
+                } else if info.voters.contains(id) {
+                    "follower"
+                } else {
+                    "unknown"
+                }
+                .to_owned(),
+                reachable: *id == info.id || info.reachable.get(id).copied().unwrap_or(false),
+            })
+            .collect()
+    }
+
+    /// Proposes a membership change and answers with the members after it.
+    async fn change_member(
+        &self,
+        change: MemberChange,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        let index = self
+            .mesh
+            .change_member(change, WRITE_DEADLINE)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::MemberChangeResponse {
+            index,
+            members: Self::members(&self.mesh.read()),
+        }))
+    }
+
     fn status_now(&self) -> pb::StatusResponse {
         let s = self.mesh.read();
         let info = &s.info;
-        let members =
-            s.sm.members()
-                .iter()
-                .map(|(id, m)| pb::Member {
-                    id: *id,
-                    zone: m.zone.clone(),
-                    addr: m.addr.clone(),
-                    role: if *id == info.id {
-                        info.role.to_owned()
-                    } else if *id == info.leader {
-                        "leader".to_owned()
-                    } else if info.learners.contains(id) {
-                        "learner".to_owned()
-                    } else if info.voters.contains(id) {
-                        "follower".to_owned()
-                    } else {
-                        "unknown".to_owned()
-                    },
-                    reachable: *id == info.id || info.reachable.get(id).copied().unwrap_or(false),
-                })
-                .collect();
+        let members = Self::members(&s);
         let now = s.sm.log_now_ms();
         let targets =
             s.sm.agreed()
@@ -142,21 +164,14 @@ impl Api {
                 node_id: self.me,
                 node_zone: self.zone.clone(),
                 applied_index: info.applied,
-                leader_contact_ms: info
-                    .leader_contact
+                leader_contact_ms: s
+                    .leader_contact()
                     .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
                 members,
             }),
             targets,
             incidents: Vec::new(),
         }
-    }
-
-    fn members_now(&self) -> Vec<pb::Member> {
-        self.status_now()
-            .cluster
-            .map(|c| c.members)
-            .unwrap_or_default()
     }
 }
 
@@ -239,15 +254,7 @@ impl Watchdog for Api {
             zone: r.zone,
             addr: r.addr,
         };
-        let index = self
-            .mesh
-            .change_member(MemberChange::Set(r.id, member), WRITE_DEADLINE)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::MemberChangeResponse {
-            index,
-            members: self.members_now(),
-        }))
+        self.change_member(MemberChange::Set(r.id, member)).await
     }
 
     async fn remove_member(
@@ -266,15 +273,7 @@ impl Watchdog for Api {
                 )));
             }
         }
-        let index = self
-            .mesh
-            .change_member(MemberChange::Remove(id), WRITE_DEADLINE)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::MemberChangeResponse {
-            index,
-            members: self.members_now(),
-        }))
+        self.change_member(MemberChange::Remove(id)).await
     }
 
     async fn transfer_leader(

@@ -111,7 +111,7 @@ pub enum Input {
 }
 
 /// The Raft side of status, as this node sees it.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RaftInfo {
     /// This node.
     pub id: NodeId,
@@ -131,8 +131,6 @@ pub struct RaftInfo {
     pub learners: Vec<NodeId>,
     /// Whether the transport's last send to each peer succeeded.
     pub reachable: BTreeMap<NodeId, bool>,
-    /// Time since the leader was last heard (zero on the leader).
-    pub leader_contact: Option<Duration>,
 }
 
 /// State readers share: the applied state machine and raft status.
@@ -142,6 +140,22 @@ pub struct Shared {
     pub sm: StateMachine,
     /// Raft status.
     pub info: RaftInfo,
+    /// When a message from the current leader last arrived (followers).
+    pub leader_heard: Option<Instant>,
+}
+
+impl Shared {
+    /// Time since the leader was last heard: zero on the leader, `None`
+    /// when no leader is known or none has been heard yet.
+    pub fn leader_contact(&self) -> Option<Duration> {
+        if self.info.leader == raft::INVALID_ID {
+            None
+        } else if self.info.leader == self.info.id {
+            Some(Duration::ZERO)
+        } else {
+            self.leader_heard.map(|t| t.elapsed())
+        }
+    }
 }
 
 /// A handle on the driver: cheap to clone.
@@ -302,7 +316,6 @@ pub struct Core<O: Outbox> {
     pending: HashMap<u64, Reply>,
     seq: u64,
     last_snapshot: u64,
-    leader_heard: Option<Instant>,
     last_info: RaftInfo,
     stopping: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -377,6 +390,14 @@ impl<O: Outbox> Core<O> {
         }
         let snap = storage.last_snapshot().map_err(serr)?;
         let applied = snap.get_metadata().index;
+        let hs = storage.initial_state().map_err(serr)?.hard_state;
+        tracing::info!(
+            snapshot_index = applied,
+            last_index = storage.last_index().map_err(serr)?,
+            commit = hs.commit,
+            term = hs.term,
+            "raft log opened"
+        );
         let sm = if applied == 0 {
             StateMachine::default()
         } else {
@@ -418,13 +439,12 @@ impl<O: Outbox> Core<O> {
             transport,
             shared: Arc::new(RwLock::new(Shared {
                 sm,
-                info: RaftInfo::default(),
+                ..Shared::default()
             })),
             version,
             pending: HashMap::new(),
             seq: 0,
             last_snapshot: applied,
-            leader_heard: None,
             last_info: RaftInfo::default(),
             stopping: Arc::default(),
         };
@@ -450,7 +470,7 @@ impl<O: Outbox> Core<O> {
             self.handle(i);
         }
         if tick {
-            self.raw.tick();
+            self.tick();
         }
         self.on_ready()?;
         self.publish();
@@ -482,17 +502,22 @@ impl<O: Outbox> Core<O> {
                 self.handle(input);
             }
             if Instant::now() >= next_tick {
-                self.raw.tick();
+                self.tick();
                 next_tick += tick;
                 // After a long stall, do not fire a burst of ticks.
                 if next_tick < Instant::now() {
                     next_tick = Instant::now() + tick;
                 }
-                self.pending.retain(|_, r| !r.is_closed());
             }
             self.on_ready()?;
             self.publish();
         }
+    }
+
+    /// One raft tick; proposals whose caller gave up are forgotten.
+    fn tick(&mut self) {
+        self.raw.tick();
+        self.pending.retain(|_, r| !r.is_closed());
     }
 
     fn fail_pending(&mut self) {
@@ -512,7 +537,10 @@ impl<O: Outbox> Core<O> {
                             | MessageType::MsgSnapshot
                     )
                 {
-                    self.leader_heard = Some(Instant::now());
+                    self.shared
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .leader_heard = Some(Instant::now());
                 }
                 if let Err(e) = self.raw.step(*m) {
                     tracing::debug!(error = %e, "raft message ignored");
@@ -669,8 +697,10 @@ impl<O: Outbox> Core<O> {
         let mut replies: Vec<(u64, u64)> = Vec::new();
         let mut members_changed = false;
         {
-            let mut shared = self.shared.write().unwrap_or_else(|p| p.into_inner());
             for e in entries {
+                // The lock is taken per entry, so readers never wait for a
+                // whole batch of applies.
+                let mut shared = self.shared.write().unwrap_or_else(|p| p.into_inner());
                 shared.info.applied = e.index;
                 let mine = parse_ctx(&e.context).filter(|(id, _)| *id == self.cfg.id);
                 match e.get_entry_type() {
@@ -815,12 +845,12 @@ impl<O: Outbox> Core<O> {
         voters.sort_unstable();
         let mut learners: Vec<NodeId> = conf.learners().iter().copied().collect();
         learners.sort_unstable();
-        let leader_contact = if r.state == StateRole::Leader {
-            Some(Duration::ZERO)
-        } else if r.leader_id == raft::INVALID_ID {
-            None
+        let role = if voters.contains(&self.cfg.id) {
+            role_str(r.state)
+        } else if learners.contains(&self.cfg.id) {
+            "learner"
         } else {
-            self.leader_heard.map(|t| t.elapsed())
+            "not a member"
         };
         let info = RaftInfo {
             id: self.cfg.id,
@@ -828,26 +858,15 @@ impl<O: Outbox> Core<O> {
             term: r.term,
             commit: r.raft_log.committed,
             applied: r.raft_log.applied,
-            role: if voters.contains(&self.cfg.id) || learners.is_empty() {
-                role_str(r.state)
-            } else {
-                "learner"
-            },
+            role,
             voters,
             learners,
             reachable: self.transport.reachable(),
-            leader_contact,
         };
-        // Contact time moves every loop: it alone does not wake watchers.
-        let changed = {
-            let mut a = info.clone();
-            a.leader_contact = None;
-            let mut b = self.last_info.clone();
-            b.leader_contact = None;
-            a != b
-        };
+        if info == self.last_info {
+            return;
+        }
         if info.leader != self.last_info.leader || info.term != self.last_info.term {
-            crate::metrics::set_raft(&info);
             if info.leader != raft::INVALID_ID {
                 tracing::info!(
                     term = info.term,
@@ -859,15 +878,9 @@ impl<O: Outbox> Core<O> {
                 tracing::info!(term = info.term, "no leader");
             }
         }
-        if changed {
-            crate::metrics::set_raft(&info);
-        }
-        if changed {
-            self.last_info = info.clone();
-        }
+        crate::metrics::set_raft(&info);
+        self.last_info = info.clone();
         self.shared.write().unwrap_or_else(|p| p.into_inner()).info = info;
-        if changed {
-            self.version.send_modify(|v| *v += 1);
-        }
+        self.version.send_modify(|v| *v += 1);
     }
 }
