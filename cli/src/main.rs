@@ -196,14 +196,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         async move { c.add_member(req).await }
                     })
                     .await?;
-                print(&match cli.output {
-                    Output::Table => format!(
-                        "node {id} added at index {}\n{}",
-                        r.index,
-                        output::members_table(&r.members)
-                    ),
-                    Output::Json => output::members_json(&r.members),
-                });
+                print(&output::member_change(
+                    cli.output == Output::Json,
+                    id,
+                    "added",
+                    &r,
+                ));
                 Ok(())
             }
             Some(MemberCommand::Remove { id }) => {
@@ -212,14 +210,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         c.remove_member(pb::RemoveMemberRequest { id }).await
                     })
                     .await?;
-                print(&match cli.output {
-                    Output::Table => format!(
-                        "node {id} removed at index {}\n{}",
-                        r.index,
-                        output::members_table(&r.members)
-                    ),
-                    Output::Json => output::members_json(&r.members),
-                });
+                print(&output::member_change(
+                    cli.output == Output::Json,
+                    id,
+                    "removed",
+                    &r,
+                ));
                 Ok(())
             }
         },

@@ -110,6 +110,19 @@ pub fn members_json(members: &[pb::Member]) -> String {
     out
 }
 
+/// The answer to `members add|remove`: what was done, then the members.
+pub fn member_change(json: bool, id: u64, done: &str, r: &pb::MemberChangeResponse) -> String {
+    if json {
+        members_json(&r.members)
+    } else {
+        format!(
+            "node {id} {done} at index {}\n{}",
+            r.index,
+            members_table(&r.members)
+        )
+    }
+}
+
 /// A boxed table, as `patronictl list` draws them.
 fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
