@@ -1,7 +1,6 @@
 //! `faxi-watchdog dev`: a whole 3-zone mesh on loopback for a first look.
 //!
-//! It starts a small demo service in this process (an HTTP app with
-//! `/health`, and a TCP port), writes one config per node and runs three
+//! It starts a small demo app in this process (HTTP, answering `/health`), writes one config per node and runs three
 //! node processes of this same binary (`run --config`), with gRPC on
 //! 127.0.0.1:7401–7403 and metrics on 127.0.0.1:9401–9403: faxictl's
 //! defaults. The demo targets show every agreed state:
@@ -32,7 +31,9 @@ pub async fn run(
     dir: &Path,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let app = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("cannot start the demo app: {e}"))?;
@@ -48,7 +49,8 @@ pub async fn run(
         let id = i + 1;
         let config = node_config(id, zone, dir, app_addr, closed);
         let path = dir.join(format!("node{id}.toml"));
-        std::fs::write(&path, config)
+        tokio::fs::write(&path, config)
+            .await
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         let log_path = dir.join(format!("node{id}.log"));
         let log = std::fs::File::create(&log_path)
@@ -168,32 +170,18 @@ fn node_config(id: usize, zone: &str, dir: &Path, app: SocketAddr, closed: Socke
 }
 
 async fn serve_demo_app(listener: TcpListener) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    loop {
-        let Ok((mut s, _)) = listener.accept().await else {
-            continue;
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::{Response, StatusCode};
+    crate::metrics::serve_http(listener, "demo app", |req| async move {
+        let (status, body) = if req.uri().path() == "/health" {
+            (StatusCode::OK, "ok\n")
+        } else {
+            (StatusCode::NOT_FOUND, "not found\n")
         };
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            // One request per connection is enough for a health check.
-            loop {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        let req = String::from_utf8_lossy(&buf[..n]);
-                        let ok = req.starts_with("GET /health");
-                        let body = if ok { "ok\n" } else { "not found\n" };
-                        let status = if ok { "200 OK" } else { "404 Not Found" };
-                        let resp = format!(
-                            "HTTP/1.1 {status}\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if s.write_all(resp.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-    }
+        let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *resp.status_mut() = status;
+        Ok::<_, std::convert::Infallible>(resp)
+    })
+    .await;
 }

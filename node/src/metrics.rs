@@ -232,25 +232,35 @@ impl TargetMetrics {
 
 /// Serves `/metrics` and `/healthz` until the listener's task is dropped.
 pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
+    serve_http(listener, "metrics", move |req| route(req, handle.clone())).await;
+}
+
+/// A small HTTP/1.1 server: accepts forever, one task per connection,
+/// `route` answers each request. Shared by `/metrics` and the dev demo app.
+pub(crate) async fn serve_http<F, Fut>(listener: TcpListener, what: &'static str, route: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "metrics listener: accept failed");
+                tracing::warn!(error = %e, "{what} listener: accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let handle = handle.clone();
+        let route = route.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| route(req, handle.clone()));
+            let svc = hyper::service::service_fn(route);
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), svc);
             if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "metrics connection ended with an error");
+                tracing::debug!(error = %e, "{what} connection ended with an error");
             }
         });
     }
