@@ -30,6 +30,17 @@ fn closed_addr() -> std::net::SocketAddr {
     ([127, 0, 0, 1], faxi_tests::free_port()).into()
 }
 
+/// Runs faxictl and insists it succeeds; its stdout.
+async fn faxictl_ok(endpoints: &str, args: &[&str]) -> String {
+    let out = Cluster::faxictl(endpoints, args).await;
+    assert!(
+        out.status.success(),
+        "faxictl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 async fn commit(c: &Cluster, i: usize) -> Result<u64, String> {
     Ok(c.status(i).await?.cluster.unwrap_or_default().commit_index)
 }
@@ -123,13 +134,8 @@ async fn zones_agree_a_zone_cut_off_from_a_target_is_suspect_never_down() {
     }
 
     // faxictl status --output json carries the contract's fields.
-    let out = Cluster::faxictl(&c.endpoints(&[0, 1, 2]), &["status", "--output", "json"]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = faxictl_ok(&c.endpoints(&[0, 1, 2]), &["status", "--output", "json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["cluster"]["leader"], leader);
     assert!(v["cluster"]["term"].as_u64().unwrap() >= 1);
     assert!(v["cluster"]["commit_index"].as_u64().unwrap() > 1);
@@ -203,10 +209,24 @@ async fn leader_killed_a_new_leader_is_elected_and_the_restarted_node_loses_noth
         let t = s.targets.iter().find(|t| &t.name == name).unwrap();
         assert_eq!(&t.state, state, "{name} after restart");
     }
-    let log = c.log_lines(li);
+    // What the node read back from its own sled log on restart, before
+    // hearing from anyone: every entry it had committed, and the commit.
+    let opened: Vec<(u64, u64)> = c
+        .log_lines(li)
+        .iter()
+        .filter(|l| l["message"] == "raft log opened")
+        .map(|l| {
+            (
+                l["last_index"].as_u64().unwrap(),
+                l["commit"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(opened.len(), 2, "{opened:?}");
+    let (last_index, commit) = opened[1];
     assert!(
-        log.iter().any(|l| l["message"] == "node started"),
-        "no second start in the log"
+        last_index >= committed && commit >= committed,
+        "reopened log: last index {last_index}, commit {commit}; committed before the kill: {committed}"
     );
 }
 
@@ -240,22 +260,12 @@ async fn a_node_added_at_runtime_catches_up_by_snapshot_then_leaves() {
     })
     .await;
 
-    let out = Cluster::faxictl(
+    let addr4 = c.nodes[3].grpc.to_string();
+    faxictl_ok(
         &c.endpoints(&[1]),
-        &[
-            "members",
-            "add",
-            "4",
-            "zone-c",
-            &c.nodes[3].grpc.to_string(),
-        ],
+        &["members", "add", "4", "zone-c", &addr4],
     )
     .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     c.restart(3).await;
     let s = wait_for("node 4 caught up", LONG, || async {
         let s = c.status(3).await?;
@@ -297,22 +307,12 @@ async fn a_node_added_at_runtime_catches_up_by_snapshot_then_leaves() {
     .await;
 
     // Replacing a member's zone (or address) in place: `members add` again.
-    let out = Cluster::faxictl(
+    let addr4 = c.nodes[3].grpc.to_string();
+    faxictl_ok(
         &c.endpoints(&[2]),
-        &[
-            "members",
-            "add",
-            "4",
-            "zone-d",
-            &c.nodes[3].grpc.to_string(),
-        ],
+        &["members", "add", "4", "zone-d", &addr4],
     )
     .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     wait_for("node 4 in zone-d everywhere", LONG, || async {
         for i in 0..4 {
             let s = c.status(i).await?;
@@ -330,12 +330,7 @@ async fn a_node_added_at_runtime_catches_up_by_snapshot_then_leaves() {
     })
     .await;
 
-    let out = Cluster::faxictl(&c.endpoints(&[0]), &["members", "remove", "4"]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    faxictl_ok(&c.endpoints(&[0]), &["members", "remove", "4"]).await;
     wait_for("three members everywhere", LONG, || async {
         for i in 0..3 {
             let n = c.status(i).await?.cluster.unwrap_or_default().members.len();
@@ -356,17 +351,12 @@ async fn leadership_moves_on_request() {
     let to = if leader == 3 { 2 } else { 3 };
     // Asked of a follower that is not the target: carried to the leader.
     let via = (1..=3u64).find(|i| *i != leader && *i != to).unwrap();
-    let out = Cluster::faxictl(
+    let out = faxictl_ok(
         &c.endpoints(&[c.index(via)]),
         &["transfer-leader", &to.to_string(), "--output", "json"],
     )
     .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["leader"], to);
     let (now, _) = c.wait_leader(&[0, 1, 2], LONG).await;
     assert_eq!(now, to);
@@ -404,11 +394,6 @@ async fn faxictl_says_what_is_wrong() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a member"));
     // A dead endpoint first is skipped.
-    let out = Cluster::faxictl(&format!("{},{}", closed_addr(), eps), &["members"]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("zone-b"));
+    let out = faxictl_ok(&format!("{},{}", closed_addr(), eps), &["members"]).await;
+    assert!(out.contains("zone-b"));
 }

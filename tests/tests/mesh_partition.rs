@@ -184,6 +184,7 @@ async fn a_one_way_link_does_not_disrupt_the_leader_or_its_term() {
     // The leader's messages no longer reach the follower; the follower's
     // still reach the leader. The follower's pre-votes must not move the term.
     net.block_port(li, fi, 7400);
+    let fi_start = commit(&c, fi).await.unwrap();
     let start = commit(&c, other).await.unwrap();
     wait_for("commits go on without the follower", LONG, || async {
         let ci = commit(&c, other).await?;
@@ -194,6 +195,13 @@ async fn a_one_way_link_does_not_disrupt_the_leader_or_its_term() {
         }
     })
     .await;
+    // The link really is cut that way: the follower heard nothing new (but
+    // what was already in flight when the rule went in).
+    let fi_now = commit(&c, fi).await.unwrap();
+    assert!(
+        fi_now <= fi_start + 2,
+        "the follower still follows: commit {fi_start} -> {fi_now}"
+    );
     for i in [li, other] {
         let cl = c.status(i).await.unwrap().cluster.unwrap();
         assert_eq!((cl.leader, cl.term), (leader, term), "node {}", i + 1);
