@@ -189,6 +189,12 @@ pub struct StateMachine {
     views: BTreeMap<String, BTreeMap<NodeId, NodeView>>,
     /// target -> agreed state.
     agreed: BTreeMap<String, Agreed>,
+    /// The earliest expiry among fresh views (`u64::MAX` for none). Until log
+    /// time passes it, no view expires, so a command can change only the
+    /// targets it names: `apply` recomputes just those. Derived, but kept in
+    /// the state so every node takes the same path and snapshots stay equal.
+    #[serde(default)]
+    next_expiry_ms: u64,
 }
 
 impl StateMachine {
@@ -223,6 +229,8 @@ impl StateMachine {
     /// Applies one committed command; returns the agreed-state changes it
     /// caused (including expiries that log time's advance brought about).
     pub fn apply(&mut self, cmd: &Command) -> Result<Vec<Transition>, Rejected> {
+        // The targets this command can change; `None`: every target.
+        let mut touched: Option<BTreeSet<String>> = None;
         match cmd {
             Command::Observe {
                 node,
@@ -254,6 +262,10 @@ impl StateMachine {
                         }
                     }
                 }
+                self.next_expiry_ms = self.next_expiry_ms.min(expires_at_ms);
+                if self.log_now_ms <= self.next_expiry_ms {
+                    touched = Some(seen.iter().map(|s| s.target.clone()).collect());
+                }
             }
             Command::SetMember { id, member } => {
                 self.members.insert(*id, member.clone());
@@ -268,7 +280,7 @@ impl StateMachine {
                 }
             }
         }
-        Ok(self.recompute())
+        Ok(self.recompute(touched))
     }
 
     /// The (f+1)-th largest member clock; the largest while fewer members
@@ -284,32 +296,53 @@ impl StateMachine {
         stamps.get(k).or(stamps.first()).copied().unwrap_or(0)
     }
 
-    /// Recomputes every target's agreed state at the current log time.
-    fn recompute(&mut self) -> Vec<Transition> {
+    /// Recomputes the agreed state of `only` those targets, or of every
+    /// target (then also the next expiry), at the current log time.
+    fn recompute(&mut self, only: Option<BTreeSet<String>>) -> Vec<Transition> {
         let mut out = Vec::new();
         let zones = self.zones();
-        for (target, per_node) in &self.views {
+        let full = only.is_none();
+        let names: Vec<String> = match only {
+            Some(names) => names.into_iter().collect(),
+            None => self.views.keys().cloned().collect(),
+        };
+        for target in names {
+            let Some(per_node) = self.views.get(&target) else {
+                continue;
+            };
             let (state, zone_states, down_zones) =
                 agree(&self.members, &zones, per_node, self.log_now_ms);
+            let now = self.log_now_ms;
             let entry = self.agreed.entry(target.clone()).or_insert_with(|| Agreed {
                 state: State::Unknown,
-                since_ms: self.log_now_ms,
+                since_ms: now,
                 zones: BTreeMap::new(),
                 down_zones: Vec::new(),
             });
             if entry.state != state {
                 out.push(Transition {
-                    target: target.clone(),
+                    target,
                     from: entry.state,
                     to: state,
-                    at_ms: self.log_now_ms,
+                    at_ms: now,
                     down_zones: down_zones.clone(),
                 });
                 entry.state = state;
-                entry.since_ms = self.log_now_ms;
+                entry.since_ms = now;
             }
             entry.zones = zone_states;
             entry.down_zones = down_zones;
+        }
+        if full {
+            let now = self.log_now_ms;
+            self.next_expiry_ms = self
+                .views
+                .values()
+                .flat_map(BTreeMap::values)
+                .map(|v| v.expires_at_ms)
+                .filter(|e| *e >= now)
+                .min()
+                .unwrap_or(u64::MAX);
         }
         out
     }
