@@ -30,6 +30,9 @@ pub struct Member {
     pub log: PathBuf,
     /// Network namespace, when the cluster has one per node.
     pub ns: Option<String>,
+    /// One gRPC channel, reused by every call (it reconnects by itself
+    /// when the node restarts).
+    channel: tonic::transport::Channel,
     child: Option<Child>,
 }
 
@@ -163,6 +166,10 @@ impl Cluster {
                 config,
                 log: dir.path().join(format!("node{id}.log")),
                 ns: net.as_ref().map(|n| n.ns(i)),
+                channel: tonic::transport::Endpoint::from_shared(format!("http://{}", addrs[i].0))
+                    .unwrap()
+                    .connect_timeout(Duration::from_secs(1))
+                    .connect_lazy(),
                 child: None,
             });
         }
@@ -230,24 +237,18 @@ impl Cluster {
 
     /// One node's status.
     pub async fn status(&self, i: usize) -> Result<pb::StatusResponse, String> {
-        let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", self.nodes[i].grpc))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(2));
-        let ch = ep.connect().await.map_err(|e| e.to_string())?;
-        WatchdogClient::new(ch)
-            .status(pb::StatusRequest {})
+        let mut req = tonic::Request::new(pb::StatusRequest {});
+        req.set_timeout(Duration::from_secs(2));
+        self.client(i)
+            .status(req)
             .await
             .map(|r| r.into_inner())
             .map_err(|e| e.to_string())
     }
 
-    /// A client on node `i`.
-    pub async fn client(&self, i: usize) -> WatchdogClient<tonic::transport::Channel> {
-        let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", self.nodes[i].grpc))
-            .unwrap()
-            .connect_timeout(Duration::from_secs(1));
-        WatchdogClient::new(ep.connect().await.unwrap())
+    /// A client on node `i` (on the node's shared channel).
+    pub fn client(&self, i: usize) -> WatchdogClient<tonic::transport::Channel> {
+        WatchdogClient::new(self.nodes[i].channel.clone())
     }
 
     /// Waits until every node in `among` names the same leader, itself in

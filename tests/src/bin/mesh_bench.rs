@@ -348,11 +348,6 @@ async fn detection(args: &Args) -> String {
         closed: None,
     };
     let c = Cluster::start(&spec, &ctx).await;
-    // One connection per node, reused: polling must not load the nodes.
-    let mut clients = Vec::new();
-    for i in 0..3 {
-        clients.push(c.client(i).await);
-    }
     let floor_ms = 1500.0;
     let mut total = Vec::new();
     let mut over = Vec::new();
@@ -368,18 +363,14 @@ async fn detection(args: &Args) -> String {
         let t = Instant::now();
         loop {
             let mut all = true;
-            for cl in &mut clients {
-                let down = cl
-                    .status(faxi_proto::v1::StatusRequest {})
-                    .await
-                    .ok()
-                    .is_some_and(|s| {
-                        s.into_inner()
-                            .targets
-                            .iter()
-                            .any(|t| t.name == "app" && t.state == "DOWN")
-                    });
-                all &= down;
+            // Each node's status over its one kept-open channel: polling
+            // must not load the nodes.
+            for i in 0..3 {
+                all &= c.status(i).await.is_ok_and(|s| {
+                    s.targets
+                        .iter()
+                        .any(|t| t.name == "app" && t.state == "DOWN")
+                });
             }
             if all {
                 break;
