@@ -110,20 +110,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let server = tokio::spawn(crate::metrics::serve(metrics_listener, handle));
 
     // A raft thread that stops on its own has hit a log it cannot write.
-    let (died_tx, died_rx) = tokio::sync::oneshot::channel();
-    let watcher = std::thread::Builder::new()
-        .name("raft-watch".into())
-        .spawn(move || {
-            let r = raft_thread
-                .join()
-                .unwrap_or_else(|_| Err("the raft thread panicked".into()));
-            let _ = died_tx.send(r);
-        })
-        .map_err(|e| format!("cannot start a thread: {e}"))?;
-    let mut died_rx = died_rx;
+    let mut raft_done = tokio::task::spawn_blocking(move || {
+        raft_thread
+            .join()
+            .unwrap_or_else(|_| Err("the raft thread panicked".into()))
+    });
     let outcome = tokio::select! {
         () = shutdown => None,
-        r = &mut died_rx => Some(r.unwrap_or(Ok(()))),
+        r = &mut raft_done => Some(r.unwrap_or(Ok(()))),
     };
     tracing::info!("shutting down");
     proposer.abort();
@@ -133,9 +127,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     mesh.stop();
     let result = match outcome {
         Some(r) => r,
-        None => died_rx.await.unwrap_or(Ok(())),
+        None => raft_done.await.unwrap_or(Ok(())),
     };
-    let _ = watcher.join();
     tracing::info!("stopped");
     result
 }
