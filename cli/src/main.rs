@@ -280,7 +280,9 @@ impl Conn {
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let mut tried = Vec::new();
-        let mut answered_unavailable = false;
+        // An endpoint we connected to that said "unavailable" (no leader)
+        // answered: that is exit 1, not "nothing answered".
+        let mut answered = false;
         for ep in &self.endpoints {
             let client = match self.connect(ep).await {
                 Ok(c) => c,
@@ -292,14 +294,14 @@ impl Conn {
             match f(client).await {
                 Ok(r) => return Ok((ep.clone(), r.into_inner())),
                 Err(s) if s.code() == tonic::Code::Unavailable => {
-                    answered_unavailable |= !is_transport_error(&s);
+                    answered = true;
                     tried.push(format!("{ep}: {}", describe(&s)));
                 }
                 Err(s) => return Err(Failure::mesh(ep, &s)),
             }
         }
         Err(Failure {
-            code: if answered_unavailable {
+            code: if answered {
                 EXIT_ERROR
             } else {
                 EXIT_UNREACHABLE
@@ -307,10 +309,6 @@ impl Conn {
             message: format!("no endpoint could answer:\n  {}", tried.join("\n  ")),
         })
     }
-}
-
-fn is_transport_error(s: &tonic::Status) -> bool {
-    s.message().contains("transport error") || s.message().contains("connection")
 }
 
 fn connect_error(e: &tonic::transport::Error) -> String {
