@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::mesh::driver::{Input, MemberChange, Mesh, MeshError, Shared};
+use crate::mesh::guard::{self, Envelope, Refusal};
 use crate::mesh::state::{Member, NodeId};
 use crate::mesh::transport::MAX_MESSAGE_BYTES;
 
@@ -168,6 +169,7 @@ impl Api {
                     .leader_contact()
                     .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
                 members,
+                cluster_id: s.sm.cluster_id().to_owned(),
             }),
             targets,
             incidents: Vec::new(),
@@ -184,8 +186,46 @@ fn to_status(e: MeshError) -> Status {
         MeshError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
         MeshError::NotLeader { .. } => Status::failed_precondition(e.to_string()),
         MeshError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        MeshError::Rejected(_) => Status::failed_precondition(e.to_string()),
     }
 }
+
+/// A client for the leader's API, for requests only the leader may decide.
+async fn leader_client(
+    leader: NodeId,
+    addr: Option<String>,
+    deadline: Duration,
+) -> Result<WatchdogClient<tonic::transport::Channel>, Status> {
+    let addr =
+        addr.ok_or_else(|| Status::unavailable(format!("leader {leader} has no known address")))?;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| Status::internal(format!("leader address {addr}: {e}")))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .timeout(deadline);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot reach leader {leader} at {addr}: {e}")))?;
+    Ok(WatchdogClient::new(channel))
+}
+
+/// Whether a request was already carried here from another node (it is
+/// then never carried again, so two nodes that disagree on the leader
+/// cannot bounce it between them).
+fn forwarded<T>(r: &Request<T>) -> bool {
+    r.metadata().contains_key(FORWARDED)
+}
+
+/// Marks a request as carried to the leader.
+fn mark_forwarded<T>(mut r: Request<T>) -> Request<T> {
+    r.metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    r
+}
+
+/// Metadata key set on a request carried to the leader.
+const FORWARDED: &str = "x-faxi-forwarded";
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::StatusResponse, Status>> + Send>>;
 
@@ -235,7 +275,7 @@ impl Watchdog for Api {
         &self,
         request: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
-        let r = request.into_inner();
+        let r = request.get_ref().clone();
         if r.id == 0 {
             return Err(Status::invalid_argument("id: must be 1 or more"));
         }
@@ -250,9 +290,16 @@ impl Watchdog for Api {
         if let Err(reason) = crate::config::check_host_port(&r.addr) {
             return Err(Status::invalid_argument(format!("addr: {reason}")));
         }
+        if let Some((leader, addr)) = self.leader_elsewhere(&request)? {
+            return leader_client(leader, addr, WRITE_DEADLINE + Duration::from_secs(1))
+                .await?
+                .add_member(mark_forwarded(Request::new(r)))
+                .await;
+        }
         let member = Member {
             zone: r.zone,
             addr: r.addr,
+            instance: 0,
         };
         self.change_member(MemberChange::Set(r.id, member)).await
     }
@@ -261,53 +308,108 @@ impl Watchdog for Api {
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
-        let id = request.into_inner().id;
-        {
-            let s = self.mesh.read();
-            if !s.sm.members().contains_key(&id) {
-                return Err(Status::not_found(format!("node {id} is not a member")));
-            }
-            if s.sm.members().len() == 1 {
-                return Err(Status::failed_precondition(format!(
-                    "node {id} is the last member; a cluster cannot remove its last node"
-                )));
-            }
+        let id = request.get_ref().id;
+        if let Some((leader, addr)) = self.leader_elsewhere(&request)? {
+            return leader_client(leader, addr, WRITE_DEADLINE + TRANSFER_DEADLINE)
+                .await?
+                .remove_member(mark_forwarded(Request::new(pb::RemoveMemberRequest { id })))
+                .await;
         }
-        self.change_member(MemberChange::Remove(id)).await
+        if id != self.me {
+            return self.change_member(MemberChange::Remove(id)).await;
+        }
+        // Removing the leader: hand leadership to the most caught-up voter
+        // first, then have the new leader remove this node, so the cluster
+        // never runs on a leader that is no longer a member.
+        let to = {
+            let s = self.mesh.read();
+            let others: Vec<NodeId> = s
+                .info
+                .voters
+                .iter()
+                .copied()
+                .filter(|v| *v != self.me)
+                .collect();
+            // Prefer a reachable voter; raft picks up its progress.
+            others
+                .iter()
+                .copied()
+                .find(|v| s.info.reachable.get(v).copied().unwrap_or(false))
+                .or_else(|| others.first().copied())
+        };
+        let Some(to) = to else {
+            return Err(Status::failed_precondition(format!(
+                "node {id} is the last voter; a cluster cannot remove it"
+            )));
+        };
+        self.transfer_to(to).await?;
+        let (leader, addr) = {
+            let s = self.mesh.read();
+            let l = s.info.leader;
+            (l, s.sm.members().get(&l).map(|m| m.addr.clone()))
+        };
+        leader_client(leader, addr, WRITE_DEADLINE + Duration::from_secs(1))
+            .await?
+            .remove_member(mark_forwarded(Request::new(pb::RemoveMemberRequest { id })))
+            .await
     }
 
     async fn transfer_leader(
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        let to = request.into_inner().to;
-        let (leader, leader_addr) = {
-            let s = self.mesh.read();
-            if !s.sm.members().contains_key(&to) {
-                return Err(Status::not_found(format!("node {to} is not a member")));
-            }
-            let l = s.info.leader;
-            (l, s.sm.members().get(&l).map(|m| m.addr.clone()))
-        };
+        let to = request.get_ref().to;
+        if !self.mesh.read().sm.members().contains_key(&to) {
+            return Err(Status::not_found(format!("node {to} is not a member")));
+        }
+        if let Some((leader, addr)) = self.leader_elsewhere(&request)? {
+            return leader_client(leader, addr, TRANSFER_DEADLINE + Duration::from_secs(1))
+                .await?
+                .transfer_leader(mark_forwarded(Request::new(pb::TransferLeaderRequest {
+                    to,
+                })))
+                .await;
+        }
+        let term = self.transfer_to(to).await?;
+        Ok(Response::new(pb::TransferLeaderResponse {
+            leader: to,
+            term,
+        }))
+    }
+}
+
+impl Api {
+    /// `Some(leader, its address)` when the leader is another node and the
+    /// request should be carried there; `None` when this node leads. A
+    /// request that was already carried once is refused rather than
+    /// carried again.
+    fn leader_elsewhere<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<Option<(NodeId, Option<String>)>, Status> {
+        let s = self.mesh.read();
+        let leader = s.info.leader;
         if leader == 0 {
             return Err(to_status(MeshError::NoLeader));
         }
-        if leader != self.me {
-            // Carried to the leader, once (it does not forward again).
-            let addr = leader_addr.ok_or_else(|| {
-                Status::unavailable(format!("leader {leader} has no known address"))
-            })?;
-            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| Status::internal(format!("leader address {addr}: {e}")))?
-                .connect_timeout(Duration::from_secs(1))
-                .timeout(TRANSFER_DEADLINE + Duration::from_secs(1));
-            let channel = endpoint.connect().await.map_err(|e| {
-                Status::unavailable(format!("cannot reach leader {leader} at {addr}: {e}"))
-            })?;
-            return WatchdogClient::new(channel)
-                .transfer_leader(pb::TransferLeaderRequest { to })
-                .await;
+        if leader == self.me {
+            return Ok(None);
         }
+        if forwarded(request) {
+            return Err(to_status(MeshError::NotLeader {
+                me: self.me,
+                leader,
+            }));
+        }
+        Ok(Some((
+            leader,
+            s.sm.members().get(&leader).map(|m| m.addr.clone()),
+        )))
+    }
+
+    /// On the leader: hands leadership to `to` and waits until it took
+    /// over; answers with the new term.
+    async fn transfer_to(&self, to: NodeId) -> Result<u64, Status> {
         let mut changes = self.mesh.subscribe();
         self.mesh.transfer_leader(to).await.map_err(to_status)?;
         let deadline = tokio::time::Instant::now() + TRANSFER_DEADLINE;
@@ -315,10 +417,7 @@ impl Watchdog for Api {
             {
                 let s = self.mesh.read();
                 if s.info.leader == to {
-                    return Ok(Response::new(pb::TransferLeaderResponse {
-                        leader: to,
-                        term: s.info.term,
-                    }));
+                    return Ok(s.info.term);
                 }
             }
             if tokio::time::timeout_at(deadline, changes.changed())
@@ -337,25 +436,73 @@ impl Watchdog for Api {
 impl Peer for Api {
     async fn step(&self, request: Request<pb::RaftBatch>) -> Result<Response<pb::RaftAck>, Status> {
         let batch = request.into_inner();
-        if batch.to != self.me {
-            return Err(Status::failed_precondition(format!(
-                "this is node {}, not node {}: check cluster.peers addresses",
-                self.me, batch.to
-            )));
-        }
+        let env = Envelope {
+            cluster_id: batch.cluster_id,
+            from: batch.from,
+            from_instance: batch.from_instance,
+            to: batch.to,
+            to_instance: batch.to_instance,
+        };
+        let unbound = {
+            let s = self.mesh.read();
+            guard::check_envelope(&env, self.me, s.info.instance, &s.sm).map_err(|r| refuse(&r))?;
+            s.sm.members()
+                .get(&env.from)
+                .is_some_and(|m| m.instance == 0)
+        };
+        let mut msgs = Vec::with_capacity(batch.messages.len());
         for bytes in &batch.messages {
-            let m = raft::eraftpb::Message::parse_from_bytes(bytes)
-                .map_err(|e| Status::invalid_argument(format!("not a raft message: {e}")))?;
-            if m.to != self.me {
-                return Err(Status::invalid_argument(format!(
-                    "message for node {} in a batch for node {}",
-                    m.to, self.me
-                )));
-            }
+            let m = raft::eraftpb::Message::parse_from_bytes(bytes).map_err(|e| {
+                metrics::counter!(crate::metrics::RAFT_REFUSED, "reason" => "malformed")
+                    .increment(1);
+                Status::invalid_argument(format!("not a raft message: {e}"))
+            })?;
+            guard::check_message(&env, &m).map_err(|r| refuse(&r))?;
+            msgs.push(m);
+        }
+        if unbound {
+            // A learner not yet promoted: the leader binds this data dir to
+            // its membership when it promotes it.
+            let _ = self
+                .mesh
+                .send(Input::PeerInstance(env.from, env.from_instance));
+        }
+        for m in msgs {
             self.mesh
                 .send(Input::Raft(Box::new(m)))
                 .map_err(to_status)?;
         }
         Ok(Response::new(pb::RaftAck {}))
+    }
+}
+
+/// Counts and words a refused peer batch. A node told that the cluster
+/// knows it by another data dir says so loudly: it lost its state.
+fn refuse(r: &Refusal) -> Status {
+    metrics::counter!(crate::metrics::RAFT_REFUSED, "reason" => r.label()).increment(1);
+    if log_now(r.label()) {
+        match r {
+            Refusal::ReplacedHere { .. } => {
+                tracing::error!(reason = %r, "refused a peer message");
+            }
+            _ => tracing::warn!(reason = %r, "refused a peer message"),
+        }
+    }
+    Status::failed_precondition(r.to_string())
+}
+
+/// Whether a refusal of this kind may be logged now: at most one line per
+/// kind every ten seconds (a leader retries many times a second).
+fn log_now(kind: &'static str) -> bool {
+    static LAST: std::sync::Mutex<BTreeMap<&'static str, tokio::time::Instant>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let now = tokio::time::Instant::now();
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    match last.get(kind) {
+        Some(t) if now.duration_since(*t) < Duration::from_secs(10) => false,
+        _ => {
+            last.insert(kind, now);
+            true
+        }
     }
 }

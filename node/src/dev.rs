@@ -52,6 +52,13 @@ pub async fn run(
         tokio::fs::write(&path, config)
             .await
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        if id == 1 {
+            // The one bootstrap step, done for the user: node 1 creates the
+            // cluster (once; a later run finds it there), nodes 2 and 3 are
+            // its learners and become voters when caught up.
+            let cfg = crate::config::Config::load(&path).map_err(|e| e.to_string())?;
+            crate::node::init(&cfg).await?;
+        }
         let log_path = dir.join(format!("node{id}.log"));
         let log = std::fs::File::create(&log_path)
             .map_err(|e| format!("cannot write {}: {e}", log_path.display()))?;

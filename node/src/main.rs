@@ -29,6 +29,15 @@ enum Command {
         #[arg(long, hide = true)]
         stop_on_stdin_eof: bool,
     },
+    /// Create a new cluster, once, in this node's empty data dir: this node
+    /// becomes its first voter and the other `cluster.peers` its learners,
+    /// promoted to voters once they have caught up. Then start every node
+    /// with `run`. Nodes never create a cluster on their own.
+    Init {
+        /// The node's config file (TOML).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Run a complete 3-zone mesh on loopback with demo targets: gRPC on
     /// 127.0.0.1:7401-7403, metrics on 127.0.0.1:9401-9403. Then try
     /// `faxictl status`.
@@ -59,6 +68,58 @@ fn main() -> ExitCode {
             stop_on_stdin_eof,
         } => run(&config, log_format, stop_on_stdin_eof),
         Command::Dev { dir } => dev(dir),
+        Command::Init { config } => init(&config),
+    }
+}
+
+fn init(file: &std::path::Path) -> ExitCode {
+    let config = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("{}: {} problem(s) found", file.display(), e.problems.len());
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let Some(runtime) = runtime(Some(1)) else {
+        return ExitCode::from(EXIT_FAILURE);
+    };
+    match runtime.block_on(faxi_watchdog::node::init(&config)) {
+        Ok(faxi_watchdog::mesh::driver::Init::Created(id)) => {
+            let others: Vec<String> = config
+                .cluster
+                .peers
+                .iter()
+                .filter(|p| p.id != config.node.id)
+                .map(|p| p.id.to_string())
+                .collect();
+            eprintln!(
+                "faxi-watchdog init: created cluster {id} in {}: node {} is its first voter{}. \
+                 Now start every node with `faxi-watchdog run`.",
+                config.node.data_dir.display(),
+                config.node.id,
+                if others.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; nodes {} join as learners and become voters once caught up",
+                        others.join(", ")
+                    )
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(faxi_watchdog::mesh::driver::Init::Already(id)) => {
+            eprintln!(
+                "faxi-watchdog init: {} already holds cluster {id}; nothing changed",
+                config.node.data_dir.display()
+            );
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Err(e) => {
+            eprintln!("faxi-watchdog init: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 

@@ -44,6 +44,9 @@ pub const RAFT_APPLIED: &str = "faxi_raft_applied_index";
 pub const RAFT_LEADER: &str = "faxi_raft_leader_id";
 /// Raft messages dropped because a peer's queue was full.
 pub const RAFT_DROPPED: &str = "faxi_raft_messages_dropped_total";
+/// Peer batches refused before raft saw them, by reason (another
+/// cluster, not a member, a replaced data dir, malformed).
+pub const RAFT_REFUSED: &str = "faxi_raft_messages_refused_total";
 /// 1 when this node's last message to the peer got through.
 pub const RAFT_PEER_REACHABLE: &str = "faxi_raft_peer_reachable";
 
@@ -109,6 +112,10 @@ fn describe() {
     metrics::describe_counter!(
         RAFT_DROPPED,
         "Raft messages dropped because a peer's queue was full."
+    );
+    metrics::describe_counter!(
+        RAFT_REFUSED,
+        "Peer raft batches refused before raft saw them, by reason."
     );
     metrics::describe_gauge!(
         RAFT_PEER_REACHABLE,

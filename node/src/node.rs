@@ -14,6 +14,51 @@ use crate::mesh::transport::Transport;
 use crate::probe::ProbeContext;
 use crate::scheduler::Scheduler;
 
+/// The configured peers as the driver takes them.
+fn peers(config: &Config) -> Vec<(crate::mesh::state::NodeId, Member)> {
+    config
+        .cluster
+        .peers
+        .iter()
+        .map(|p| {
+            (
+                p.id,
+                Member {
+                    zone: p.zone.clone(),
+                    addr: p.addr.clone(),
+                    instance: 0,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Opens (creating if needed) the node's data dir, off the async workers.
+async fn open_storage(config: &Config) -> Result<SledStorage, String> {
+    let data_dir = config.node.data_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| format!("cannot create node.data_dir {}: {e}", data_dir.display()))?;
+        SledStorage::open(&data_dir).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("opening the raft log: {e}"))?
+}
+
+/// `faxi-watchdog init`: creates a new cluster in this node's empty data
+/// dir, with this node as its first voter and the other configured peers as
+/// learners. A data dir that already holds a cluster is left alone.
+pub async fn init(config: &Config) -> Result<driver::Init, String> {
+    let storage = open_storage(config).await?;
+    let me = config.node.id;
+    let peers = peers(config);
+    tokio::task::spawn_blocking(move || {
+        driver::init(&storage, me, &peers, driver::new_cluster_id()).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("initialising the raft log: {e}"))?
+}
+
 /// Runs a node until `shutdown` resolves. Errors are fatal problems (a port
 /// in use, an unreadable data dir, a probe that cannot be built, a raft log
 /// write that failed), worded for the operator.
@@ -24,36 +69,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .await
         .map_err(|e| format!("cannot listen on node.listen {}: {e}", config.node.listen))?;
 
-    let data_dir = config.node.data_dir.clone();
-    let storage = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&data_dir)
-            .map_err(|e| format!("cannot create node.data_dir {}: {e}", data_dir.display()))?;
-        SledStorage::open(&data_dir).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| format!("opening the raft log: {e}"))??;
-
+    let storage = open_storage(&config).await?;
     let c = &config.cluster;
+    if c.join {
+        tracing::info!(
+            "cluster.join is no longer needed: a node with an empty data dir always waits to be sent its state"
+        );
+    }
     let dcfg = DriverConfig {
         id: config.node.id,
-        peers: c
-            .peers
-            .iter()
-            .map(|p| {
-                (
-                    p.id,
-                    Member {
-                        zone: p.zone.clone(),
-                        addr: p.addr.clone(),
-                    },
-                )
-            })
-            .collect(),
+        peers: peers(&config),
         tick: c.tick,
         election_ticks: c.election_ticks as usize,
         heartbeat_ticks: c.heartbeat_ticks as usize,
         snapshot_entries: c.snapshot_entries,
-        join: c.join,
+        nonce: rand::random(),
     };
     let (tx, rx) = sync_channel(driver::INBOX);
     let transport = Transport::new(

@@ -99,8 +99,10 @@ impl Cluster {
     }
 
     /// As [`Cluster::start`], but only the first `bootstrap` nodes form the
-    /// cluster; the nodes in `joiners` get `join = true` and are not started
+    /// cluster (node 1 creates it with `faxi-watchdog init`, the others are
+    /// its learners until promoted); the nodes in `joiners` are not started
     /// (add them with `faxictl members add`, then [`Cluster::restart`]).
+    /// Returns once every bootstrap node is a voter.
     pub async fn start_some(
         spec: &Spec,
         ctx: &Ctx,
@@ -147,11 +149,7 @@ impl Cluster {
                 dir.path().join(format!("data{id}")).display(),
                 addrs[i].0,
                 addrs[i].1,
-                if joiner {
-                    format!("{}join = true\n", spec.cluster)
-                } else {
-                    spec.cluster.clone()
-                },
+                spec.cluster,
                 peers.join("\n"),
                 spec.probe_defaults,
                 (spec.targets)(id, zone, ctx),
@@ -174,6 +172,9 @@ impl Cluster {
             });
         }
         let mut c = Cluster { nodes, net, dir };
+        if bootstrap > 0 {
+            crate::node::init(&c.nodes[0].config, &[]).await;
+        }
         let started: Vec<usize> = (0..n).filter(|i| !joiners.contains(i)).collect();
         for i in &started {
             c.spawn(*i);
@@ -181,7 +182,43 @@ impl Cluster {
         for i in started {
             wait_listening("node gRPC", c.nodes[i].grpc, Duration::from_secs(20)).await;
         }
+        if bootstrap > 0 {
+            c.wait_voters(bootstrap, Duration::from_secs(30)).await;
+        }
         c
+    }
+
+    /// Waits until the leader counts `n` voters and no learner.
+    pub async fn wait_voters(&self, n: usize, deadline: Duration) {
+        let what = format!("{n} voters");
+        wait_for(&what, deadline, || async {
+            for i in 0..self.nodes.len() {
+                let Ok(s) = self.status(i).await else {
+                    continue;
+                };
+                let Some(c) = s.cluster else { continue };
+                if c.leader != c.node_id {
+                    continue;
+                }
+                let voters = c
+                    .members
+                    .iter()
+                    .filter(|m| m.role == "leader" || m.role == "follower")
+                    .count();
+                let roles: Vec<String> = c
+                    .members
+                    .iter()
+                    .map(|m| format!("{}={}", m.id, m.role))
+                    .collect();
+                return if voters == n && c.members.len() == n {
+                    Ok(())
+                } else {
+                    Err(format!("leader {} sees {}", c.leader, roles.join(" ")))
+                };
+            }
+            Err("no leader answers".to_owned())
+        })
+        .await;
     }
 
     /// Starts node `i` (again).

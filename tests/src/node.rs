@@ -40,6 +40,24 @@ pub fn node_section(
     (text, metrics, grpc)
 }
 
+/// `faxi-watchdog init --config FILE`: creates the cluster in that node's
+/// data dir (the one explicit bootstrap step); panics with its output if it
+/// fails.
+pub async fn init(config: &std::path::Path, env: &[(&str, &str)]) {
+    let out = Command::new(workspace_bin("faxi-watchdog"))
+        .args(["init", "--config"])
+        .arg(config)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "faxi-watchdog init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 impl NodeProcess {
     /// Starts `faxi-watchdog run` with `[node]` generated and `rest` appended
     /// (targets, defaults); returns once `/healthz` answers.
@@ -55,8 +73,11 @@ impl NodeProcess {
             .unwrap();
         let (head, metrics, grpc) = node_section(1, "zone-a", dir.path());
         let config = dir.path().join("node.toml");
+        // `{grpc}` in `rest` stands for this node's own gRPC address.
+        let rest = rest.replace("{grpc}", &grpc.to_string());
         std::fs::write(&config, format!("{head}{rest}")).unwrap();
         let log = dir.path().join("node.log");
+        init(&config, env).await;
         let child = Command::new(workspace_bin("faxi-watchdog"))
             .args(["run", "--log-format", "json", "--config"])
             .arg(&config)

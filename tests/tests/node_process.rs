@@ -250,20 +250,67 @@ async fn a_bad_data_dir_is_refused_with_its_path() {
 
 #[tokio::test]
 async fn bad_peer_messages_are_refused_and_the_node_goes_on() {
-    use faxi_proto::v1::{RaftBatch, peer_client::PeerClient};
-    let node = NodeProcess::start("").await;
+    use faxi_proto::v1::watchdog_client::WatchdogClient;
+    use faxi_proto::v1::{RaftBatch, StatusRequest, peer_client::PeerClient};
+    // Node 2 is a configured peer that never starts: a learner, not yet
+    // bound to a data dir, whose messages pass the envelope check.
+    let node = NodeProcess::start(
+        "[cluster]\npeers = [\n  { id = 1, zone = \"zone-a\", addr = \"{grpc}\" },\n  \
+         { id = 2, zone = \"zone-b\", addr = \"127.0.0.1:9\" },\n]\n",
+    )
+    .await;
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc))
         .unwrap()
         .connect()
         .await
         .unwrap();
+    let cluster_id = WatchdogClient::new(ch.clone())
+        .status(StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .cluster
+        .unwrap()
+        .cluster_id;
+    assert_eq!(cluster_id.len(), 32, "{cluster_id:?}");
     let mut peer = PeerClient::new(ch);
+    let batch = |from: u64, to: u64, cluster: &str, messages: Vec<Vec<u8>>| RaftBatch {
+        from,
+        to,
+        messages,
+        cluster_id: cluster.to_owned(),
+        from_instance: 0,
+        to_instance: 0,
+    };
+    // Another cluster's message is refused before anything reads it.
     let e = peer
-        .step(RaftBatch {
-            from: 2,
-            to: 1,
-            messages: vec![b"\xff\xff garbage".to_vec()],
-        })
+        .step(batch(
+            1,
+            1,
+            "0123456789abcdef0123456789abcdef",
+            vec![b"x".to_vec()],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(e.message().contains("cluster"), "{}", e.message());
+    // So is a message from a node that is not a member and has no state.
+    let e = peer
+        .step(batch(3, 1, "", vec![b"x".to_vec()]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(e.message().contains("not a member"), "{}", e.message());
+    // And node 1's own id from another data dir.
+    let e = peer
+        .step(batch(1, 1, &cluster_id, vec![b"x".to_vec()]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(e.message().contains("another data dir"), "{}", e.message());
+    // Garbage from a member is not a raft message.
+    let e = peer
+        .step(batch(2, 1, &cluster_id, vec![b"\xff\xff garbage".to_vec()]))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
@@ -273,16 +320,13 @@ async fn bad_peer_messages_are_refused_and_the_node_goes_on() {
         e.message()
     );
     let e = peer
-        .step(RaftBatch {
-            from: 2,
-            to: 7,
-            messages: vec![],
-        })
+        .step(batch(2, 7, &cluster_id, vec![]))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
     assert!(e.message().contains("not node 7"), "{}", e.message());
-    // Still a healthy single-node cluster that leads itself.
+    // Still a healthy single-node cluster that leads itself, and the
+    // refusals were counted by reason.
     wait_for("the node leads itself", DEADLINE, || async {
         let m = node.metrics_text().await;
         match metric(&m, "faxi_raft_is_leader", &[]) {
@@ -291,6 +335,24 @@ async fn bad_peer_messages_are_refused_and_the_node_goes_on() {
         }
     })
     .await;
+    let m = node.metrics_text().await;
+    for reason in [
+        "other_cluster",
+        "not_a_member",
+        "replaced_there",
+        "malformed",
+        "wrong_node",
+    ] {
+        assert_eq!(
+            metric(
+                &m,
+                "faxi_raft_messages_refused_total",
+                &[("reason", reason)]
+            ),
+            Some(1.0),
+            "{reason}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -48,9 +48,10 @@ pub struct DriverConfig {
     pub heartbeat_ticks: usize,
     /// Applied entries between snapshots (the log is compacted at each).
     pub snapshot_entries: u64,
-    /// Start with an empty log and wait for the leader (a node added at
-    /// runtime), instead of bootstrapping from `peers`.
-    pub join: bool,
+    /// Distinguishes this run's proposals from an earlier run's (random in a
+    /// node, from the seed in the simulator): a proposal is answered by its
+    /// own entry only.
+    pub nonce: u64,
 }
 
 /// Why a write did not happen.
@@ -82,6 +83,9 @@ pub enum MeshError {
     /// A request that cannot be right.
     #[error("{0}")]
     Invalid(String),
+    /// Committed, but the state machine refused it (the same on every node).
+    #[error("committed but not applied: {0}")]
+    Rejected(String),
 }
 
 /// A conf change to propose.
@@ -108,6 +112,9 @@ pub enum Input {
     Unreachable(NodeId),
     /// A snapshot was (or was not) delivered.
     SnapshotDone(NodeId, bool),
+    /// A peer's data-dir instance, as its envelope says (sent by the gRPC
+    /// edge for members not yet bound: learners waiting to be promoted).
+    PeerInstance(NodeId, u64),
 }
 
 /// The Raft side of status, as this node sees it.
@@ -131,6 +138,10 @@ pub struct RaftInfo {
     pub learners: Vec<NodeId>,
     /// Whether the transport's last send to each peer succeeded.
     pub reachable: BTreeMap<NodeId, bool>,
+    /// The cluster id (empty while this node waits for its first state).
+    pub cluster_id: String,
+    /// This node's data-dir instance.
+    pub instance: u64,
 }
 
 /// State readers share: the applied state machine and raft status.
@@ -241,27 +252,115 @@ pub enum StartError {
     Raft(String),
 }
 
+/// A peer as the transport needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddr {
+    /// host:port of its gRPC listener.
+    pub addr: String,
+    /// Its data-dir instance as the membership records it (0: not bound).
+    pub instance: u64,
+}
+
+/// Who this node is on the wire: written on every batch it sends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The cluster (empty until this node has state).
+    pub cluster_id: String,
+    /// This node.
+    pub id: NodeId,
+    /// Its data dir.
+    pub instance: u64,
+}
+
 /// Where the driver's outgoing raft messages go: the tonic transport in a
 /// node, an in-memory network in the simulator.
 pub trait Outbox {
-    /// Queues messages; never blocks.
-    fn send(&mut self, msgs: Vec<Message>);
-    /// Sets every peer's address.
-    fn set_peers(&mut self, book: BTreeMap<NodeId, String>);
+    /// Queues messages; never blocks. Returns the peers whose snapshot
+    /// could not even be queued (raft must hear that it failed).
+    fn send(&mut self, msgs: Vec<Message>) -> Vec<NodeId>;
+    /// Sets who this node is and every peer's address. Returns the peers
+    /// whose link closed with a snapshot still undelivered.
+    fn set_peers(&mut self, me: &Identity, book: BTreeMap<NodeId, PeerAddr>) -> Vec<NodeId>;
     /// Whether the last message to each peer got through.
     fn reachable(&self) -> BTreeMap<NodeId, bool>;
 }
 
 impl Outbox for Transport {
-    fn send(&mut self, msgs: Vec<Message>) {
-        Transport::send(self, msgs);
+    fn send(&mut self, msgs: Vec<Message>) -> Vec<NodeId> {
+        Transport::send(self, msgs)
     }
-    fn set_peers(&mut self, book: BTreeMap<NodeId, String>) {
-        Transport::set_peers(self, book);
+    fn set_peers(&mut self, me: &Identity, book: BTreeMap<NodeId, PeerAddr>) -> Vec<NodeId> {
+        Transport::set_peers(self, me, book)
     }
     fn reachable(&self) -> BTreeMap<NodeId, bool> {
         Transport::reachable(self)
     }
+}
+
+/// What `init` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Init {
+    /// A new cluster with this id; this node is its first voter, the other
+    /// configured peers its learners (promoted once caught up).
+    Created(String),
+    /// The data dir already holds this cluster's state: nothing changed.
+    Already(String),
+}
+
+/// Creates a new cluster in an empty data dir: the one explicit bootstrap
+/// step (`faxi-watchdog init`). The state at index 1 names every configured
+/// peer as a member; this node is the only voter, so it leads at once, and
+/// the others are learners that catch up by snapshot and are promoted. A
+/// data dir that already holds state is left alone.
+pub fn init(
+    storage: &SledStorage,
+    me: NodeId,
+    peers: &[(NodeId, Member)],
+    cluster_id: String,
+) -> Result<Init, StartError> {
+    let serr = |e: raft::Error| StartError::Storage(e.to_string());
+    let existing = storage.last_snapshot().map_err(serr)?;
+    if existing.get_metadata().index > 0 || storage.last_index().map_err(serr)? > 0 {
+        let sm = StateMachine::restore(&existing.data).map_err(StartError::Storage)?;
+        return Ok(Init::Already(sm.cluster_id().to_owned()));
+    }
+    if !peers.iter().any(|(id, _)| *id == me) {
+        return Err(StartError::Raft(format!(
+            "cluster.peers must list this node ({me}) to create a cluster"
+        )));
+    }
+    let members: Vec<(NodeId, Member)> = peers
+        .iter()
+        .map(|(id, m)| {
+            let mut m = m.clone();
+            m.instance = if *id == me { storage.instance() } else { 0 };
+            (*id, m)
+        })
+        .collect();
+    let sm = StateMachine::bootstrap(cluster_id.clone(), members);
+    let mut snap = Snapshot::default();
+    let meta = snap.mut_metadata();
+    meta.index = 1;
+    meta.term = 1;
+    meta.mut_conf_state().voters = vec![me];
+    meta.mut_conf_state().learners = peers
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| *id != me)
+        .collect();
+    snap.data = sm.snapshot().map_err(StartError::Storage)?.into();
+    storage.apply_snapshot(&snap).map_err(serr)?;
+    storage.sync().map_err(serr)?;
+    Ok(Init::Created(cluster_id))
+}
+
+/// A new random cluster id.
+pub fn new_cluster_id() -> String {
+    format!(
+        "{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    )
 }
 
 /// Opens the state from `storage` (bootstrapping a fresh one) and starts the
@@ -303,6 +402,11 @@ pub mod cfg_jitter {
 
 type Reply = oneshot::Sender<Result<u64, MeshError>>;
 
+/// How long a peer may stay in raft's snapshot state before the driver
+/// calls the snapshot failed (a lost report must not stall the peer
+/// forever): longer than the transport's deadline for a snapshot call.
+const SNAPSHOT_STUCK: Duration = Duration::from_secs(40);
+
 /// The driver's state: the raft node, its log, the state machine and our
 /// pending proposals. The thread runs it; the simulator steps it by hand.
 pub struct Core<O: Outbox> {
@@ -318,25 +422,67 @@ pub struct Core<O: Outbox> {
     last_snapshot: u64,
     last_info: RaftInfo,
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// This node's data dir.
+    instance: u64,
+    /// Instances peers' envelopes showed (for promoting learners).
+    seen_instances: BTreeMap<NodeId, u64>,
+    /// Ticks so far (a clock for the stuck-snapshot bound).
+    ticks: u64,
+    /// Since which tick each peer has been in raft's snapshot state.
+    snapshot_since: BTreeMap<NodeId, u64>,
+    /// The last config/membership disagreement reported.
+    last_mismatch: Vec<String>,
+    /// Test-only switches that plant known bugs, to show the checks catch them.
+    #[cfg(test)]
+    pub bugs: Bugs,
+    /// Test-only: every entry applied (index, term, data), for the
+    /// simulator's checks, which must see entries a compaction drops.
+    #[cfg(test)]
+    pub applied_tap: Vec<(u64, u64, Vec<u8>)>,
 }
 
-/// The context that marks an entry as ours: proposer id and sequence.
-fn proposal_ctx(id: NodeId, seq: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(16);
+/// Bugs the simulator plants on purpose to prove its checks can fail.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bugs {
+    /// Send votes and append acks before the write is flushed.
+    pub ack_before_persist: bool,
+    /// Vote even when this node holds no state (a wiped disk).
+    pub vote_without_state: bool,
+}
+
+/// The context that marks an entry as ours: proposer id, this run's nonce
+/// and sequence.
+fn proposal_ctx(id: NodeId, nonce: u64, seq: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(24);
     v.extend_from_slice(&id.to_be_bytes());
+    v.extend_from_slice(&nonce.to_be_bytes());
     v.extend_from_slice(&seq.to_be_bytes());
     v
 }
 
-fn parse_ctx(ctx: &[u8]) -> Option<(NodeId, u64)> {
+fn parse_ctx(ctx: &[u8]) -> Option<(NodeId, u64, u64)> {
+    if ctx.len() != 24 {
+        return None;
+    }
     let id: [u8; 8] = ctx.get(..8)?.try_into().ok()?;
-    let seq: [u8; 8] = ctx.get(8..16)?.try_into().ok()?;
-    Some((u64::from_be_bytes(id), u64::from_be_bytes(seq)))
+    let nonce: [u8; 8] = ctx.get(8..16)?.try_into().ok()?;
+    let seq: [u8; 8] = ctx.get(16..24)?.try_into().ok()?;
+    Some((
+        u64::from_be_bytes(id),
+        u64::from_be_bytes(nonce),
+        u64::from_be_bytes(seq),
+    ))
 }
 
 /// Encodes a command as an entry's data.
 pub fn encode(cmd: &Command) -> Result<Vec<u8>, MeshError> {
     serde_json::to_vec(cmd).map_err(|e| MeshError::Invalid(format!("cannot encode: {e}")))
+}
+
+/// Decodes an entry's data (the simulator's oracle reads the log too).
+pub fn decode_command(data: &[u8]) -> Result<Command, String> {
+    decode(data)
 }
 
 fn decode(data: &[u8]) -> Result<Command, String> {
@@ -359,8 +505,11 @@ impl<O: Outbox> std::fmt::Debug for Core<O> {
 }
 
 impl<O: Outbox> Core<O> {
-    /// Opens the state from `storage`, bootstrapping a fresh log from the
-    /// config's peers (unless joining).
+    /// Opens the state from `storage`. A data dir with no state never
+    /// bootstraps here: the node waits (it neither campaigns nor votes) until
+    /// a leader sends it a snapshot, which happens once it is a member
+    /// (`faxi-watchdog init` on one node creates the cluster; the others are
+    /// its learners, or are added with `faxictl members add`).
     pub fn open(
         cfg: DriverConfig,
         storage: SledStorage,
@@ -368,26 +517,7 @@ impl<O: Outbox> Core<O> {
         random_election: bool,
     ) -> Result<Self, StartError> {
         let serr = |e: raft::Error| StartError::Storage(e.to_string());
-        let fresh = storage
-            .initial_state()
-            .map_err(serr)?
-            .conf_state
-            .voters
-            .is_empty()
-            && storage.last_index().map_err(serr)? == 0;
-        if fresh && !cfg.join {
-            // Every bootstrap member starts from the same snapshot at index 1:
-            // the members and an empty state. A node added later has no index
-            // 1 and so is sent a snapshot: every node applies the same history.
-            let sm = StateMachine::new(cfg.peers.clone());
-            let mut snap = Snapshot::default();
-            let meta = snap.mut_metadata();
-            meta.index = 1;
-            meta.term = 1;
-            meta.mut_conf_state().voters = cfg.peers.iter().map(|(id, _)| *id).collect();
-            snap.data = sm.snapshot().map_err(StartError::Storage)?.into();
-            storage.apply_snapshot(&snap).map_err(serr)?;
-        }
+        let instance = storage.instance();
         let snap = storage.last_snapshot().map_err(serr)?;
         let applied = snap.get_metadata().index;
         let hs = storage.initial_state().map_err(serr)?.hard_state;
@@ -433,11 +563,19 @@ impl<O: Outbox> Core<O> {
         let raw = RawNode::new(&raft_cfg, storage, &logger)
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let (version, _) = watch::channel(0);
+        let id = cfg.id;
         let mut core = Core {
             cfg,
             raw,
             transport,
             shared: Arc::new(RwLock::new(Shared {
+                info: RaftInfo {
+                    id,
+                    cluster_id: sm.cluster_id().to_owned(),
+                    instance,
+                    role: "follower",
+                    ..RaftInfo::default()
+                },
                 sm,
                 ..Shared::default()
             })),
@@ -447,7 +585,24 @@ impl<O: Outbox> Core<O> {
             last_snapshot: applied,
             last_info: RaftInfo::default(),
             stopping: Arc::default(),
+            instance,
+            seen_instances: BTreeMap::new(),
+            ticks: 0,
+            snapshot_since: BTreeMap::new(),
+            last_mismatch: Vec::new(),
+            #[cfg(test)]
+            bugs: Bugs::default(),
+            #[cfg(test)]
+            applied_tap: Vec::new(),
         };
+        if applied == 0 {
+            tracing::warn!(
+                node = core.cfg.id,
+                "this data dir holds no cluster state: waiting to be sent one by a leader \
+                 (run `faxi-watchdog init` on one node to create a new cluster; a node of an \
+                 existing cluster is added with `faxictl members add`)"
+            );
+        }
         core.refresh_peers();
         core.export_all_targets();
         Ok(core)
@@ -514,10 +669,18 @@ impl<O: Outbox> Core<O> {
         }
     }
 
-    /// One raft tick; proposals whose caller gave up are forgotten.
+    /// One raft tick; proposals whose caller gave up are forgotten; the
+    /// leader promotes caught-up learners and un-sticks snapshot sends.
     fn tick(&mut self) {
         self.raw.tick();
+        self.ticks += 1;
         self.pending.retain(|_, r| !r.is_closed());
+        if self.raw.raft.state == StateRole::Leader {
+            self.unstick_snapshots();
+            self.maybe_promote();
+        } else {
+            self.snapshot_since.clear();
+        }
     }
 
     fn fail_pending(&mut self) {
@@ -526,12 +689,34 @@ impl<O: Outbox> Core<O> {
         }
     }
 
+    /// Whether this node holds any state. One that does not (a new or
+    /// wiped data dir) never votes: it may have voted before its disk was
+    /// lost, in a term it no longer knows. Once a leader has sent it the
+    /// cluster's state, its votes are on disk again and it may vote (a
+    /// learner whose promotion it has not yet applied must, or a cluster
+    /// that needs its vote would wait forever).
+    fn has_state(&self) -> bool {
+        self.raw.raft.raft_log.last_index() > 0
+    }
+
     fn handle(&mut self, input: Input) {
         match input {
             Input::Raft(m) => {
+                let t = m.get_msg_type();
+                if matches!(
+                    t,
+                    MessageType::MsgRequestVote
+                        | MessageType::MsgRequestPreVote
+                        | MessageType::MsgTimeoutNow
+                ) && !self.has_state()
+                    && !self.vote_without_state_bug()
+                {
+                    tracing::debug!(from = m.from, kind = ?t, "no state here: vote request ignored");
+                    return;
+                }
                 if m.from == self.raw.raft.leader_id
                     && matches!(
-                        m.get_msg_type(),
+                        t,
                         MessageType::MsgAppend
                             | MessageType::MsgHeartbeat
                             | MessageType::MsgSnapshot
@@ -559,7 +744,8 @@ impl<O: Outbox> Core<O> {
                     return;
                 }
                 self.seq += 1;
-                match self.raw.propose(proposal_ctx(self.cfg.id, self.seq), data) {
+                let ctx = proposal_ctx(self.cfg.id, self.cfg.nonce, self.seq);
+                match self.raw.propose(ctx, data) {
                     Ok(()) => {
                         self.pending.insert(self.seq, reply);
                     }
@@ -568,42 +754,23 @@ impl<O: Outbox> Core<O> {
                     }
                 }
             }
-            Input::Member(change, reply) => {
-                if self.raw.raft.leader_id == raft::INVALID_ID {
-                    let _ = reply.send(Err(MeshError::NoLeader));
-                    return;
-                }
-                let mut cc = ConfChange::default();
-                match &change {
-                    MemberChange::Set(id, member) => {
-                        cc.set_change_type(ConfChangeType::AddNode);
-                        cc.node_id = *id;
-                        match serde_json::to_vec(member) {
-                            Ok(b) => cc.context = b.into(),
-                            Err(e) => {
-                                let _ = reply.send(Err(MeshError::Invalid(e.to_string())));
-                                return;
-                            }
+            Input::Member(change, reply) => match self.member_change(&change) {
+                Ok(cc) => {
+                    self.seq += 1;
+                    let ctx = proposal_ctx(self.cfg.id, self.cfg.nonce, self.seq);
+                    match self.raw.propose_conf_change(ctx, cc) {
+                        Ok(()) => {
+                            self.pending.insert(self.seq, reply);
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(MeshError::Dropped(e.to_string())));
                         }
                     }
-                    MemberChange::Remove(id) => {
-                        cc.set_change_type(ConfChangeType::RemoveNode);
-                        cc.node_id = *id;
-                    }
                 }
-                self.seq += 1;
-                match self
-                    .raw
-                    .propose_conf_change(proposal_ctx(self.cfg.id, self.seq), cc)
-                {
-                    Ok(()) => {
-                        self.pending.insert(self.seq, reply);
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(MeshError::Dropped(e.to_string())));
-                    }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
                 }
-            }
+            },
             Input::TransferLeader(to, reply) => {
                 let r = if self.raw.raft.state != StateRole::Leader {
                     Err(MeshError::NotLeader {
@@ -619,14 +786,184 @@ impl<O: Outbox> Core<O> {
                 let _ = reply.send(r);
             }
             Input::Unreachable(id) => self.raw.report_unreachable(id),
-            Input::SnapshotDone(id, ok) => self.raw.report_snapshot(
-                id,
-                if ok {
-                    raft::SnapshotStatus::Finish
+            Input::SnapshotDone(id, ok) => self.report_snapshot(id, ok),
+            Input::PeerInstance(id, instance) => {
+                if instance != 0 {
+                    self.seen_instances.insert(id, instance);
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn vote_without_state_bug(&self) -> bool {
+        self.bugs.vote_without_state
+    }
+
+    #[cfg(not(test))]
+    fn vote_without_state_bug(&self) -> bool {
+        false
+    }
+
+    fn report_snapshot(&mut self, id: NodeId, ok: bool) {
+        self.snapshot_since.remove(&id);
+        self.raw.report_snapshot(
+            id,
+            if ok {
+                raft::SnapshotStatus::Finish
+            } else {
+                raft::SnapshotStatus::Failure
+            },
+        );
+    }
+
+    /// Validates a membership change against this leader's applied
+    /// (committed) state and builds the conf change. Only the leader
+    /// accepts one (the gRPC edge carries requests to it), and only one at
+    /// a time.
+    fn member_change(&self, change: &MemberChange) -> Result<ConfChange, MeshError> {
+        let r = &self.raw.raft;
+        if r.state != StateRole::Leader {
+            return Err(MeshError::NotLeader {
+                me: self.cfg.id,
+                leader: r.leader_id,
+            });
+        }
+        if r.has_pending_conf() {
+            return Err(MeshError::Invalid(
+                "another membership change is still being applied; retry in a moment".into(),
+            ));
+        }
+        let conf = r.prs().conf();
+        let voters = conf.voters().ids();
+        let s = self.read();
+        let members = s.sm.members();
+        let mut cc = ConfChange::default();
+        match change {
+            MemberChange::Set(id, member) => {
+                if *id == 0 {
+                    return Err(MeshError::Invalid("id: must be 1 or more".into()));
+                }
+                if let Some((other, _)) = members
+                    .iter()
+                    .find(|(other, m)| **other != *id && m.addr == member.addr)
+                {
+                    return Err(MeshError::Invalid(format!(
+                        "addr: {} is already node {other}'s address",
+                        member.addr
+                    )));
+                }
+                let mut member = member.clone();
+                // Zone and address may change; the bound data dir may not.
+                member.instance = members.get(id).map_or(0, |m| m.instance);
+                cc.set_change_type(if voters.contains(*id) {
+                    ConfChangeType::AddNode
                 } else {
-                    raft::SnapshotStatus::Failure
-                },
-            ),
+                    // New members start as learners: they vote only once
+                    // caught up (`maybe_promote`), so adding nodes that never
+                    // come up cannot take the quorum away.
+                    ConfChangeType::AddLearnerNode
+                });
+                cc.node_id = *id;
+                cc.context = serde_json::to_vec(&member)
+                    .map_err(|e| MeshError::Invalid(e.to_string()))?
+                    .into();
+            }
+            MemberChange::Remove(id) => {
+                if !members.contains_key(id) && !conf.learners().contains(id) {
+                    return Err(MeshError::Invalid(format!("node {id} is not a member")));
+                }
+                if *id == self.cfg.id {
+                    return Err(MeshError::Invalid(format!(
+                        "node {id} is the leader: hand leadership to another voter first"
+                    )));
+                }
+                if voters.contains(*id) && voters.len() == 1 {
+                    return Err(MeshError::Invalid(format!(
+                        "node {id} is the last voter; a cluster cannot remove it"
+                    )));
+                }
+                cc.set_change_type(ConfChangeType::RemoveNode);
+                cc.node_id = *id;
+            }
+        }
+        Ok(cc)
+    }
+
+    /// Leader: promotes one caught-up learner whose data dir we know to a
+    /// voter, binding that data dir to its membership.
+    fn maybe_promote(&mut self) {
+        let r = &self.raw.raft;
+        if r.has_pending_conf() || r.lead_transferee.is_some() {
+            return;
+        }
+        let committed = r.raft_log.committed;
+        let mut learners: Vec<NodeId> = r.prs().conf().learners().iter().copied().collect();
+        learners.sort_unstable();
+        let candidate = learners.into_iter().find(|id| {
+            r.prs()
+                .get(*id)
+                .is_some_and(|pr| pr.matched >= committed && pr.recent_active)
+                && self.seen_instances.contains_key(id)
+        });
+        let Some(id) = candidate else { return };
+        let Some(mut member) = self.read().sm.members().get(&id).cloned() else {
+            return;
+        };
+        member.instance = self.seen_instances.get(&id).copied().unwrap_or(0);
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::AddNode);
+        cc.node_id = id;
+        match serde_json::to_vec(&member) {
+            Ok(b) => cc.context = b.into(),
+            Err(_) => return,
+        }
+        tracing::info!(node = id, instance = %format!("{:x}", member.instance), "learner caught up: promoting it to voter");
+        if let Err(e) = self.raw.propose_conf_change(Vec::new(), cc) {
+            tracing::debug!(error = %e, "promotion not proposed");
+        }
+    }
+
+    /// Leader: a peer left in raft's snapshot state longer than a bound
+    /// (a report lost on a full queue or inbox) is reported failed, so raft
+    /// sends again instead of waiting forever.
+    fn unstick_snapshots(&mut self) {
+        let stuck: Vec<NodeId> = {
+            let prs = self.raw.raft.prs();
+            let now = self.ticks;
+            let in_snapshot: BTreeMap<NodeId, u64> = prs
+                .iter()
+                .filter(|(_, pr)| pr.state == raft::ProgressState::Snapshot)
+                .map(|(id, _)| (*id, self.snapshot_since.get(id).copied().unwrap_or(now)))
+                .collect();
+            let stuck = in_snapshot
+                .iter()
+                .filter(|(_, since)| now - **since >= self.snapshot_stuck_ticks())
+                .map(|(id, _)| *id)
+                .collect();
+            self.snapshot_since = in_snapshot;
+            stuck
+        };
+        for id in stuck {
+            tracing::warn!(
+                peer = id,
+                "no word on a snapshot sent long ago: sending again"
+            );
+            self.report_snapshot(id, false);
+        }
+    }
+
+    fn snapshot_stuck_ticks(&self) -> u64 {
+        let tick = self.cfg.tick.as_millis().max(1);
+        u64::try_from(SNAPSHOT_STUCK.as_millis() / tick).unwrap_or(u64::MAX)
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        for id in self.transport.send(msgs) {
+            self.report_snapshot(id, false);
         }
     }
 
@@ -636,7 +973,11 @@ impl<O: Outbox> Core<O> {
         }
         let mut ready = self.raw.ready();
         // Leader messages may leave before the leader's own write.
-        self.transport.send(ready.take_messages());
+        self.send(ready.take_messages());
+        #[cfg(test)]
+        if self.bugs.ack_before_persist {
+            self.send(ready.take_persisted_messages());
+        }
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
             self.install_snapshot(&snap)?;
@@ -654,15 +995,21 @@ impl<O: Outbox> Core<O> {
                 .set_hard_state(hs)
                 .map_err(|e| format!("cannot write the hard state: {e}"))?;
         }
+        // One fsync per ready: the snapshot, entries and hard state above.
+        store
+            .sync()
+            .map_err(|e| format!("cannot flush the raft log: {e}"))?;
         // Votes and append acks: only now that the write is flushed.
-        self.transport.send(ready.take_persisted_messages());
+        self.send(ready.take_persisted_messages());
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
+            // Not flushed here: a commit index is learned again from the
+            // leader after a crash; the next ready's sync covers it.
             store
                 .set_commit(commit)
                 .map_err(|e| format!("cannot write the commit index: {e}"))?;
         }
-        self.transport.send(light.take_messages());
+        self.send(light.take_messages());
         let committed = light.take_committed_entries();
         self.apply(committed)?;
         self.raw.advance_apply();
@@ -677,7 +1024,11 @@ impl<O: Outbox> Core<O> {
             .apply_snapshot(snap)
             .map_err(|e| format!("cannot install a snapshot: {e}"))?;
         let index = snap.get_metadata().index;
-        tracing::info!(index, "installed a snapshot from the leader");
+        tracing::info!(
+            index,
+            cluster = sm.cluster_id(),
+            "installed a snapshot from the leader"
+        );
         {
             let mut s = self.shared.write().unwrap_or_else(|p| p.into_inner());
             s.sm = sm;
@@ -689,93 +1040,137 @@ impl<O: Outbox> Core<O> {
         Ok(())
     }
 
+    /// Applies a committed conf change to raft and the state machine. One
+    /// that raft refuses is skipped (identically on every node, as the
+    /// conf state is replicated), never a reason to stop: a node that
+    /// stopped on it would stop again at every restart.
+    fn apply_conf_change(
+        &mut self,
+        e: &Entry,
+        shared: &mut Shared,
+        transitions: &mut Vec<Transition>,
+    ) -> Result<Result<(), String>, String> {
+        let cc = match ConfChange::parse_from_bytes(&e.data) {
+            Ok(cc) => cc,
+            Err(err) => {
+                tracing::error!(index = e.index, error = %err, "skipping a conf change that does not decode");
+                return Ok(Err(format!("corrupt conf change: {err}")));
+            }
+        };
+        let member = match cc.get_change_type() {
+            ConfChangeType::RemoveNode => None,
+            _ => match serde_json::from_slice::<Member>(&cc.context) {
+                Ok(m) => Some(m),
+                Err(err) => {
+                    tracing::error!(index = e.index, error = %err, "skipping a conf change without a member");
+                    return Ok(Err(format!("conf change without a member: {err}")));
+                }
+            },
+        };
+        let cs = match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => cs,
+            Err(err) => {
+                tracing::error!(index = e.index, node = cc.node_id, error = %err, "skipping a conf change raft refuses");
+                return Ok(Err(format!("raft refused it: {err}")));
+            }
+        };
+        self.raw
+            .store()
+            .set_conf_state(&cs)
+            .map_err(|err| format!("cannot write the conf state: {err}"))?;
+        let cmd = match member {
+            None => Command::RemoveMember { id: cc.node_id },
+            Some(member) => Command::SetMember {
+                id: cc.node_id,
+                member,
+            },
+        };
+        let result = match shared.sm.apply(&cmd) {
+            Ok(t) => {
+                transitions.extend(t);
+                Ok(())
+            }
+            Err(r) => Err(r.to_string()),
+        };
+        tracing::info!(
+            index = e.index, node = cc.node_id,
+            change = ?cc.get_change_type(), voters = ?cs.voters, learners = ?cs.learners,
+            "membership changed"
+        );
+        if cc.get_change_type() == ConfChangeType::RemoveNode && cc.node_id == self.cfg.id {
+            tracing::warn!(
+                "this node was removed from the cluster: it no longer votes or leads; stop it \
+                 (to bring it back, clear its data dir and `faxictl members add` it)"
+            );
+        }
+        Ok(result)
+    }
+
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
         if entries.is_empty() {
             return Ok(());
         }
         let mut transitions: Vec<Transition> = Vec::new();
-        let mut replies: Vec<(u64, u64)> = Vec::new();
+        let mut replies: Vec<(u64, Result<u64, MeshError>)> = Vec::new();
         let mut members_changed = false;
-        {
-            for e in entries {
-                // The lock is taken per entry, so readers never wait for a
-                // whole batch of applies.
-                let mut shared = self.shared.write().unwrap_or_else(|p| p.into_inner());
-                shared.info.applied = e.index;
-                let mine = parse_ctx(&e.context).filter(|(id, _)| *id == self.cfg.id);
-                match e.get_entry_type() {
-                    EntryType::EntryNormal => {
-                        if e.data.is_empty() {
-                            // A new leader's empty entry.
-                            continue;
+        let me = self.cfg.id;
+        let nonce = self.cfg.nonce;
+        let shared_arc = self.shared.clone();
+        for e in entries {
+            // The lock is taken per entry, so readers never wait for a
+            // whole batch of applies.
+            let mut shared = shared_arc.write().unwrap_or_else(|p| p.into_inner());
+            shared.info.applied = e.index;
+            #[cfg(test)]
+            self.applied_tap.push((e.index, e.term, e.data.to_vec()));
+            let mine = parse_ctx(&e.context)
+                .filter(|(id, n, _)| *id == me && *n == nonce)
+                .map(|(_, _, seq)| seq);
+            let result: Result<(), String> = match e.get_entry_type() {
+                EntryType::EntryNormal if e.data.is_empty() => {
+                    // A new leader's empty entry.
+                    Ok(())
+                }
+                EntryType::EntryNormal => match decode(&e.data) {
+                    Ok(cmd) => match shared.sm.apply(&cmd) {
+                        Ok(t) => {
+                            transitions.extend(t);
+                            Ok(())
                         }
-                        match decode(&e.data) {
-                            Ok(cmd) => match shared.sm.apply(&cmd) {
-                                Ok(t) => transitions.extend(t),
-                                Err(r) => {
-                                    tracing::debug!(index = e.index, reason = %r, "entry rejected")
-                                }
-                            },
-                            Err(err) => tracing::error!(
-                                index = e.index, error = %err,
-                                "skipping an entry that does not decode"
-                            ),
+                        Err(r) => {
+                            tracing::debug!(index = e.index, reason = %r, "entry rejected");
+                            Err(r.to_string())
                         }
-                    }
-                    EntryType::EntryConfChange => {
-                        let cc = ConfChange::parse_from_bytes(&e.data).map_err(|err| {
-                            format!("entry {}: corrupt conf change: {err}", e.index)
-                        })?;
-                        let cs = self
-                            .raw
-                            .apply_conf_change(&cc)
-                            .map_err(|err| format!("entry {}: conf change: {err}", e.index))?;
-                        self.raw
-                            .store()
-                            .set_conf_state(&cs)
-                            .map_err(|err| format!("cannot write the conf state: {err}"))?;
-                        let cmd = match cc.get_change_type() {
-                            ConfChangeType::RemoveNode => {
-                                Some(Command::RemoveMember { id: cc.node_id })
-                            }
-                            _ => serde_json::from_slice::<Member>(&cc.context)
-                                .ok()
-                                .map(|member| Command::SetMember {
-                                    id: cc.node_id,
-                                    member,
-                                }),
-                        };
-                        if let Some(cmd) = cmd {
-                            match shared.sm.apply(&cmd) {
-                                Ok(t) => transitions.extend(t),
-                                Err(r) => {
-                                    tracing::debug!(index = e.index, reason = %r, "conf entry rejected")
-                                }
-                            }
-                        }
-                        tracing::info!(
-                            index = e.index, node = cc.node_id,
-                            change = ?cc.get_change_type(), voters = ?cs.voters,
-                            "membership changed"
+                    },
+                    Err(err) => {
+                        tracing::error!(
+                            index = e.index, error = %err,
+                            "skipping an entry that does not decode"
                         );
-                        members_changed = true;
+                        Err(format!("does not decode: {err}"))
                     }
-                    EntryType::EntryConfChangeV2 => {
-                        tracing::warn!(index = e.index, "ignoring a joint conf change (not used)");
-                    }
+                },
+                EntryType::EntryConfChange => {
+                    members_changed = true;
+                    self.apply_conf_change(&e, &mut shared, &mut transitions)?
                 }
-                if let Some((_, seq)) = mine {
-                    replies.push((seq, e.index));
+                EntryType::EntryConfChangeV2 => {
+                    tracing::warn!(index = e.index, "ignoring a joint conf change (not used)");
+                    Err("joint conf changes are not used".into())
                 }
+            };
+            if let Some(seq) = mine {
+                replies.push((seq, result.map(|()| e.index).map_err(MeshError::Rejected)));
             }
         }
-        for (seq, index) in replies {
-            if let Some(r) = self.pending.remove(&seq) {
-                let _ = r.send(Ok(index));
+        for (seq, r) in replies {
+            if let Some(reply) = self.pending.remove(&seq) {
+                let _ = reply.send(r);
             }
         }
         if members_changed {
             self.refresh_peers();
+            self.step_down_if_removed();
         }
         for t in &transitions {
             crate::metrics::set_target_state(&t.target, t.to);
@@ -791,14 +1186,42 @@ impl<O: Outbox> Core<O> {
         Ok(())
     }
 
+    /// A leader whose own removal was committed hands leadership to the
+    /// most caught-up voter at once (raft-rs would otherwise keep it in
+    /// charge, dropping every proposal).
+    fn step_down_if_removed(&mut self) {
+        let r = &self.raw.raft;
+        if r.state != StateRole::Leader || r.prs().conf().voters().contains(self.cfg.id) {
+            return;
+        }
+        let best = r
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|id| *id != self.cfg.id)
+            .max_by_key(|id| (r.prs().get(*id).map_or(0, |pr| pr.matched), *id));
+        if let Some(to) = best {
+            tracing::warn!(to, "this leader was removed: handing leadership over");
+            self.raw.transfer_leader(to);
+        }
+    }
+
     fn maybe_snapshot(&mut self) -> Result<(), String> {
         let applied = self.raw.raft.raft_log.applied;
-        if applied < self.last_snapshot + self.cfg.snapshot_entries {
+        let requested = self.raw.store().take_snapshot_request();
+        if applied <= self.last_snapshot
+            || (!requested && applied < self.last_snapshot + self.cfg.snapshot_entries)
+        {
             return Ok(());
         }
         let data = self.read().sm.snapshot()?;
         let conf: ConfState = self.raw.raft.prs().conf().to_conf_state();
         let store = self.raw.store().clone();
+        // Neither needs its own fsync: a snapshot or a compaction lost in a
+        // crash is made again; both are atomic, and the log they describe
+        // is already durable.
         store
             .create_snapshot(applied, &conf, data)
             .map_err(|e| format!("cannot write a snapshot: {e}"))?;
@@ -806,7 +1229,7 @@ impl<O: Outbox> Core<O> {
             .compact(applied)
             .map_err(|e| format!("cannot compact the log: {e}"))?;
         self.last_snapshot = applied;
-        tracing::debug!(index = applied, "snapshot taken, log compacted");
+        tracing::debug!(index = applied, requested, "snapshot taken, log compacted");
         Ok(())
     }
 
@@ -814,20 +1237,68 @@ impl<O: Outbox> Core<O> {
         self.shared.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Points the transport at every member's address: the config's peers,
-    /// overridden by the replicated member list.
+    /// Points the transport at every member: the replicated member list
+    /// once this node has state; before that (it waits to be sent one),
+    /// the config's peers. A config that disagrees with the replicated
+    /// membership is reported, never used over it.
     fn refresh_peers(&mut self) {
-        let mut book: BTreeMap<NodeId, String> = self
-            .cfg
-            .peers
-            .iter()
-            .map(|(id, m)| (*id, m.addr.clone()))
-            .collect();
-        for (id, m) in self.read().sm.members() {
-            book.insert(*id, m.addr.clone());
+        let (me, book, mismatch) = {
+            let s = self.read();
+            let cluster_id = s.sm.cluster_id().to_owned();
+            let book: BTreeMap<NodeId, PeerAddr> = if cluster_id.is_empty() {
+                self.cfg
+                    .peers
+                    .iter()
+                    .map(|(id, m)| {
+                        (
+                            *id,
+                            PeerAddr {
+                                addr: m.addr.clone(),
+                                instance: 0,
+                            },
+                        )
+                    })
+                    .collect()
+            } else {
+                s.sm.members()
+                    .iter()
+                    .map(|(id, m)| {
+                        (
+                            *id,
+                            PeerAddr {
+                                addr: m.addr.clone(),
+                                instance: m.instance,
+                            },
+                        )
+                    })
+                    .collect()
+            };
+            let mismatch = if cluster_id.is_empty() {
+                Vec::new()
+            } else {
+                config_mismatch(&self.cfg.peers, s.sm.members())
+            };
+            (
+                Identity {
+                    cluster_id,
+                    id: self.cfg.id,
+                    instance: self.instance,
+                },
+                book,
+                mismatch,
+            )
+        };
+        if mismatch != self.last_mismatch {
+            for m in &mismatch {
+                tracing::warn!(problem = %m, "cluster.peers in this node's config disagrees with the cluster's membership (the membership is used; `faxictl members` changes it)");
+            }
+            self.last_mismatch = mismatch;
         }
+        let mut book = book;
         book.remove(&self.cfg.id);
-        self.transport.set_peers(book);
+        for id in self.transport.set_peers(&me, book) {
+            self.report_snapshot(id, false);
+        }
     }
 
     fn export_all_targets(&self) {
@@ -849,9 +1320,12 @@ impl<O: Outbox> Core<O> {
             role_str(r.state)
         } else if learners.contains(&self.cfg.id) {
             "learner"
+        } else if r.raft_log.applied == 0 {
+            "waiting"
         } else {
             "not a member"
         };
+        let cluster_id = self.read().sm.cluster_id().to_owned();
         let info = RaftInfo {
             id: self.cfg.id,
             leader: r.leader_id,
@@ -862,6 +1336,8 @@ impl<O: Outbox> Core<O> {
             voters,
             learners,
             reachable: self.transport.reachable(),
+            cluster_id,
+            instance: self.instance,
         };
         if info == self.last_info {
             return;
@@ -883,4 +1359,25 @@ impl<O: Outbox> Core<O> {
         self.shared.write().unwrap_or_else(|p| p.into_inner()).info = info;
         self.version.send_modify(|v| *v += 1);
     }
+}
+
+/// How a node's configured peers differ from the replicated membership.
+fn config_mismatch(peers: &[(NodeId, Member)], members: &BTreeMap<NodeId, Member>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (id, p) in peers {
+        match members.get(id) {
+            None => out.push(format!("node {id} is in cluster.peers but not a member")),
+            Some(m) if m.zone != p.zone || m.addr != p.addr => out.push(format!(
+                "node {id}: cluster.peers says {} at {}, the cluster says {} at {}",
+                p.zone, p.addr, m.zone, m.addr
+            )),
+            Some(_) => {}
+        }
+    }
+    for id in members.keys() {
+        if !peers.iter().any(|(p, _)| p == id) {
+            out.push(format!("node {id} is a member but not in cluster.peers"));
+        }
+    }
+    out
 }

@@ -9,6 +9,7 @@
 //! - `proposer`: local verdicts to batched observations.
 
 pub mod driver;
+pub mod guard;
 pub mod proposer;
 mod raftlog;
 #[cfg(test)]

@@ -77,6 +77,11 @@ pub struct Member {
     pub zone: String,
     /// Its gRPC address.
     pub addr: String,
+    /// The data dir it runs from (`SledStorage::instance`), bound when it
+    /// becomes a voter; 0 until then. A node whose disk was wiped comes back
+    /// with another instance and is refused instead of voting again.
+    #[serde(default)]
+    pub instance: u64,
 }
 
 /// One node's view of one target, as proposed.
@@ -179,6 +184,11 @@ pub enum Rejected {
 /// The whole replicated state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateMachine {
+    /// The cluster this state belongs to, drawn once by `faxi-watchdog
+    /// init`; every peer message carries it. Empty on a node that has not
+    /// yet received any state.
+    #[serde(default)]
+    cluster_id: String,
     /// Log time: the clock of expiry and `since` (see the module doc).
     log_now_ms: u64,
     /// Each member's latest proposer timestamp.
@@ -204,6 +214,22 @@ impl StateMachine {
             members: members.into_iter().collect(),
             ..Self::default()
         }
+    }
+
+    /// The first state of a new cluster.
+    pub fn bootstrap(
+        cluster_id: String,
+        members: impl IntoIterator<Item = (NodeId, Member)>,
+    ) -> Self {
+        Self {
+            cluster_id,
+            ..Self::new(members)
+        }
+    }
+
+    /// The cluster id (empty before this node received any state).
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
     }
 
     /// Log time.
@@ -395,6 +421,12 @@ fn agree(
         zone_states.values().copied().collect()
     };
     let quorum = votes.len() / 2 + 1;
+    #[cfg(test)]
+    let quorum = if PLANT_MINORITY_QUORUM.with(std::cell::Cell::get) {
+        votes.len() / 2
+    } else {
+        quorum
+    };
     let count = |s: State| votes.iter().filter(|v| **v == s).count();
     let down_zones: Vec<String> = zone_states
         .iter()
@@ -427,6 +459,13 @@ fn majority(verdicts: &[State]) -> State {
         .into_iter()
         .find(|(_, n)| *n * 2 > verdicts.len())
         .map_or(State::Unknown, |(s, _)| s)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Planted bug (tests only, this thread only): a minority counts as a
+    /// quorum. The simulator's DOWN oracle must catch it.
+    pub static PLANT_MINORITY_QUORUM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 #[cfg(test)]

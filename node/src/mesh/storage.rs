@@ -75,6 +75,7 @@ pub struct SledStorage {
     db: sled::Db,
     entries: sled::Tree,
     meta: sled::Tree,
+    wanted: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn key(index: u64) -> [u8; 8] {
@@ -148,6 +149,7 @@ impl SledStorage {
             db,
             entries,
             meta,
+            wanted: Default::default(),
         })
     }
 
@@ -174,7 +176,71 @@ impl SledStorage {
             db,
             entries,
             meta,
+            wanted: Default::default(),
         })
+    }
+
+    /// TEMPORARY (replaced by the storage rework): this data dir's id.
+    pub fn instance(&self) -> u64 {
+        match self.meta.get(b"instance") {
+            Ok(Some(v)) if v.len() == 8 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&v);
+                u64::from_be_bytes(b)
+            }
+            _ => {
+                let i: u64 = rand::random::<u64>() | 1;
+                let _ = self.meta.insert(b"instance", &i.to_be_bytes());
+                i
+            }
+        }
+    }
+
+    /// TEMPORARY: one flush.
+    pub fn sync(&self) -> raft::Result<()> {
+        self.flush()
+    }
+
+    /// TEMPORARY: a crash-modelling in-memory store.
+    #[cfg(test)]
+    pub fn simulated(instance: u64) -> Result<Self, StoreError> {
+        let s = Self::volatile()?;
+        let _ = s.meta.insert(b"instance", &instance.to_be_bytes());
+        Ok(s)
+    }
+
+    /// TEMPORARY: the store as a crash leaves it.
+    #[cfg(test)]
+    pub fn crash(&self, _keep: usize) -> Result<Self, StoreError> {
+        Ok(self.clone())
+    }
+
+    /// TEMPORARY: writes since the last sync.
+    #[cfg(test)]
+    pub fn pending_writes(&self) -> usize {
+        0
+    }
+
+    /// TEMPORARY: the flushed hard state.
+    #[cfg(test)]
+    pub fn durable_hard_state(&self) -> raft::Result<HardState> {
+        Ok(self.initial_state()?.hard_state)
+    }
+
+    /// TEMPORARY: the flushed term at an index.
+    #[cfg(test)]
+    pub fn durable_term(&self, index: u64) -> raft::Result<Option<u64>> {
+        match self.term(index) {
+            Ok(t) => Ok(Some(t)),
+            Err(raft::Error::Store(StorageError::Compacted)) => Ok(Some(0)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// TEMPORARY: whether raft asked for a snapshot we did not have.
+    pub fn take_snapshot_request(&self) -> bool {
+        self.wanted
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     fn flush(&self) -> raft::Result<()> {
@@ -372,9 +438,14 @@ impl Storage for SledStorage {
         }
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let meta = self.snapshot_meta()?;
-        if meta.index < request_index {
+        let cs = meta.get_conf_state();
+        if meta.index < request_index
+            || (to != 0 && !(cs.voters.contains(&to) || cs.learners.contains(&to)))
+        {
+            self.wanted
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             // Not built yet: raft retries later.
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,

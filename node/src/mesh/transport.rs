@@ -19,7 +19,7 @@ use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::driver::Input;
+use super::driver::{Identity, Input, PeerAddr};
 use super::state::NodeId;
 
 /// Messages queued per peer before new ones are dropped.
@@ -36,9 +36,12 @@ const IDLE_PING: Duration = Duration::from_secs(1);
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 struct Link {
-    addr: String,
+    peer: PeerAddr,
+    me: Identity,
     tx: mpsc::Sender<Message>,
     reachable: Arc<AtomicBool>,
+    /// A snapshot is queued or on its way (its outcome not yet reported).
+    snapshot_pending: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -70,55 +73,83 @@ impl Transport {
         }
     }
 
-    /// Sets every peer's address; links to removed or moved peers close.
-    pub fn set_peers(&mut self, book: BTreeMap<NodeId, String>) {
+    /// Sets this node's identity and every peer's address; links to
+    /// removed or changed peers close. Returns the peers whose closed link
+    /// still held an unreported snapshot (raft must hear it failed).
+    pub fn set_peers(&mut self, me: &Identity, book: BTreeMap<NodeId, PeerAddr>) -> Vec<NodeId> {
+        let mut lost = Vec::new();
         self.links.retain(|id, link| {
-            let keep = book.get(id) == Some(&link.addr);
+            let keep = book.get(id) == Some(&link.peer) && link.me == *me;
             if !keep {
                 link.task.abort();
+                if link.snapshot_pending.swap(false, Ordering::Relaxed) {
+                    lost.push(*id);
+                }
             }
             keep
         });
-        for (id, addr) in book {
+        for (id, peer) in book {
             if self.links.contains_key(&id) {
                 continue;
             }
             let (tx, rx) = mpsc::channel(QUEUE);
             let reachable = Arc::new(AtomicBool::new(false));
+            let snapshot_pending = Arc::new(AtomicBool::new(false));
             let task = self.rt.spawn(run_link(
-                self.me,
+                me.clone(),
                 id,
-                addr.clone(),
+                peer.clone(),
                 rx,
-                reachable.clone(),
-                self.feedback.clone(),
+                LinkState {
+                    reachable: reachable.clone(),
+                    snapshot_pending: snapshot_pending.clone(),
+                    feedback: self.feedback.clone(),
+                },
             ));
             self.links.insert(
                 id,
                 Link {
-                    addr,
+                    peer,
+                    me: me.clone(),
                     tx,
                     reachable,
+                    snapshot_pending,
                     task,
                 },
             );
         }
+        lost
     }
 
-    /// Queues messages; never blocks.
-    pub fn send(&mut self, msgs: Vec<Message>) {
+    /// Queues messages; never blocks. Returns the peers whose snapshot
+    /// could not be queued.
+    pub fn send(&mut self, msgs: Vec<Message>) -> Vec<NodeId> {
+        let mut failed = Vec::new();
         for m in msgs {
-            match self.links.get(&m.to) {
+            let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            let to = m.to;
+            match self.links.get(&to) {
                 Some(link) => {
+                    if is_snapshot {
+                        link.snapshot_pending.store(true, Ordering::Relaxed);
+                    }
                     if link.tx.try_send(m).is_err() {
                         metrics::counter!(crate::metrics::RAFT_DROPPED).increment(1);
+                        if is_snapshot {
+                            link.snapshot_pending.store(false, Ordering::Relaxed);
+                            failed.push(to);
+                        }
                     }
                 }
                 None => {
-                    tracing::debug!(to = m.to, "no address for a raft message's destination");
+                    tracing::debug!(to, "no address for a raft message's destination");
+                    if is_snapshot {
+                        failed.push(to);
+                    }
                 }
             }
         }
+        failed
     }
 
     /// Whether the last call to each peer succeeded.
@@ -138,14 +169,36 @@ impl Drop for Transport {
     }
 }
 
-async fn run_link(
-    me: NodeId,
-    to: NodeId,
-    addr: String,
-    mut rx: mpsc::Receiver<Message>,
+/// What a link task shares with the transport and the driver.
+struct LinkState {
     reachable: Arc<AtomicBool>,
+    snapshot_pending: Arc<AtomicBool>,
     feedback: SyncSender<Input>,
+}
+
+impl LinkState {
+    /// Tells the driver how a snapshot send ended. If its inbox is full the
+    /// flag stays set and the driver's stuck-snapshot bound catches it.
+    fn snapshot_done(&self, to: NodeId, ok: bool) {
+        if self.feedback.try_send(Input::SnapshotDone(to, ok)).is_ok() {
+            self.snapshot_pending.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn run_link(
+    me: Identity,
+    to: NodeId,
+    peer: PeerAddr,
+    mut rx: mpsc::Receiver<Message>,
+    state: LinkState,
 ) {
+    let addr = peer.addr.clone();
+    let LinkState {
+        reachable,
+        feedback,
+        ..
+    } = &state;
     let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
         Ok(e) => e
             .connect_timeout(CALL_DEADLINE)
@@ -192,9 +245,12 @@ async fn run_link(
             CALL_DEADLINE
         };
         let mut req = tonic::Request::new(RaftBatch {
-            from: me,
+            from: me.id,
             to,
             messages,
+            cluster_id: me.cluster_id.clone(),
+            from_instance: me.instance,
+            to_instance: peer.instance,
         });
         req.set_timeout(deadline);
         let result = tokio::time::timeout(deadline, client.step(req)).await;
@@ -211,7 +267,7 @@ async fn run_link(
                 }
                 backoff = Duration::from_millis(50);
                 if has_snapshot {
-                    let _ = feedback.try_send(Input::SnapshotDone(to, true));
+                    state.snapshot_done(to, true);
                 }
             }
             Some(error) => {
@@ -222,12 +278,19 @@ async fn run_link(
                 }
                 let _ = feedback.try_send(Input::Unreachable(to));
                 if has_snapshot {
-                    let _ = feedback.try_send(Input::SnapshotDone(to, false));
+                    state.snapshot_done(to, false);
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
-                // Raft resends what still matters; stale traffic would only delay it.
-                while rx.try_recv().is_ok() {}
+                // Raft resends what still matters; stale traffic would only
+                // delay it. A snapshot dropped here is reported failed.
+                let mut dropped_snapshot = false;
+                while let Ok(m) = rx.try_recv() {
+                    dropped_snapshot |= m.get_msg_type() == MessageType::MsgSnapshot;
+                }
+                if dropped_snapshot {
+                    state.snapshot_done(to, false);
+                }
             }
         }
     }

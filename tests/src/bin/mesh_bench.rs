@@ -101,6 +101,7 @@ async fn in_process_mesh(dir: &std::path::Path) -> Vec<Mesh> {
                 Member {
                     zone: format!("zone-{}", (b'a' + i as u8) as char),
                     addr: l.local_addr().unwrap().to_string(),
+                    instance: 0,
                 },
             )
         })
@@ -109,6 +110,9 @@ async fn in_process_mesh(dir: &std::path::Path) -> Vec<Mesh> {
     for (i, listener) in listeners.into_iter().enumerate() {
         let id = i as u64 + 1;
         let storage = SledStorage::open(&dir.join(format!("n{id}"))).unwrap();
+        if id == 1 {
+            driver::init(&storage, 1, &peers, driver::new_cluster_id()).unwrap();
+        }
         let (tx, rx) = sync_channel(driver::INBOX);
         let transport = Transport::new(id, tokio::runtime::Handle::current(), tx.clone());
         let cfg = DriverConfig {
@@ -118,7 +122,7 @@ async fn in_process_mesh(dir: &std::path::Path) -> Vec<Mesh> {
             election_ticks: 10,
             heartbeat_ticks: 1,
             snapshot_entries: 10_000,
-            join: false,
+            nonce: rand::random(),
         };
         let (mesh, _thread) = driver::start(cfg, storage, transport, (tx, rx)).unwrap();
         let api = Api::new(mesh.clone(), id, peers[i].1.zone.clone(), BTreeMap::new());
@@ -138,7 +142,11 @@ async fn leader_of(meshes: &[Mesh]) -> usize {
     wait_for("a leader", Duration::from_secs(20), || async {
         let l = meshes[0].read().info.leader;
         let agreed = meshes.iter().all(|m| m.read().info.leader == l);
-        if l != 0 && agreed {
+        // Every node a voter: the learners of the bootstrap were promoted.
+        let voters = meshes
+            .iter()
+            .all(|m| m.read().info.voters.len() == meshes.len());
+        if l != 0 && agreed && voters {
             Ok((l - 1) as usize)
         } else {
             Err("no leader yet".to_owned())

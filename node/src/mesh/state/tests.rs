@@ -13,6 +13,7 @@ fn members(spec: &[(NodeId, &str)]) -> StateMachine {
             Member {
                 zone: z.to_string(),
                 addr: format!("wd-{id}:7400"),
+                instance: 0,
             },
         )
     }))
@@ -276,6 +277,7 @@ fn random_command(rng: &mut StdRng, clock: &mut u64) -> Command {
             member: Member {
                 zone: format!("zone-{}", rng.random_range(0..3)),
                 addr: "x:1".into(),
+                instance: 0,
             },
         },
         _ => Command::Observe {

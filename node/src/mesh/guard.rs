@@ -1,0 +1,186 @@
+//! Who may talk to this node's raft: the envelope every peer batch carries
+//! (cluster id, sender and receiver with their data-dir instances) checked
+//! against the replicated membership before raft sees any message.
+//!
+//! Architecture invariant: pure (no I/O); the gRPC edge and the simulator
+//! call the same checks, so what the simulator proves holds for the node.
+
+use raft::eraftpb::{Message, MessageType};
+
+use super::state::{NodeId, StateMachine};
+
+/// The envelope of a batch of raft messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The sender's cluster (empty from a node that has none yet).
+    pub cluster_id: String,
+    /// The sender.
+    pub from: NodeId,
+    /// The sender's data dir.
+    pub from_instance: u64,
+    /// The receiver.
+    pub to: NodeId,
+    /// The receiver's data dir as the sender knows it (0: not bound yet).
+    pub to_instance: u64,
+}
+
+/// Why a batch was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Addressed to another node id.
+    #[error("this is node {me}, not node {to}: check the peer addresses")]
+    WrongNode {
+        /// This node.
+        me: NodeId,
+        /// The addressee.
+        to: NodeId,
+    },
+    /// From another cluster.
+    #[error("message from cluster {theirs:?}; this node belongs to cluster {ours:?}")]
+    OtherCluster {
+        /// This node's cluster.
+        ours: String,
+        /// The sender's.
+        theirs: String,
+    },
+    /// The sender knows node `me` by another data dir: this node lost its
+    /// state (a wiped or replaced disk) and must not act as the old one.
+    #[error(
+        "the cluster knows node {me} by another data dir (instance {expected:x}, this one is {mine:x}): \
+         this node lost its state; run `faxictl members remove {me}`, then `faxictl members add {me} ZONE ADDR` \
+         (or add it under a new id), and it catches up by snapshot"
+    )]
+    ReplacedHere {
+        /// This node.
+        me: NodeId,
+        /// The instance the sender expected.
+        expected: u64,
+        /// This data dir's instance.
+        mine: u64,
+    },
+    /// The sender is not a member of this cluster.
+    #[error("node {0} is not a member of this cluster")]
+    NotAMember(NodeId),
+    /// The sender runs from another data dir than the member that joined.
+    #[error(
+        "node {from} speaks from another data dir (instance {got:x}, member has {want:x}): \
+         it lost its state; remove and re-add it"
+    )]
+    ReplacedThere {
+        /// The sender.
+        from: NodeId,
+        /// Its instance now.
+        got: u64,
+        /// The member's bound instance.
+        want: u64,
+    },
+    /// A message inside the batch does not match the envelope.
+    #[error("message from {from} to {to} inside a batch from {env_from} to {env_to}")]
+    Mismatch {
+        /// The message's sender.
+        from: NodeId,
+        /// The message's receiver.
+        to: NodeId,
+        /// The envelope's sender.
+        env_from: NodeId,
+        /// The envelope's receiver.
+        env_to: NodeId,
+    },
+    /// A message type no peer sends.
+    #[error("a peer may not send {0:?}")]
+    Forbidden(MessageType),
+}
+
+impl Refusal {
+    /// A short label for the refused-messages metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::WrongNode { .. } => "wrong_node",
+            Refusal::OtherCluster { .. } => "other_cluster",
+            Refusal::ReplacedHere { .. } => "replaced_here",
+            Refusal::NotAMember(_) => "not_a_member",
+            Refusal::ReplacedThere { .. } => "replaced_there",
+            Refusal::Mismatch { .. } => "mismatch",
+            Refusal::Forbidden(_) => "forbidden",
+        }
+    }
+}
+
+/// Checks a batch's envelope against this node (`me`, running from data dir
+/// `instance`) and its applied state.
+pub fn check_envelope(
+    env: &Envelope,
+    me: NodeId,
+    instance: u64,
+    sm: &StateMachine,
+) -> Result<(), Refusal> {
+    if env.to != me {
+        return Err(Refusal::WrongNode { me, to: env.to });
+    }
+    if env.to_instance != 0 && env.to_instance != instance {
+        return Err(Refusal::ReplacedHere {
+            me,
+            expected: env.to_instance,
+            mine: instance,
+        });
+    }
+    let ours = sm.cluster_id();
+    if ours.is_empty() {
+        // A node with no state yet waits to be sent one; it never votes
+        // (the driver drops vote requests to a non-voter).
+        return Ok(());
+    }
+    let Some(member) = sm.members().get(&env.from) else {
+        // A node of this cluster this node has not heard of yet (added
+        // after its applied index, e.g. a new leader while it lags) is let
+        // through; a node with no cluster yet must be a known member.
+        if env.cluster_id == ours {
+            return Ok(());
+        }
+        if env.cluster_id.is_empty() {
+            return Err(Refusal::NotAMember(env.from));
+        }
+        return Err(Refusal::OtherCluster {
+            ours: ours.to_owned(),
+            theirs: env.cluster_id.clone(),
+        });
+    };
+    // A member not yet bound to a data dir (a learner still waiting for
+    // its first state) has no cluster id to send yet.
+    let waiting = env.cluster_id.is_empty() && member.instance == 0;
+    if env.cluster_id != ours && !waiting {
+        return Err(Refusal::OtherCluster {
+            ours: ours.to_owned(),
+            theirs: env.cluster_id.clone(),
+        });
+    }
+    if member.instance != 0 && member.instance != env.from_instance {
+        return Err(Refusal::ReplacedThere {
+            from: env.from,
+            got: env.from_instance,
+            want: member.instance,
+        });
+    }
+    Ok(())
+}
+
+/// Checks one message of a batch against its envelope.
+pub fn check_message(env: &Envelope, m: &Message) -> Result<(), Refusal> {
+    if m.from != env.from || m.to != env.to {
+        return Err(Refusal::Mismatch {
+            from: m.from,
+            to: m.to,
+            env_from: env.from,
+            env_to: env.to,
+        });
+    }
+    match m.get_msg_type() {
+        // Local messages raft-rs makes for itself; never from the network.
+        MessageType::MsgHup
+        | MessageType::MsgBeat
+        | MessageType::MsgUnreachable
+        | MessageType::MsgSnapStatus
+        | MessageType::MsgCheckQuorum => Err(Refusal::Forbidden(m.get_msg_type())),
+        _ => Ok(()),
+    }
+}
