@@ -282,11 +282,17 @@ async fn a_node_added_at_runtime_catches_up_by_snapshot_then_leaves() {
     })
     .await;
     assert!(s.targets.iter().any(|t| t.name == "app"));
+    // By a snapshot past the compacted log (index 1 is the bootstrap state,
+    // which every node but node 1 also installs).
+    let installed: Vec<u64> = c
+        .log_lines(3)
+        .iter()
+        .filter(|l| l["message"] == "installed a snapshot from the leader")
+        .filter_map(|l| l["index"].as_u64())
+        .collect();
     assert!(
-        c.log_lines(3)
-            .iter()
-            .any(|l| l["message"] == "installed a snapshot from the leader"),
-        "node 4 did not catch up by snapshot"
+        installed.iter().any(|i| *i > 45),
+        "node 4 did not catch up by a snapshot past compaction: {installed:?}"
     );
     // Its observations count: zone-c now has two members.
     wait_for("node 4's verdict in the log", LONG, || async {
@@ -330,16 +336,40 @@ async fn a_node_added_at_runtime_catches_up_by_snapshot_then_leaves() {
     .await;
 
     faxictl_ok(&c.endpoints(&[0]), &["members", "remove", "4"]).await;
-    wait_for("three members everywhere", LONG, || async {
+    wait_for("node 4 gone everywhere", LONG, || async {
         for i in 0..3 {
-            let n = c.status(i).await?.cluster.unwrap_or_default().members.len();
-            if n != 3 {
-                return Err(format!("node {} has {n} members", i + 1));
+            let cl = c.status(i).await?.cluster.unwrap_or_default();
+            let ids: Vec<u64> = cl.members.iter().map(|m| m.id).collect();
+            if ids != [1, 2, 3] {
+                return Err(format!("node {} has members {ids:?}", i + 1));
             }
         }
         Ok(())
     })
     .await;
+    // A removed node may never hear of its own removal (the leader stops
+    // talking to it); still running, it must not disturb the others.
+    let term = c.status(0).await.unwrap().cluster.unwrap().term;
+    let ci = commit(&c, 0).await.unwrap();
+    wait_for("commits after the removal", LONG, || async {
+        let now = commit(&c, 0).await?;
+        if now > ci + 5 {
+            Ok(())
+        } else {
+            Err(format!("commit {now}"))
+        }
+    })
+    .await;
+    assert_eq!(c.status(0).await.unwrap().cluster.unwrap().term, term);
+    // Its observations no longer count anywhere.
+    let s = c.status(0).await.unwrap();
+    assert!(
+        s.targets
+            .iter()
+            .flat_map(|t| t.nodes.iter())
+            .all(|n| n.id != 4),
+        "node 4's views survived its removal"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
