@@ -9,18 +9,22 @@
 //!
 //! Layout: tree `entries` maps the index (8 bytes, big-endian, so sled's
 //! order is log order) to a protobuf `Entry`; tree `meta` holds the hard
-//! state, the conf state, the last snapshot (metadata and data) and a format
-//! marker that tells our data dir from anything else.
+//! state, the conf state, the last snapshot (metadata and data), a format
+//! marker that tells our data dir from anything else, and the store's
+//! instance id (random, written with the marker: a wiped data dir gets a
+//! new one).
 
 use std::path::Path;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+use sled::IVec;
 
 /// Written once into a new data dir; checked at every open.
 const FORMAT: &[u8] = b"faxi-watchdog raft log v1";
 const K_FORMAT: &[u8] = b"format";
+const K_INSTANCE: &[u8] = b"instance";
 const K_HARD_STATE: &[u8] = b"hard_state";
 const K_CONF_STATE: &[u8] = b"conf_state";
 const K_SNAP_META: &[u8] = b"snapshot_meta";
@@ -75,6 +79,19 @@ pub struct SledStorage {
     db: sled::Db,
     entries: sled::Tree,
     meta: sled::Tree,
+    /// This data dir's random id, read at open.
+    instance: u64,
+}
+
+fn batch(changes: &[(IVec, Option<IVec>)]) -> sled::Batch {
+    let mut b = sled::Batch::default();
+    for (k, v) in changes {
+        match v {
+            Some(v) => b.insert(k.clone(), v.clone()),
+            None => b.remove(k.clone()),
+        }
+    }
+    b
 }
 
 fn key(index: u64) -> [u8; 8] {
@@ -87,6 +104,11 @@ fn index_of(k: &[u8]) -> raft::Result<u64> {
         .try_into()
         .map_err(|_| corrupt("entry key", format!("{} bytes, not 8", k.len())))?;
     Ok(u64::from_be_bytes(b))
+}
+
+/// A random non-zero instance id.
+fn new_instance() -> u64 {
+    rand::random_range(1..=u64::MAX)
 }
 
 fn store_err(e: sled::Error) -> raft::Error {
@@ -103,20 +125,37 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> raft::Error {
 impl SledStorage {
     /// Opens (or creates) the log in `dir`. A directory that holds another
     /// program's sled database, or files sled cannot read, is an error that
-    /// names the directory; nothing in it is changed.
+    /// names the directory; nothing in it is changed. A new store gets a
+    /// random instance id, written (and flushed) with the format marker; a
+    /// store made before instance ids gets one at its first open.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.display().to_string();
-        let sled_err = |source| StoreError::Sled {
-            path: path.clone(),
-            source,
-        };
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_BYTES)
             .open()
-            .map_err(sled_err)?;
+            .map_err(|source| StoreError::Sled {
+                path: path.clone(),
+                source,
+            })?;
+        Self::init(db, path, new_instance, true)
+    }
+
+    /// Checks (or writes) the format marker and the instance id of an open
+    /// database. `instance` names a new store; `flush` makes that durable.
+    fn init(
+        db: sled::Db,
+        path: String,
+        instance: impl FnOnce() -> u64,
+        flush: bool,
+    ) -> Result<Self, StoreError> {
+        let sled_err = |source| StoreError::Sled {
+            path: path.clone(),
+            source,
+        };
         let meta = db.open_tree("meta").map_err(sled_err)?;
         let entries = db.open_tree("entries").map_err(sled_err)?;
+        let mut created = Vec::new();
         match meta.get(K_FORMAT).map_err(sled_err)? {
             Some(f) if f.as_ref() == FORMAT => {}
             Some(f) => {
@@ -139,16 +178,56 @@ impl SledStorage {
                         found: "(none)".into(),
                     });
                 }
-                meta.insert(K_FORMAT, FORMAT).map_err(sled_err)?;
+                created.push((IVec::from(K_FORMAT), Some(IVec::from(FORMAT))));
+            }
+        }
+        let id = match meta.get(K_INSTANCE).map_err(sled_err)? {
+            Some(v) => {
+                let b: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    what: "instance id".into(),
+                    reason: format!("{} bytes, not 8", v.len()),
+                })?;
+                match u64::from_be_bytes(b) {
+                    0 => {
+                        return Err(StoreError::Corrupt {
+                            what: "instance id".into(),
+                            reason: "zero".into(),
+                        });
+                    }
+                    id => id,
+                }
+            }
+            None => {
+                let id = instance();
+                if id == 0 {
+                    return Err(StoreError::Corrupt {
+                        what: "instance id".into(),
+                        reason: "a new store's instance id must not be zero".into(),
+                    });
+                }
+                created.push((IVec::from(K_INSTANCE), Some(IVec::from(&key(id)))));
+                id
+            }
+        };
+        if !created.is_empty() {
+            meta.apply_batch(batch(&created)).map_err(sled_err)?;
+            if flush {
                 db.flush().map_err(sled_err)?;
             }
         }
         Ok(Self {
-            durable: true,
             db,
             entries,
             meta,
+            instance: id,
+            durable: flush,
         })
+    }
+
+    /// This data dir's instance id: random and non-zero, fixed when the
+    /// store was created; a wiped data dir gets a new one.
+    pub fn instance(&self) -> u64 {
+        self.instance
     }
 
     /// A store in a temporary sled database that is never flushed: for the
@@ -156,25 +235,16 @@ impl SledStorage {
     /// write it made counts as flushed, as it is in a node).
     #[cfg(test)]
     pub fn volatile() -> Result<Self, StoreError> {
-        let sled_err = |source| StoreError::Sled {
-            path: "(temporary)".into(),
-            source,
-        };
         let db = sled::Config::new()
             .temporary(true)
             .flush_every_ms(None)
             .cache_capacity(CACHE_BYTES)
             .open()
-            .map_err(sled_err)?;
-        let meta = db.open_tree("meta").map_err(sled_err)?;
-        let entries = db.open_tree("entries").map_err(sled_err)?;
-        meta.insert(K_FORMAT, FORMAT).map_err(sled_err)?;
-        Ok(Self {
-            durable: false,
-            db,
-            entries,
-            meta,
-        })
+            .map_err(|source| StoreError::Sled {
+                path: "(temporary)".into(),
+                source,
+            })?;
+        Self::init(db, "(temporary)".into(), new_instance, false)
     }
 
     fn flush(&self) -> raft::Result<()> {

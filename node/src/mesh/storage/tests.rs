@@ -172,6 +172,25 @@ fn sled_storage_passes_the_suite() {
     });
 }
 
+/// Opens `dir` again after a handle on it was dropped. sled releases its
+/// directory lock when its last background write lets go of the database,
+/// a moment after the drop: retry while (and only while) the lock is held,
+/// up to a deadline.
+fn reopen(dir: &std::path::Path) -> SledStorage {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledStorage::open(dir) {
+            Err(StoreError::Sled { source, .. })
+                if source.to_string().contains("could not acquire lock")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                std::thread::yield_now();
+            }
+            r => return r.unwrap(),
+        }
+    }
+}
+
 #[test]
 fn sled_storage_survives_a_reopen() {
     let d = tempfile::tempdir().unwrap();
@@ -187,7 +206,7 @@ fn sled_storage_survives_a_reopen() {
         s.set_conf_state(&cs).unwrap();
         s.create_snapshot(2, &cs, b"applied".to_vec()).unwrap();
     }
-    let s = SledStorage::open(d.path()).unwrap();
+    let s = reopen(d.path());
     assert_eq!(
         indexes(&s.entries(1, 3, None, ctx()).unwrap()),
         vec![(1, 1), (2, 2)]
@@ -236,4 +255,32 @@ fn a_corrupt_entry_key_is_an_error_not_a_panic() {
     s.entries.insert(b"bad", b"x").unwrap();
     let err = s.first_index().unwrap_err().to_string();
     assert!(err.contains("corrupt entry key: 3 bytes, not 8"), "{err}");
+}
+
+// ---- Instance id. ----
+
+#[test]
+fn the_instance_id_is_stable_across_reopen_and_new_for_a_new_dir() {
+    let d = tempfile::tempdir().unwrap();
+    let first = SledStorage::open(d.path()).unwrap().instance();
+    assert_ne!(first, 0);
+    assert_eq!(reopen(d.path()).instance(), first);
+    let other = tempfile::tempdir().unwrap();
+    assert_ne!(SledStorage::open(other.path()).unwrap().instance(), first);
+}
+
+#[test]
+fn a_store_from_before_instance_ids_gets_one_that_stays() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let s = SledStorage::open(d.path()).unwrap();
+        s.append(&[entry(1, 1)]).unwrap();
+        s.meta.remove(K_INSTANCE).unwrap();
+        s.db.flush().unwrap();
+    }
+    let id = reopen(d.path()).instance();
+    assert_ne!(id, 0);
+    let s = reopen(d.path());
+    assert_eq!(s.instance(), id);
+    assert_eq!(s.last_index().unwrap(), 1, "the log is kept");
 }
