@@ -793,7 +793,8 @@ impl<O: Outbox> Core<O> {
 
     fn maybe_snapshot(&mut self) -> Result<(), String> {
         let applied = self.raw.raft.raft_log.applied;
-        if applied < self.last_snapshot + self.cfg.snapshot_entries {
+        let requested = self.raw.store().take_snapshot_request();
+        if applied < self.last_snapshot + self.cfg.snapshot_entries && !requested {
             return Ok(());
         }
         let data = self.read().sm.snapshot()?;

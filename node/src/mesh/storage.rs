@@ -15,6 +15,8 @@
 //! new one).
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -81,6 +83,8 @@ pub struct SledStorage {
     meta: sled::Tree,
     /// This data dir's random id, read at open.
     instance: u64,
+    /// Raft asked for a snapshot the store does not have (shared by clones).
+    snapshot_wanted: Arc<AtomicBool>,
 }
 
 fn batch(changes: &[(IVec, Option<IVec>)]) -> sled::Batch {
@@ -220,6 +224,7 @@ impl SledStorage {
             entries,
             meta,
             instance: id,
+            snapshot_wanted: Arc::default(),
             durable: flush,
         })
     }
@@ -228,6 +233,13 @@ impl SledStorage {
     /// store was created; a wiped data dir gets a new one.
     pub fn instance(&self) -> u64 {
         self.instance
+    }
+
+    /// Whether raft asked for a snapshot this store could not give (too old,
+    /// or its conf state lacks the receiver) since the last call; clears the
+    /// request. The driver then takes a fresh snapshot.
+    pub fn take_snapshot_request(&self) -> bool {
+        self.snapshot_wanted.swap(false, Ordering::AcqRel)
     }
 
     /// A store in a temporary sled database that is never flushed: for the
@@ -291,7 +303,17 @@ impl SledStorage {
 
     /// The last snapshot taken or installed (empty when there is none).
     pub fn last_snapshot(&self) -> raft::Result<Snapshot> {
-        self.snapshot(0, 0)
+        let mut snap = Snapshot::default();
+        snap.set_metadata(self.snapshot_meta()?);
+        snap.set_data(
+            self.meta
+                .get(K_SNAP_DATA)
+                .map_err(store_err)?
+                .map(|v| v.to_vec())
+                .unwrap_or_default()
+                .into(),
+        );
+        Ok(snap)
     }
 
     /// Persists the conf state; flushed.
@@ -442,25 +464,26 @@ impl Storage for SledStorage {
         }
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    /// The stored snapshot, if it is at or after `request_index` and its
+    /// conf state lists `to` (raft-rs's receiver refuses a snapshot that
+    /// does not name it). Otherwise raft is told to retry later and the
+    /// request is recorded for [`SledStorage::take_snapshot_request`].
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let meta = self.snapshot_meta()?;
-        if meta.index < request_index {
-            // Not built yet: raft retries later.
+        let cs = meta.get_conf_state();
+        let names_to = cs
+            .voters
+            .iter()
+            .chain(&cs.learners)
+            .chain(&cs.voters_outgoing)
+            .any(|id| *id == to);
+        if meta.index < request_index || !names_to {
+            self.snapshot_wanted.store(true, Ordering::Release);
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
-        let mut snap = Snapshot::default();
-        snap.set_metadata(meta);
-        snap.set_data(
-            self.meta
-                .get(K_SNAP_DATA)
-                .map_err(store_err)?
-                .map(|v| v.to_vec())
-                .unwrap_or_default()
-                .into(),
-        );
-        Ok(snap)
+        self.last_snapshot()
     }
 }
 

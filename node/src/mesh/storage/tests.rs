@@ -214,14 +214,14 @@ fn sled_storage_survives_a_reopen() {
     let st = s.initial_state().unwrap();
     assert_eq!((st.hard_state.term, st.hard_state.commit), (2, 2));
     assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
-    let snap = s.snapshot(2, 9).unwrap();
+    let snap = s.snapshot(2, 3).unwrap();
     assert_eq!(
         (snap.get_metadata().index, snap.get_metadata().term),
         (2, 2)
     );
     assert_eq!(snap.get_data(), b"applied");
     assert!(matches!(
-        s.snapshot(3, 9),
+        s.snapshot(3, 3),
         Err(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable
         ))
@@ -283,4 +283,55 @@ fn a_store_from_before_instance_ids_gets_one_that_stays() {
     let s = reopen(d.path());
     assert_eq!(s.instance(), id);
     assert_eq!(s.last_index().unwrap(), 1, "the log is kept");
+}
+
+// ---- Snapshot on demand. ----
+
+fn entries(from: u64, to: u64, term: u64) -> Vec<Entry> {
+    (from..=to).map(|i| entry(i, term)).collect()
+}
+
+fn conf(voters: Vec<u64>, learners: Vec<u64>) -> ConfState {
+    let mut cs = ConfState::default();
+    cs.voters = voters;
+    cs.learners = learners;
+    cs
+}
+
+#[test]
+fn a_snapshot_that_does_not_name_the_receiver_is_made_on_demand() {
+    let d = tempfile::tempdir().unwrap();
+    let s = SledStorage::open(d.path()).unwrap();
+    let twin = s.clone();
+    s.apply_snapshot(&snapshot(5, 2, vec![1, 2, 3])).unwrap();
+    assert!(!s.take_snapshot_request());
+
+    // Node 4 was added after the snapshot: raft-rs on node 4 would refuse it.
+    assert!(matches!(
+        s.snapshot(0, 4),
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable
+        ))
+    ));
+    assert!(twin.take_snapshot_request(), "clones share the request");
+    assert!(!s.take_snapshot_request(), "taking it clears it");
+
+    // Too old for the request.
+    assert!(matches!(
+        s.snapshot(6, 3),
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable
+        ))
+    ));
+    assert!(s.take_snapshot_request());
+
+    // One that names it, as a learner, is sent; no request.
+    s.append(&entries(6, 8, 2)).unwrap();
+    s.create_snapshot(8, &conf(vec![1, 2, 3], vec![4]), b"state@8".to_vec())
+        .unwrap();
+    let snap = s.snapshot(0, 4).unwrap();
+    assert_eq!(snap.get_metadata().index, 8);
+    assert_eq!(snap.get_data(), b"state@8");
+    assert_eq!(s.snapshot(8, 2).unwrap().get_metadata().index, 8);
+    assert!(!s.take_snapshot_request());
 }
