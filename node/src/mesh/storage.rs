@@ -2,8 +2,14 @@
 //!
 //! Architecture invariants:
 //! - this is the only module that touches sled;
-//! - every write is flushed (fsync) before it returns, so the node may
-//!   acknowledge what it wrote;
+//! - every write method is atomic with respect to a crash: it is one sled
+//!   batch when it touches one tree, one sled transaction over both trees
+//!   when it touches both (installing a snapshot), so a crash keeps all of
+//!   it or none of it;
+//! - writes do not flush: [`SledStorage::sync`] makes every earlier write
+//!   durable with one flush, and the node acknowledges (votes, append
+//!   responses) only after it. sled recovers its log in write order, so a
+//!   crash keeps a prefix of the unflushed writes;
 //! - every call blocks: the Raft driver calls it from its own thread (or
 //!   `spawn_blocking`), never from an async worker.
 //!
@@ -21,7 +27,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
-use sled::IVec;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::{IVec, Transactional as _};
 
 /// Written once into a new data dir; checked at every open.
 const FORMAT: &[u8] = b"faxi-watchdog raft log v1";
@@ -76,15 +83,25 @@ fn sled_reason(e: &sled::Error) -> String {
 /// The sled-backed Raft log.
 #[derive(Debug, Clone)]
 pub struct SledStorage {
-    /// False only in the simulator's in-memory stores: writes skip the fsync.
-    durable: bool,
     db: sled::Db,
     entries: sled::Tree,
     meta: sled::Tree,
     /// This data dir's random id, read at open.
     instance: u64,
+    /// Set by every write, cleared by `sync`: a ready that wrote nothing
+    /// costs no flush. Shared by clones, as the database is.
+    dirty: Arc<AtomicBool>,
     /// Raft asked for a snapshot the store does not have (shared by clones).
     snapshot_wanted: Arc<AtomicBool>,
+    /// False only in the simulator's in-memory stores: sync skips the flush.
+    durable: bool,
+}
+
+/// One write: the changes to each tree, applied all or nothing.
+#[derive(Debug, Clone, Default)]
+struct Write {
+    entries: Vec<(IVec, Option<IVec>)>,
+    meta: Vec<(IVec, Option<IVec>)>,
 }
 
 fn batch(changes: &[(IVec, Option<IVec>)]) -> sled::Batch {
@@ -96,6 +113,31 @@ fn batch(changes: &[(IVec, Option<IVec>)]) -> sled::Batch {
         }
     }
     b
+}
+
+/// Applies one write to a pair of trees (of one database): one batch when
+/// it touches one tree, one transaction when it touches both.
+fn apply_write(entries: &sled::Tree, meta: &sled::Tree, w: &Write) -> sled::Result<()> {
+    match (w.entries.is_empty(), w.meta.is_empty()) {
+        (true, true) => Ok(()),
+        (false, true) => entries.apply_batch(batch(&w.entries)),
+        (true, false) => meta.apply_batch(batch(&w.meta)),
+        (false, false) => {
+            let (eb, mb) = (batch(&w.entries), batch(&w.meta));
+            (entries, meta)
+                .transaction(|(te, tm)| {
+                    te.apply_batch(&eb)?;
+                    tm.apply_batch(&mb)?;
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| match e {
+                    TransactionError::Storage(e) => e,
+                    TransactionError::Abort(()) => {
+                        sled::Error::Unsupported("raft log transaction aborted".into())
+                    }
+                })
+        }
+    }
 }
 
 fn key(index: u64) -> [u8; 8] {
@@ -110,11 +152,6 @@ fn index_of(k: &[u8]) -> raft::Result<u64> {
     Ok(u64::from_be_bytes(b))
 }
 
-/// A random non-zero instance id.
-fn new_instance() -> u64 {
-    rand::random_range(1..=u64::MAX)
-}
-
 fn store_err(e: sled::Error) -> raft::Error {
     raft::Error::Store(StorageError::Other(Box::new(e)))
 }
@@ -124,6 +161,15 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> raft::Error {
         what: what.to_owned(),
         reason: e.to_string(),
     })))
+}
+
+fn encode<M: protobuf::Message>(m: &M, what: &str) -> raft::Result<IVec> {
+    Ok(m.write_to_bytes().map_err(|e| corrupt(what, e))?.into())
+}
+
+/// A random non-zero instance id.
+fn new_instance() -> u64 {
+    rand::random_range(1..=u64::MAX)
 }
 
 impl SledStorage {
@@ -224,6 +270,7 @@ impl SledStorage {
             entries,
             meta,
             instance: id,
+            dirty: Arc::default(),
             snapshot_wanted: Arc::default(),
             durable: flush,
         })
@@ -235,11 +282,21 @@ impl SledStorage {
         self.instance
     }
 
-    /// Whether raft asked for a snapshot this store could not give (too old,
-    /// or its conf state lacks the receiver) since the last call; clears the
-    /// request. The driver then takes a fresh snapshot.
-    pub fn take_snapshot_request(&self) -> bool {
-        self.snapshot_wanted.swap(false, Ordering::AcqRel)
+    /// Makes every earlier write durable (one flush). The driver calls it
+    /// once per ready, after writing entries and hard state and before
+    /// sending the messages that acknowledge them. Free when nothing was
+    /// written since the last sync.
+    pub fn sync(&self) -> raft::Result<()> {
+        if !self.durable {
+            return Ok(());
+        }
+        if self.dirty.swap(false, Ordering::AcqRel)
+            && let Err(e) = self.db.flush()
+        {
+            self.dirty.store(true, Ordering::Release);
+            return Err(store_err(e));
+        }
+        Ok(())
     }
 
     /// A store in a temporary sled database that is never flushed: for the
@@ -259,11 +316,21 @@ impl SledStorage {
         Self::init(db, "(temporary)".into(), new_instance, false)
     }
 
-    fn flush(&self) -> raft::Result<()> {
-        if !self.durable {
+    /// Whether raft asked for a snapshot this store could not give (too old,
+    /// or its conf state lacks the receiver) since the last call; clears the
+    /// request. The driver then takes a fresh snapshot.
+    pub fn take_snapshot_request(&self) -> bool {
+        self.snapshot_wanted.swap(false, Ordering::AcqRel)
+    }
+
+    /// Applies one write (all of it or, after a crash, none of it).
+    fn write(&self, w: Write) -> raft::Result<()> {
+        if w.entries.is_empty() && w.meta.is_empty() {
             return Ok(());
         }
-        self.db.flush().map(drop).map_err(store_err)
+        apply_write(&self.entries, &self.meta, &w).map_err(store_err)?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
     }
 
     fn get_msg<M: protobuf::Message + Default>(&self, k: &[u8], what: &str) -> raft::Result<M> {
@@ -273,32 +340,32 @@ impl SledStorage {
         }
     }
 
-    fn put_msg<M: protobuf::Message>(&self, k: &[u8], m: &M, what: &str) -> raft::Result<()> {
-        let bytes = m.write_to_bytes().map_err(|e| corrupt(what, e))?;
-        self.meta.insert(k, bytes).map_err(store_err)?;
-        Ok(())
-    }
-
     fn snapshot_meta(&self) -> raft::Result<SnapshotMetadata> {
         self.get_msg(K_SNAP_META, "snapshot metadata")
     }
 
-    /// Persists the hard state (term, vote, commit); flushed.
+    fn hard_state(&self) -> raft::Result<HardState> {
+        self.get_msg(K_HARD_STATE, "hard state")
+    }
+
+    /// Writes the hard state (term, vote, commit); durable at the next sync.
     pub fn set_hard_state(&self, hs: &HardState) -> raft::Result<()> {
-        self.put_msg(K_HARD_STATE, hs, "hard state")?;
-        self.flush()
+        self.write(Write {
+            meta: vec![(K_HARD_STATE.into(), Some(encode(hs, "hard state")?))],
+            ..Write::default()
+        })
     }
 
     /// Moves the stored commit index forward (a commit learned after the
-    /// hard state was written); flushed.
+    /// hard state was written); durable at the next sync. Losing it in a
+    /// crash is safe: the leader tells the node again.
     pub fn set_commit(&self, commit: u64) -> raft::Result<()> {
-        let mut hs: HardState = self.get_msg(K_HARD_STATE, "hard state")?;
-        if commit > hs.commit {
-            hs.commit = commit;
-            self.put_msg(K_HARD_STATE, &hs, "hard state")?;
-            self.flush()?;
+        let mut hs = self.hard_state()?;
+        if commit <= hs.commit {
+            return Ok(());
         }
-        Ok(())
+        hs.commit = commit;
+        self.set_hard_state(&hs)
     }
 
     /// The last snapshot taken or installed (empty when there is none).
@@ -316,14 +383,17 @@ impl SledStorage {
         Ok(snap)
     }
 
-    /// Persists the conf state; flushed.
+    /// Writes the conf state; durable at the next sync.
     pub fn set_conf_state(&self, cs: &ConfState) -> raft::Result<()> {
-        self.put_msg(K_CONF_STATE, cs, "conf state")?;
-        self.flush()
+        self.write(Write {
+            meta: vec![(K_CONF_STATE.into(), Some(encode(cs, "conf state")?))],
+            ..Write::default()
+        })
     }
 
     /// Appends entries, first dropping any stored entry at or after the first
-    /// new index (a conflicting suffix from an old term); flushed.
+    /// new index (a conflicting suffix from an old term), in one write;
+    /// durable at the next sync.
     pub fn append(&self, ents: &[Entry]) -> raft::Result<()> {
         let Some(first) = ents.first() else {
             return Ok(());
@@ -334,73 +404,91 @@ impl SledStorage {
         if first.index > self.last_index()? + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let mut batch = sled::Batch::default();
-        for item in self.entries.range(key(first.index)..) {
-            let (k, _) = item.map_err(store_err)?;
-            batch.remove(k);
+        let mut w = Write::default();
+        for k in self.entries.range(key(first.index)..).keys() {
+            w.entries.push((k.map_err(store_err)?, None));
         }
         for e in ents {
-            batch.insert(
-                &key(e.index),
-                e.write_to_bytes().map_err(|err| corrupt("entry", err))?,
-            );
+            w.entries
+                .push((IVec::from(&key(e.index)), Some(encode(e, "entry")?)));
         }
-        self.entries.apply_batch(batch).map_err(store_err)?;
-        self.flush()
+        self.write(w)
     }
 
-    /// Drops every entry before `index` (they are in a snapshot); flushed.
+    /// Drops every entry before `index` (they are in a snapshot) in one
+    /// write; durable at the next sync.
     pub fn compact(&self, index: u64) -> raft::Result<()> {
         if index > self.last_index()? + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let mut batch = sled::Batch::default();
-        for item in self.entries.range(..key(index)) {
-            let (k, _) = item.map_err(store_err)?;
-            batch.remove(k);
+        let mut w = Write::default();
+        for k in self.entries.range(..key(index)).keys() {
+            w.entries.push((k.map_err(store_err)?, None));
         }
-        self.entries.apply_batch(batch).map_err(store_err)?;
-        self.flush()
+        self.write(w)
     }
 
     /// Records a snapshot of the applied state at `index` (whose term is
-    /// `term`), for followers that fall behind; flushed. Compact separately.
+    /// `term`), for followers that fall behind: metadata and data in one
+    /// write, durable at the next sync. Compact separately, after it.
     pub fn create_snapshot(&self, index: u64, conf: &ConfState, data: Vec<u8>) -> raft::Result<()> {
         let term = self.term(index)?;
         let mut meta = SnapshotMetadata::default();
         meta.set_index(index);
         meta.set_term(term);
         meta.set_conf_state(conf.clone());
-        self.put_msg(K_SNAP_META, &meta, "snapshot metadata")?;
-        self.meta.insert(K_SNAP_DATA, data).map_err(store_err)?;
-        self.flush()
+        self.write(Write {
+            meta: vec![
+                (
+                    K_SNAP_META.into(),
+                    Some(encode(&meta, "snapshot metadata")?),
+                ),
+                (K_SNAP_DATA.into(), Some(data.into())),
+            ],
+            ..Write::default()
+        })
     }
 
-    /// Installs a snapshot received from the leader: the log before and at
-    /// it is dropped, the hard state's commit moves to it; flushed.
+    /// Installs a snapshot received from the leader: the whole log is
+    /// dropped, the hard state's commit moves to the snapshot (and its term
+    /// up to the snapshot's, with no vote in that term), the conf state
+    /// becomes the snapshot's. One transaction over both trees; durable at
+    /// the next sync.
     pub fn apply_snapshot(&self, snap: &Snapshot) -> raft::Result<()> {
         let meta = snap.get_metadata();
         if meta.index < self.first_index()? - 1 || meta.index < self.snapshot_meta()?.index {
             return Err(raft::Error::Store(StorageError::SnapshotOutOfDate));
         }
-        let mut hs: HardState = self.get_msg(K_HARD_STATE, "hard state")?;
-        hs.term = hs.term.max(meta.term);
+        let mut hs = self.hard_state()?;
+        if meta.term > hs.term {
+            // A vote belongs to its term: none is known in the new one.
+            hs.term = meta.term;
+            hs.vote = raft::INVALID_ID;
+        }
         hs.commit = meta.index;
-        self.put_msg(K_HARD_STATE, &hs, "hard state")?;
-        self.put_msg(K_CONF_STATE, meta.get_conf_state(), "conf state")?;
-        self.put_msg(K_SNAP_META, meta, "snapshot metadata")?;
-        self.meta
-            .insert(K_SNAP_DATA, snap.get_data().to_vec())
-            .map_err(store_err)?;
-        self.entries.clear().map_err(store_err)?;
-        self.flush()
+        let mut w = Write {
+            meta: vec![
+                (K_HARD_STATE.into(), Some(encode(&hs, "hard state")?)),
+                (
+                    K_CONF_STATE.into(),
+                    Some(encode(meta.get_conf_state(), "conf state")?),
+                ),
+                (K_SNAP_META.into(), Some(encode(meta, "snapshot metadata")?)),
+                (K_SNAP_DATA.into(), Some(snap.get_data().to_vec().into())),
+            ],
+            ..Write::default()
+        };
+        for k in self.entries.iter().keys() {
+            w.entries.push((k.map_err(store_err)?, None));
+        }
+        self.write(w)
     }
 }
 
 impl Storage for SledStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
         Ok(RaftState::new(
-            self.get_msg(K_HARD_STATE, "hard state")?,
+            self.hard_state()?,
             self.get_msg(K_CONF_STATE, "conf state")?,
         ))
     }

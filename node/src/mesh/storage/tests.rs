@@ -205,6 +205,10 @@ fn sled_storage_survives_a_reopen() {
         cs.voters = vec![1, 2, 3];
         s.set_conf_state(&cs).unwrap();
         s.create_snapshot(2, &cs, b"applied".to_vec()).unwrap();
+        s.sync().unwrap();
+        // Dropping the handle also flushes: this test checks what a reopen
+        // reads back, `a_synced_write_survives_a_process_exit` that sync
+        // alone makes writes durable.
     }
     let s = reopen(d.path());
     assert_eq!(
@@ -257,6 +261,58 @@ fn a_corrupt_entry_key_is_an_error_not_a_panic() {
     assert!(err.contains("corrupt entry key: 3 bytes, not 8"), "{err}");
 }
 
+// ---- Durability: sync, and nothing else, makes writes survive. ----
+
+fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
+    let mut hs = HardState::default();
+    hs.term = term;
+    hs.vote = vote;
+    hs.commit = commit;
+    hs
+}
+
+/// Set in the child process of `a_synced_write_survives_a_process_exit`.
+const EXIT_CHILD_DIR: &str = "FAXI_STORAGE_EXIT_CHILD_DIR";
+/// The child's exit status: proves it got to its end.
+const EXIT_CHILD_CODE: i32 = 42;
+
+/// Real sled, real files: a child process writes, syncs and exits without
+/// dropping the store (so sled's flush on drop never runs), as a killed
+/// node would; the parent reopens the dir and finds what was synced.
+#[test]
+fn a_synced_write_survives_a_process_exit() {
+    if let Some(dir) = std::env::var_os(EXIT_CHILD_DIR) {
+        let s = SledStorage::open(std::path::Path::new(&dir)).unwrap();
+        s.append(&[entry(1, 1), entry(2, 2), entry(3, 2)]).unwrap();
+        s.set_hard_state(&hard_state(2, 1, 3)).unwrap();
+        s.sync().unwrap();
+        // Exits without running destructors: nothing else flushes.
+        std::process::exit(EXIT_CHILD_CODE);
+    }
+    let d = tempfile::tempdir().unwrap();
+    let name = concat!(module_path!(), "::a_synced_write_survives_a_process_exit");
+    let name = name.split_once("::").map_or(name, |(_, rest)| rest);
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(EXIT_CHILD_DIR, d.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(EXIT_CHILD_CODE),
+        "the child did not get to its exit: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = SledStorage::open(d.path()).unwrap();
+    assert_eq!(s.last_index().unwrap(), 3, "synced entries were lost");
+    assert_eq!(
+        indexes(&s.entries(1, 4, None, ctx()).unwrap()),
+        vec![(1, 1), (2, 2), (3, 2)]
+    );
+    assert_eq!(s.initial_state().unwrap().hard_state, hard_state(2, 1, 3));
+}
+
 // ---- Instance id. ----
 
 #[test]
@@ -276,6 +332,7 @@ fn a_store_from_before_instance_ids_gets_one_that_stays() {
         let s = SledStorage::open(d.path()).unwrap();
         s.append(&[entry(1, 1)]).unwrap();
         s.meta.remove(K_INSTANCE).unwrap();
+        s.sync().unwrap();
         s.db.flush().unwrap();
     }
     let id = reopen(d.path()).instance();
