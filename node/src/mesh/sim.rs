@@ -116,7 +116,7 @@ impl Sim {
                     snapshot_entries,
                     join: false,
                 };
-                let storage = SledStorage::volatile().unwrap();
+                let storage = SledStorage::simulated(*id).unwrap();
                 let core = Core::open(
                     cfg.clone(),
                     storage.clone(),
@@ -343,6 +343,10 @@ impl Sim {
             if self.nodes[i].core.is_some() {
                 // kill -9: the core and everything in memory go; the log stays.
                 self.nodes[i].core = None;
+                let keep = self
+                    .rng
+                    .random_range(0..=self.nodes[i].storage.pending_writes());
+                self.nodes[i].storage = self.nodes[i].storage.crash(keep).unwrap();
                 self.nodes[i].restart_at_ms = self.now_ms + self.rng.random_range(200..3_000);
             }
         }

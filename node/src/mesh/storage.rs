@@ -8,8 +8,10 @@
 //!   it or none of it;
 //! - writes do not flush: [`SledStorage::sync`] makes every earlier write
 //!   durable with one flush, and the node acknowledges (votes, append
-//!   responses) only after it. sled recovers its log in write order, so a
-//!   crash keeps a prefix of the unflushed writes;
+//!   responses) only after it. sled replays its log in order and stops
+//!   at the first torn batch, so a crash keeps a prefix of the unflushed
+//!   writes, each whole (the crash model of `simulated` stores does the
+//!   same);
 //! - every call blocks: the Raft driver calls it from its own thread (or
 //!   `spawn_blocking`), never from an async worker.
 //!
@@ -93,8 +95,13 @@ pub struct SledStorage {
     dirty: Arc<AtomicBool>,
     /// Raft asked for a snapshot the store does not have (shared by clones).
     snapshot_wanted: Arc<AtomicBool>,
-    /// False only in the simulator's in-memory stores: sync skips the flush.
-    durable: bool,
+    /// The crash model of a simulated store; `None` for a real one.
+    #[cfg(test)]
+    model: Option<Arc<CrashModel>>,
+    /// A planted bug for the crash harness: installs a snapshot in two
+    /// writes (meta, then the entries' removal), as the store once did.
+    #[cfg(test)]
+    split_install: bool,
 }
 
 /// One write: the changes to each tree, applied all or nothing.
@@ -272,7 +279,10 @@ impl SledStorage {
             instance: id,
             dirty: Arc::default(),
             snapshot_wanted: Arc::default(),
-            durable: flush,
+            #[cfg(test)]
+            model: None,
+            #[cfg(test)]
+            split_install: false,
         })
     }
 
@@ -287,8 +297,10 @@ impl SledStorage {
     /// sending the messages that acknowledge them. Free when nothing was
     /// written since the last sync.
     pub fn sync(&self) -> raft::Result<()> {
-        if !self.durable {
-            return Ok(());
+        #[cfg(test)]
+        if let Some(model) = &self.model {
+            self.dirty.store(false, Ordering::Release);
+            return model.sync();
         }
         if self.dirty.swap(false, Ordering::AcqRel)
             && let Err(e) = self.db.flush()
@@ -297,23 +309,6 @@ impl SledStorage {
             return Err(store_err(e));
         }
         Ok(())
-    }
-
-    /// A store in a temporary sled database that is never flushed: for the
-    /// simulator, which models a crash by reopening the same store (every
-    /// write it made counts as flushed, as it is in a node).
-    #[cfg(test)]
-    pub fn volatile() -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .temporary(true)
-            .flush_every_ms(None)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|source| StoreError::Sled {
-                path: "(temporary)".into(),
-                source,
-            })?;
-        Self::init(db, "(temporary)".into(), new_instance, false)
     }
 
     /// Whether raft asked for a snapshot this store could not give (too old,
@@ -330,6 +325,10 @@ impl SledStorage {
         }
         apply_write(&self.entries, &self.meta, &w).map_err(store_err)?;
         self.dirty.store(true, Ordering::Release);
+        #[cfg(test)]
+        if let Some(model) = &self.model {
+            model.record(w);
+        }
         Ok(())
     }
 
@@ -481,7 +480,219 @@ impl SledStorage {
         for k in self.entries.iter().keys() {
             w.entries.push((k.map_err(store_err)?, None));
         }
+        #[cfg(test)]
+        if self.split_install {
+            let entries = std::mem::take(&mut w.entries);
+            self.write(w)?;
+            return self.write(Write {
+                entries,
+                ..Write::default()
+            });
+        }
         self.write(w)
+    }
+}
+
+/// The path shown for a simulated store.
+#[cfg(test)]
+const SIMULATED: &str = "(simulated)";
+
+/// What a disk holds: both trees as plain maps.
+#[cfg(test)]
+#[derive(Debug, Clone, Default)]
+struct Image {
+    entries: std::collections::BTreeMap<IVec, IVec>,
+    meta: std::collections::BTreeMap<IVec, IVec>,
+}
+
+#[cfg(test)]
+impl Image {
+    /// A copy of a store's trees.
+    fn of(s: &SledStorage) -> sled::Result<Self> {
+        let mut image = Image::default();
+        for (tree, map) in [(&s.entries, &mut image.entries), (&s.meta, &mut image.meta)] {
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                map.insert(k, v);
+            }
+        }
+        Ok(image)
+    }
+
+    /// One write, whole (what sled's recovery keeps of a batch or a
+    /// transaction: all of it).
+    fn apply(&mut self, w: &Write) {
+        for (changes, map) in [(&w.entries, &mut self.entries), (&w.meta, &mut self.meta)] {
+            for (k, v) in changes {
+                match v {
+                    Some(v) => map.insert(k.clone(), v.clone()),
+                    None => map.remove(k),
+                };
+            }
+        }
+    }
+
+    fn msg<M: protobuf::Message + Default>(&self, k: &[u8], what: &str) -> raft::Result<M> {
+        match self.meta.get(k) {
+            None => Ok(M::default()),
+            Some(v) => M::parse_from_bytes(v).map_err(|e| corrupt(what, e)),
+        }
+    }
+
+    /// The term of the entry at `index`, or of the snapshot at its index.
+    fn term(&self, index: u64) -> raft::Result<Option<u64>> {
+        let snap: SnapshotMetadata = self.msg(K_SNAP_META, "snapshot metadata")?;
+        if index == snap.index {
+            return Ok(Some(snap.term));
+        }
+        match self.entries.get(&key(index)[..]) {
+            None => Ok(None),
+            Some(v) => Ok(Some(
+                Entry::parse_from_bytes(v)
+                    .map_err(|e| corrupt("entry", e))?
+                    .term,
+            )),
+        }
+    }
+}
+
+/// A simulated store's crash model: what was written since the last sync,
+/// and the durable image (what the disk holds after a crash).
+#[cfg(test)]
+#[derive(Debug)]
+struct CrashModel {
+    state: std::sync::Mutex<ModelState>,
+}
+
+#[cfg(test)]
+#[derive(Debug)]
+struct ModelState {
+    /// Writes since the last sync, in order, each whole.
+    pending: Vec<Write>,
+    /// Every synced write applied.
+    durable: Image,
+}
+
+#[cfg(test)]
+impl CrashModel {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ModelState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self, w: Write) {
+        self.lock().pending.push(w);
+    }
+
+    /// What a flush does: every pending write reaches the durable image.
+    fn sync(&self) -> raft::Result<()> {
+        let mut st = self.lock();
+        let ModelState { pending, durable } = &mut *st;
+        for w in pending.drain(..) {
+            durable.apply(&w);
+        }
+        Ok(())
+    }
+}
+
+/// A temporary sled database that is never flushed.
+#[cfg(test)]
+fn temporary_db() -> Result<sled::Db, StoreError> {
+    sled::Config::new()
+        .temporary(true)
+        .flush_every_ms(None)
+        .cache_capacity(CACHE_BYTES)
+        .open()
+        .map_err(|source| StoreError::Sled {
+            path: SIMULATED.into(),
+            source,
+        })
+}
+
+#[cfg(test)]
+fn not_simulated() -> raft::Error {
+    raft::Error::Store(StorageError::Other("not a simulated store".into()))
+}
+
+/// The crash model, for tests and the simulator.
+#[cfg(test)]
+impl SledStorage {
+    /// An in-memory store that models crashes: every write since the last
+    /// [`sync`](Self::sync) is pending, and `sync` applies the pending
+    /// writes to a durable image of the store (what its disk would hold).
+    /// Nothing is ever flushed to disk. `instance` is its instance id
+    /// (non-zero).
+    pub fn simulated(instance: u64) -> Result<Self, StoreError> {
+        Self::init(temporary_db()?, SIMULATED.into(), || instance, false)?.with_model()
+    }
+
+    /// Starts the crash model: everything in the store is durable.
+    fn with_model(mut self) -> Result<Self, StoreError> {
+        let durable = Image::of(&self).map_err(|source| StoreError::Sled {
+            path: SIMULATED.into(),
+            source,
+        })?;
+        self.model = Some(Arc::new(CrashModel {
+            state: std::sync::Mutex::new(ModelState {
+                pending: Vec::new(),
+                durable,
+            }),
+        }));
+        Ok(self)
+    }
+
+    fn model(&self) -> raft::Result<&CrashModel> {
+        self.model.as_deref().ok_or_else(not_simulated)
+    }
+
+    /// The store as a crash now would leave it, reopened: the durable image
+    /// plus the first `keep` pending writes (at most all of them), each
+    /// whole, as sled recovers its log in write order. The result is a new
+    /// simulated store with nothing pending; this one is unchanged.
+    pub fn crash(&self, keep: usize) -> Result<Self, StoreError> {
+        let sled_err = |source| StoreError::Sled {
+            path: SIMULATED.into(),
+            source,
+        };
+        let model = self
+            .model
+            .as_ref()
+            .ok_or_else(|| sled_err(sled::Error::Unsupported("not a simulated store".into())))?;
+        let mut disk = {
+            let st = model.lock();
+            let mut disk = st.durable.clone();
+            for w in st.pending.iter().take(keep) {
+                disk.apply(w);
+            }
+            disk
+        };
+        let db = temporary_db()?;
+        for (name, map) in [("entries", &mut disk.entries), ("meta", &mut disk.meta)] {
+            let mut all = sled::Batch::default();
+            for (k, v) in std::mem::take(map) {
+                all.insert(k, v);
+            }
+            db.open_tree(name)
+                .and_then(|t| t.apply_batch(all))
+                .map_err(sled_err)?;
+        }
+        // Opened as a restarting node opens its data dir.
+        Self::init(db, SIMULATED.into(), new_instance, false)?.with_model()
+    }
+
+    /// How many writes a crash now could lose (0 for a real store).
+    pub fn pending_writes(&self) -> usize {
+        self.model.as_ref().map_or(0, |m| m.lock().pending.len())
+    }
+
+    /// The hard state a crash now would leave.
+    pub fn durable_hard_state(&self) -> raft::Result<HardState> {
+        self.model()?.lock().durable.msg(K_HARD_STATE, "hard state")
+    }
+
+    /// The term of the entry at `index` a crash now would leave (or of the
+    /// snapshot, at its index); `None` when a crash could lose it.
+    pub fn durable_term(&self, index: u64) -> raft::Result<Option<u64>> {
+        self.model()?.lock().durable.term(index)
     }
 }
 

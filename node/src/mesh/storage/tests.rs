@@ -192,6 +192,11 @@ fn reopen(dir: &std::path::Path) -> SledStorage {
 }
 
 #[test]
+fn simulated_storage_passes_the_suite() {
+    suite(|| SledStorage::simulated(1).unwrap());
+}
+
+#[test]
 fn sled_storage_survives_a_reopen() {
     let d = tempfile::tempdir().unwrap();
     {
@@ -311,6 +316,318 @@ fn a_synced_write_survives_a_process_exit() {
         vec![(1, 1), (2, 2), (3, 2)]
     );
     assert_eq!(s.initial_state().unwrap().hard_state, hard_state(2, 1, 3));
+}
+
+#[test]
+fn a_crash_keeps_exactly_what_was_synced_and_whole_writes_after_it() {
+    let s = SledStorage::simulated(7).unwrap();
+    s.append(&[entry(1, 1), entry(2, 1)]).unwrap();
+    s.set_hard_state(&hard_state(1, 1, 1)).unwrap();
+    assert_eq!(s.pending_writes(), 2);
+    // Nothing synced yet: the durable image is empty.
+    assert_eq!(s.durable_hard_state().unwrap(), HardState::default());
+    assert_eq!(s.durable_term(1).unwrap(), None);
+    let lost = s.crash(0).unwrap();
+    assert_eq!(lost.last_index().unwrap(), 0);
+    assert_eq!(
+        lost.initial_state().unwrap().hard_state,
+        HardState::default()
+    );
+    assert_eq!(
+        lost.instance(),
+        7,
+        "the instance id is durable from the start"
+    );
+    // The first write survives whole, the second not at all.
+    let one = s.crash(1).unwrap();
+    assert_eq!(one.last_index().unwrap(), 2);
+    assert_eq!(
+        one.initial_state().unwrap().hard_state,
+        HardState::default()
+    );
+
+    s.sync().unwrap();
+    assert_eq!(s.pending_writes(), 0);
+    assert_eq!(s.durable_hard_state().unwrap(), hard_state(1, 1, 1));
+    assert_eq!(s.durable_term(2).unwrap(), Some(1));
+    assert_eq!(s.durable_term(3).unwrap(), None);
+
+    // A crashed store models crashes again: unsynced writes go, synced stay.
+    let c = s.crash(0).unwrap();
+    assert_eq!(c.pending_writes(), 0);
+    assert_eq!(c.durable_hard_state().unwrap(), hard_state(1, 1, 1));
+    c.append(&[entry(3, 2)]).unwrap();
+    assert_eq!(c.crash(0).unwrap().last_index().unwrap(), 2);
+    c.sync().unwrap();
+    assert_eq!(c.crash(0).unwrap().last_index().unwrap(), 3);
+
+    // A snapshot's term is durable at its index once synced.
+    c.apply_snapshot(&snapshot(10, 4, vec![1, 2, 3])).unwrap();
+    assert_eq!(c.durable_term(10).unwrap(), None);
+    c.sync().unwrap();
+    assert_eq!(c.durable_term(10).unwrap(), Some(4));
+    assert_eq!(
+        c.durable_term(3).unwrap(),
+        None,
+        "the log went with the install"
+    );
+}
+
+// ---- The crash-between-writes harness. ----
+
+/// One step of a scripted node life: a write of the store's API, or the
+/// sync that ends a ready.
+#[derive(Debug, Clone)]
+enum Step {
+    Append(Vec<Entry>),
+    Hard(HardState),
+    Commit(u64),
+    Conf(ConfState),
+    Snap(u64, ConfState, &'static [u8]),
+    Compact(u64),
+    Install(Snapshot),
+    Sync,
+}
+
+/// Writes as the driver makes them, ready by ready: a bootstrap install,
+/// appends with hard states, the light ready's commit, a conf change
+/// applied, a conflicting append that truncates an uncommitted suffix, a
+/// snapshot taken and the log compacted, a newer snapshot installed from a
+/// leader, more appends, and writes left unsynced at the end.
+fn workload() -> Vec<Step> {
+    use Step::*;
+    let with_learner = conf(vec![1, 2, 3], vec![4]);
+    let mut snap20 = snapshot(20, 4, vec![1, 2, 3]);
+    snap20.mut_metadata().mut_conf_state().learners = vec![4];
+    vec![
+        // Core::open: the bootstrap snapshot (synced by the first ready).
+        Install(snapshot(1, 1, vec![1, 2, 3])),
+        // A follower in term 2: entries and the vote, then the ack.
+        Append(entries(2, 4, 2)),
+        Hard(hard_state(2, 1, 1)),
+        Sync,
+        Append(entries(5, 7, 2)),
+        Hard(hard_state(2, 1, 4)),
+        Sync,
+        // The light ready's commit, then a conf change applied.
+        Commit(5),
+        Conf(with_learner.clone()),
+        // Term 3: a new leader overwrites the uncommitted 6 and 7.
+        Append(entries(6, 8, 3)),
+        Hard(hard_state(3, 2, 5)),
+        Sync,
+        // Commit, then a snapshot at the applied index and compaction.
+        Commit(7),
+        Snap(7, with_learner.clone(), b"state@7"),
+        Compact(7),
+        Append(entries(9, 10, 3)),
+        Hard(hard_state(3, 2, 8)),
+        Sync,
+        // Far behind a term-4 leader: its snapshot, installed.
+        Install(snap20),
+        Hard(hard_state(4, 0, 20)),
+        Sync,
+        Append(entries(21, 23, 4)),
+        Hard(hard_state(4, 0, 21)),
+        Sync,
+        // Left unsynced: a crash may keep any prefix of these.
+        Commit(23),
+        Conf(conf(vec![1, 2, 3, 4], vec![])),
+        Snap(22, conf(vec![1, 2, 3, 4], vec![]), b"state@22"),
+        Compact(22),
+        Append(entries(24, 24, 4)),
+    ]
+}
+
+fn run(s: &SledStorage, step: &Step) {
+    match step {
+        Step::Append(es) => s.append(es).unwrap(),
+        Step::Hard(hs) => s.set_hard_state(hs).unwrap(),
+        Step::Commit(c) => s.set_commit(*c).unwrap(),
+        Step::Conf(cs) => s.set_conf_state(cs).unwrap(),
+        Step::Snap(i, cs, data) => s.create_snapshot(*i, cs, data.to_vec()).unwrap(),
+        Step::Compact(i) => s.compact(*i).unwrap(),
+        Step::Install(snap) => s.apply_snapshot(snap).unwrap(),
+        Step::Sync => s.sync().unwrap(),
+    }
+}
+
+/// Everything raft-rs can read from a store.
+#[derive(Debug, Clone, PartialEq)]
+struct View {
+    hard: HardState,
+    conf: ConfState,
+    snapshot: Snapshot,
+    first: u64,
+    last: u64,
+    /// Every stored entry (index, term, data), read straight from sled.
+    log: Vec<(u64, u64, Vec<u8>)>,
+}
+
+fn view(s: &SledStorage) -> View {
+    let st = s.initial_state().unwrap();
+    let log = s
+        .entries
+        .iter()
+        .values()
+        .map(|v| {
+            let e = Entry::parse_from_bytes(&v.unwrap()).unwrap();
+            (e.index, e.term, e.data.to_vec())
+        })
+        .collect();
+    View {
+        hard: st.hard_state,
+        conf: st.conf_state,
+        snapshot: s.last_snapshot().unwrap(),
+        first: s.first_index().unwrap(),
+        last: s.last_index().unwrap(),
+        log,
+    }
+}
+
+/// What raft-rs needs of a store it starts on (the driver starts it with
+/// `applied` = the snapshot's index): a log contiguous from the snapshot,
+/// a commit index inside it, a term for the snapshot's index; then
+/// `RawNode::new` itself, which panics on what it cannot use. Returns every
+/// check that fails.
+fn consistency(s: &SledStorage, v: &View) -> Vec<String> {
+    let mut bad = Vec::new();
+    let snap = v.snapshot.get_metadata();
+    let indexes: Vec<u64> = v.log.iter().map(|e| e.0).collect();
+    if !indexes.is_empty() && indexes != (v.first..=v.last).collect::<Vec<_>>() {
+        bad.push(format!(
+            "log not contiguous: {indexes:?} for first {} last {}",
+            v.first, v.last
+        ));
+    }
+    if indexes.is_empty() && (v.first, v.last) != (snap.index + 1, snap.index) {
+        bad.push(format!(
+            "empty log but first {} last {} around snapshot {}",
+            v.first, v.last, snap.index
+        ));
+    }
+    if v.first > snap.index + 1 || snap.index > v.last {
+        bad.push(format!(
+            "snapshot {} outside the log [{}, {}]",
+            snap.index, v.first, v.last
+        ));
+    }
+    if let Some(e) = v.log.iter().find(|e| e.0 == snap.index)
+        && e.1 != snap.term
+    {
+        bad.push(format!(
+            "entry {} has term {}, the snapshot there term {}",
+            e.0, e.1, snap.term
+        ));
+    }
+    match s.term(snap.index) {
+        Ok(t) if t == snap.term => {}
+        other => bad.push(format!(
+            "term of the snapshot's index {}: {other:?}",
+            snap.index
+        )),
+    }
+    if v.hard.commit < snap.index || v.hard.commit > v.last {
+        bad.push(format!(
+            "commit {} outside [snapshot {}, last {}]",
+            v.hard.commit, snap.index, v.last
+        ));
+    }
+    if snap.index > 0 && v.conf.voters.is_empty() {
+        bad.push("a snapshot but no voters".into());
+    }
+    let cfg = raft::Config {
+        id: 1,
+        applied: snap.index,
+        ..raft::Config::default()
+    };
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let store = s.clone();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        raft::RawNode::new(&cfg, store, &logger).map(drop)
+    })) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => bad.push(format!("raft-rs refuses the store: {e}")),
+        Err(p) => bad.push(format!(
+            "raft-rs refuses the store: panic {:?}",
+            p.downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+        )),
+    }
+    bad
+}
+
+/// Runs the workload; after every step, crashes a copy at every point (the
+/// durable image plus each prefix of the pending writes) and checks the
+/// reopened store: consistent, raft-rs starts on it, and it equals the
+/// store as it was after some whole step at or after the last sync (the
+/// acknowledged prefix survives, and no write survives in part). Returns
+/// every violation found, naming the step and the crash point.
+fn crash_everywhere(split_install: bool) -> (Vec<String>, usize) {
+    let mut s = SledStorage::simulated(1).unwrap();
+    s.split_install = split_install;
+    // states[m]: the store after m writing steps.
+    let mut states = vec![view(&s)];
+    let mut synced = 0;
+    let mut violations = Vec::new();
+    let mut crashes = 0;
+    for (n, step) in workload().iter().enumerate() {
+        run(&s, step);
+        if matches!(step, Step::Sync) {
+            synced = states.len() - 1;
+            assert_eq!(s.pending_writes(), 0);
+        } else {
+            states.push(view(&s));
+        }
+        // The script itself is a life raft-rs accepts.
+        let live = consistency(&s, states.last().unwrap());
+        assert!(live.is_empty(), "step {n} {step:?}: live store: {live:?}");
+        for keep in 0..=s.pending_writes() {
+            crashes += 1;
+            let c = s.crash(keep).unwrap();
+            let v = view(&c);
+            let at = format!("after step {n} ({step:?}), crash keeping {keep} write(s)");
+            for e in consistency(&c, &v) {
+                violations.push(format!("{at}: {e}"));
+            }
+            if !states[synced..].contains(&v) {
+                violations.push(format!(
+                    "{at}: the store matches no whole step since the last sync (step {synced}): {v:?}"
+                ));
+            }
+            if c.instance() != s.instance() {
+                violations.push(format!("{at}: instance id changed"));
+            }
+        }
+    }
+    (violations, crashes)
+}
+
+#[test]
+fn a_crash_between_any_two_writes_leaves_a_consistent_acknowledged_store() {
+    let (violations, crashes) = crash_everywhere(false);
+    assert!(violations.is_empty(), "{violations:#?}");
+    // Every step was crashed after, with at least one unsynced write often.
+    assert!(crashes > workload().len() + 10, "{crashes} crashes");
+}
+
+/// The planted bug: a snapshot installed in two writes (meta, then the
+/// log's removal). A crash between them leaves a commit index past the
+/// log; the harness must catch it.
+#[test]
+fn the_harness_catches_a_snapshot_install_split_in_two_writes() {
+    let (violations, _) = crash_everywhere(true);
+    for want in [
+        "matches no whole step",
+        "outside the log",
+        "raft-rs refuses the store",
+    ] {
+        assert!(
+            violations.iter().any(|v| v.contains(want)),
+            "no {want:?} in {violations:#?}"
+        );
+    }
 }
 
 // ---- Instance id. ----
