@@ -1208,6 +1208,15 @@ impl<O: Outbox> Core<O> {
         }
     }
 
+    // No sync here. The snapshot taken here and the compaction after it
+    // acknowledge nothing to a peer, and are made of applied entries,
+    // which raft-rs hands out only once flushed. sled recovers writes in
+    // order, so a crash that loses them leaves the log they were made from
+    // (re-applied at restart), and the next ready's sync makes them
+    // durable. The same holds for the light ready's commit index: a lost
+    // one is learned again from the leader. (A snapshot installed from the
+    // leader is written before its ready's sync, so it is flushed before
+    // the ack goes out.)
     fn maybe_snapshot(&mut self) -> Result<(), String> {
         let applied = self.raw.raft.raft_log.applied;
         let requested = self.raw.store().take_snapshot_request();

@@ -47,11 +47,53 @@ struct SimOutbox {
     me: Identity,
     book: BTreeMap<NodeId, PeerAddr>,
     out: Vec<(Envelope, Message)>,
+    /// The node's store, to check at the moment of sending that every
+    /// acknowledgement is covered by flushed state.
+    store: Option<SledStorage>,
+    violations: Vec<String>,
+}
+
+impl SimOutbox {
+    fn new(store: &SledStorage) -> Self {
+        Self {
+            store: Some(store.clone()),
+            ..Self::default()
+        }
+    }
+}
+
+/// Why an acknowledgement leaving now is not covered by flushed state.
+fn unflushed_ack(store: &SledStorage, m: &Message) -> Option<String> {
+    match m.get_msg_type() {
+        MessageType::MsgRequestVoteResponse if !m.reject => {
+            let hs = store.durable_hard_state().unwrap();
+            (hs.term < m.term || (hs.term == m.term && hs.vote != m.to)).then(|| {
+                format!(
+                    "node {} granted node {} its vote in term {} before flushing it (flushed: term {} vote {})",
+                    m.from, m.to, m.term, hs.term, hs.vote
+                )
+            })
+        }
+        MessageType::MsgAppendResponse if !m.reject && m.index > 0 => {
+            (!store.durable_covers(m.index).unwrap()).then(|| {
+                format!(
+                    "node {} acknowledged entry {} to node {} before flushing it",
+                    m.from, m.index, m.to
+                )
+            })
+        }
+        _ => None,
+    }
 }
 
 impl Outbox for SimOutbox {
     fn send(&mut self, msgs: Vec<Message>) -> Vec<NodeId> {
         for m in msgs {
+            if let Some(store) = &self.store
+                && let Some(v) = unflushed_ack(store, &m)
+            {
+                self.violations.push(v);
+            }
             let env = Envelope {
                 cluster_id: self.me.cluster_id.clone(),
                 from: self.me.id,
@@ -248,7 +290,7 @@ impl Sim {
         let core = Core::open(
             cfg.clone(),
             storage.clone(),
-            SimOutbox::default(),
+            SimOutbox::new(&storage),
             cfg_jitter::FIXED,
         )
         .unwrap();
@@ -304,40 +346,17 @@ impl Sim {
         let Some(core) = self.nodes[i].core.as_mut() else {
             return;
         };
+        if let Some(v) = core.outbox().violations.first().cloned() {
+            self.fail(v);
+        }
         let mut out = std::mem::take(&mut core.outbox().out);
         // raft-rs walks its peers in hash order: sort for a replayable run.
         out.sort_by_key(|(_, m)| m.to);
         for (env, m) in out {
-            self.check_ack_flushed(i, &m);
             let delay = self.rng.random_range(1..=self.faults.max_delay_ms);
             self.seq += 1;
             self.in_flight
                 .insert((self.now_ms + delay, self.seq), (env, m));
-        }
-    }
-
-    fn check_ack_flushed(&self, i: usize, m: &Message) {
-        let store = &self.nodes[i].storage;
-        match m.get_msg_type() {
-            MessageType::MsgRequestVoteResponse if !m.reject => {
-                let hs = store.durable_hard_state().unwrap();
-                if hs.term < m.term || (hs.term == m.term && hs.vote != m.to) {
-                    self.fail(format!(
-                        "node {} granted node {} its vote in term {} before flushing it (flushed: term {} vote {})",
-                        m.from, m.to, m.term, hs.term, hs.vote
-                    ));
-                }
-            }
-            MessageType::MsgAppendResponse if !m.reject && m.index > 0 => {
-                let durable = store.durable_term(m.index).unwrap();
-                if durable.is_none() {
-                    self.fail(format!(
-                        "node {} acknowledged entry {} to node {} before flushing it",
-                        m.from, m.index, m.to
-                    ));
-                }
-            }
-            _ => {}
         }
     }
 
@@ -555,7 +574,7 @@ impl Sim {
         match Core::open(
             n.cfg.clone(),
             n.storage.clone(),
-            SimOutbox::default(),
+            SimOutbox::new(&n.storage),
             cfg_jitter::FIXED,
         ) {
             Ok(mut c) => {
@@ -1199,7 +1218,6 @@ impl Sim {
 }
 
 #[test]
-#[ignore = "enabled with the crash-modelling store"]
 #[should_panic(expected = "before flushing it")]
 fn the_flush_check_catches_acks_sent_before_the_write() {
     let mut sim = Sim::new(11);

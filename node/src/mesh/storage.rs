@@ -2,25 +2,40 @@
 //!
 //! Architecture invariants:
 //! - this is the only module that touches sled;
-//! - every write is flushed (fsync) before it returns, so the node may
-//!   acknowledge what it wrote;
+//! - every write method is atomic with respect to a crash: it is one sled
+//!   batch when it touches one tree, one sled transaction over both trees
+//!   when it touches both (installing a snapshot), so a crash keeps all of
+//!   it or none of it;
+//! - writes do not flush: [`SledStorage::sync`] makes every earlier write
+//!   durable with one flush, and the node acknowledges (votes, append
+//!   responses) only after it. sled replays its log in order and stops
+//!   at the first torn batch, so a crash keeps a prefix of the unflushed
+//!   writes, each whole (the crash model of `simulated` stores does the
+//!   same);
 //! - every call blocks: the Raft driver calls it from its own thread (or
 //!   `spawn_blocking`), never from an async worker.
 //!
 //! Layout: tree `entries` maps the index (8 bytes, big-endian, so sled's
 //! order is log order) to a protobuf `Entry`; tree `meta` holds the hard
-//! state, the conf state, the last snapshot (metadata and data) and a format
-//! marker that tells our data dir from anything else.
+//! state, the conf state, the last snapshot (metadata and data), a format
+//! marker that tells our data dir from anything else, and the store's
+//! instance id (random, written with the marker: a wiped data dir gets a
+//! new one).
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::{IVec, Transactional as _};
 
 /// Written once into a new data dir; checked at every open.
 const FORMAT: &[u8] = b"faxi-watchdog raft log v1";
 const K_FORMAT: &[u8] = b"format";
+const K_INSTANCE: &[u8] = b"instance";
 const K_HARD_STATE: &[u8] = b"hard_state";
 const K_CONF_STATE: &[u8] = b"conf_state";
 const K_SNAP_META: &[u8] = b"snapshot_meta";
@@ -70,12 +85,66 @@ fn sled_reason(e: &sled::Error) -> String {
 /// The sled-backed Raft log.
 #[derive(Debug, Clone)]
 pub struct SledStorage {
-    /// False only in the simulator's in-memory stores: writes skip the fsync.
-    durable: bool,
     db: sled::Db,
     entries: sled::Tree,
     meta: sled::Tree,
-    wanted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// This data dir's random id, read at open.
+    instance: u64,
+    /// Set by every write, cleared by `sync`: a ready that wrote nothing
+    /// costs no flush. Shared by clones, as the database is.
+    dirty: Arc<AtomicBool>,
+    /// Raft asked for a snapshot the store does not have (shared by clones).
+    snapshot_wanted: Arc<AtomicBool>,
+    /// The crash model of a simulated store; `None` for a real one.
+    #[cfg(test)]
+    model: Option<Arc<CrashModel>>,
+    /// A planted bug for the crash harness: installs a snapshot in two
+    /// writes (meta, then the entries' removal), as the store once did.
+    #[cfg(test)]
+    split_install: bool,
+}
+
+/// One write: the changes to each tree, applied all or nothing.
+#[derive(Debug, Clone, Default)]
+struct Write {
+    entries: Vec<(IVec, Option<IVec>)>,
+    meta: Vec<(IVec, Option<IVec>)>,
+}
+
+fn batch(changes: &[(IVec, Option<IVec>)]) -> sled::Batch {
+    let mut b = sled::Batch::default();
+    for (k, v) in changes {
+        match v {
+            Some(v) => b.insert(k.clone(), v.clone()),
+            None => b.remove(k.clone()),
+        }
+    }
+    b
+}
+
+/// Applies one write to a pair of trees (of one database): one batch when
+/// it touches one tree, one transaction when it touches both.
+fn apply_write(entries: &sled::Tree, meta: &sled::Tree, w: &Write) -> sled::Result<()> {
+    match (w.entries.is_empty(), w.meta.is_empty()) {
+        (true, true) => Ok(()),
+        (false, true) => entries.apply_batch(batch(&w.entries)),
+        (true, false) => meta.apply_batch(batch(&w.meta)),
+        (false, false) => {
+            let (eb, mb) = (batch(&w.entries), batch(&w.meta));
+            (entries, meta)
+                .transaction(|(te, tm)| {
+                    te.apply_batch(&eb)?;
+                    tm.apply_batch(&mb)?;
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| match e {
+                    TransactionError::Storage(e) => e,
+                    TransactionError::Abort(()) => {
+                        sled::Error::Unsupported("raft log transaction aborted".into())
+                    }
+                })
+        }
+    }
 }
 
 fn key(index: u64) -> [u8; 8] {
@@ -101,23 +170,49 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> raft::Error {
     })))
 }
 
+fn encode<M: protobuf::Message>(m: &M, what: &str) -> raft::Result<IVec> {
+    Ok(m.write_to_bytes().map_err(|e| corrupt(what, e))?.into())
+}
+
+/// A random non-zero instance id.
+fn new_instance() -> u64 {
+    rand::random_range(1..=u64::MAX)
+}
+
 impl SledStorage {
     /// Opens (or creates) the log in `dir`. A directory that holds another
     /// program's sled database, or files sled cannot read, is an error that
-    /// names the directory; nothing in it is changed.
+    /// names the directory; nothing in it is changed. A new store gets a
+    /// random instance id, written (and flushed) with the format marker; a
+    /// store made before instance ids gets one at its first open.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.display().to_string();
-        let sled_err = |source| StoreError::Sled {
-            path: path.clone(),
-            source,
-        };
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_BYTES)
             .open()
-            .map_err(sled_err)?;
+            .map_err(|source| StoreError::Sled {
+                path: path.clone(),
+                source,
+            })?;
+        Self::init(db, path, new_instance, true)
+    }
+
+    /// Checks (or writes) the format marker and the instance id of an open
+    /// database. `instance` names a new store; `flush` makes that durable.
+    fn init(
+        db: sled::Db,
+        path: String,
+        instance: impl FnOnce() -> u64,
+        flush: bool,
+    ) -> Result<Self, StoreError> {
+        let sled_err = |source| StoreError::Sled {
+            path: path.clone(),
+            source,
+        };
         let meta = db.open_tree("meta").map_err(sled_err)?;
         let entries = db.open_tree("entries").map_err(sled_err)?;
+        let mut created = Vec::new();
         match meta.get(K_FORMAT).map_err(sled_err)? {
             Some(f) if f.as_ref() == FORMAT => {}
             Some(f) => {
@@ -140,114 +235,101 @@ impl SledStorage {
                         found: "(none)".into(),
                     });
                 }
-                meta.insert(K_FORMAT, FORMAT).map_err(sled_err)?;
+                created.push((IVec::from(K_FORMAT), Some(IVec::from(FORMAT))));
+            }
+        }
+        let id = match meta.get(K_INSTANCE).map_err(sled_err)? {
+            Some(v) => {
+                let b: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    what: "instance id".into(),
+                    reason: format!("{} bytes, not 8", v.len()),
+                })?;
+                match u64::from_be_bytes(b) {
+                    0 => {
+                        return Err(StoreError::Corrupt {
+                            what: "instance id".into(),
+                            reason: "zero".into(),
+                        });
+                    }
+                    id => id,
+                }
+            }
+            None => {
+                let id = instance();
+                if id == 0 {
+                    return Err(StoreError::Corrupt {
+                        what: "instance id".into(),
+                        reason: "a new store's instance id must not be zero".into(),
+                    });
+                }
+                created.push((IVec::from(K_INSTANCE), Some(IVec::from(&key(id)))));
+                id
+            }
+        };
+        if !created.is_empty() {
+            meta.apply_batch(batch(&created)).map_err(sled_err)?;
+            if flush {
                 db.flush().map_err(sled_err)?;
             }
         }
         Ok(Self {
-            durable: true,
             db,
             entries,
             meta,
-            wanted: Default::default(),
+            instance: id,
+            dirty: Arc::default(),
+            snapshot_wanted: Arc::default(),
+            #[cfg(test)]
+            model: None,
+            #[cfg(test)]
+            split_install: false,
         })
     }
 
-    /// A store in a temporary sled database that is never flushed: for the
-    /// simulator, which models a crash by reopening the same store (every
-    /// write it made counts as flushed, as it is in a node).
-    #[cfg(test)]
-    pub fn volatile() -> Result<Self, StoreError> {
-        let sled_err = |source| StoreError::Sled {
-            path: "(temporary)".into(),
-            source,
-        };
-        let db = sled::Config::new()
-            .temporary(true)
-            .flush_every_ms(None)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(sled_err)?;
-        let meta = db.open_tree("meta").map_err(sled_err)?;
-        let entries = db.open_tree("entries").map_err(sled_err)?;
-        meta.insert(K_FORMAT, FORMAT).map_err(sled_err)?;
-        Ok(Self {
-            durable: false,
-            db,
-            entries,
-            meta,
-            wanted: Default::default(),
-        })
-    }
-
-    /// TEMPORARY (replaced by the storage rework): this data dir's id.
+    /// This data dir's instance id: random and non-zero, fixed when the
+    /// store was created; a wiped data dir gets a new one.
     pub fn instance(&self) -> u64 {
-        match self.meta.get(b"instance") {
-            Ok(Some(v)) if v.len() == 8 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&v);
-                u64::from_be_bytes(b)
-            }
-            _ => {
-                let i: u64 = rand::random::<u64>() | 1;
-                let _ = self.meta.insert(b"instance", &i.to_be_bytes());
-                i
-            }
-        }
+        self.instance
     }
 
-    /// TEMPORARY: one flush.
+    /// Makes every earlier write durable (one flush). The driver calls it
+    /// once per ready, after writing entries and hard state and before
+    /// sending the messages that acknowledge them. Free when nothing was
+    /// written since the last sync.
     pub fn sync(&self) -> raft::Result<()> {
-        self.flush()
-    }
-
-    /// TEMPORARY: a crash-modelling in-memory store.
-    #[cfg(test)]
-    pub fn simulated(instance: u64) -> Result<Self, StoreError> {
-        let s = Self::volatile()?;
-        let _ = s.meta.insert(b"instance", &instance.to_be_bytes());
-        Ok(s)
-    }
-
-    /// TEMPORARY: the store as a crash leaves it.
-    #[cfg(test)]
-    pub fn crash(&self, _keep: usize) -> Result<Self, StoreError> {
-        Ok(self.clone())
-    }
-
-    /// TEMPORARY: writes since the last sync.
-    #[cfg(test)]
-    pub fn pending_writes(&self) -> usize {
-        0
-    }
-
-    /// TEMPORARY: the flushed hard state.
-    #[cfg(test)]
-    pub fn durable_hard_state(&self) -> raft::Result<HardState> {
-        Ok(self.initial_state()?.hard_state)
-    }
-
-    /// TEMPORARY: the flushed term at an index.
-    #[cfg(test)]
-    pub fn durable_term(&self, index: u64) -> raft::Result<Option<u64>> {
-        match self.term(index) {
-            Ok(t) => Ok(Some(t)),
-            Err(raft::Error::Store(StorageError::Compacted)) => Ok(Some(0)),
-            Err(_) => Ok(None),
+        #[cfg(test)]
+        if let Some(model) = &self.model {
+            self.dirty.store(false, Ordering::Release);
+            return model.sync();
         }
+        if self.dirty.swap(false, Ordering::AcqRel)
+            && let Err(e) = self.db.flush()
+        {
+            self.dirty.store(true, Ordering::Release);
+            return Err(store_err(e));
+        }
+        Ok(())
     }
 
-    /// TEMPORARY: whether raft asked for a snapshot we did not have.
+    /// Whether raft asked for a snapshot this store could not give (too old,
+    /// or its conf state lacks the receiver) since the last call; clears the
+    /// request. The driver then takes a fresh snapshot.
     pub fn take_snapshot_request(&self) -> bool {
-        self.wanted
-            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        self.snapshot_wanted.swap(false, Ordering::AcqRel)
     }
 
-    fn flush(&self) -> raft::Result<()> {
-        if !self.durable {
+    /// Applies one write (all of it or, after a crash, none of it).
+    fn write(&self, w: Write) -> raft::Result<()> {
+        if w.entries.is_empty() && w.meta.is_empty() {
             return Ok(());
         }
-        self.db.flush().map(drop).map_err(store_err)
+        apply_write(&self.entries, &self.meta, &w).map_err(store_err)?;
+        self.dirty.store(true, Ordering::Release);
+        #[cfg(test)]
+        if let Some(model) = &self.model {
+            model.record(w);
+        }
+        Ok(())
     }
 
     fn get_msg<M: protobuf::Message + Default>(&self, k: &[u8], what: &str) -> raft::Result<M> {
@@ -257,47 +339,60 @@ impl SledStorage {
         }
     }
 
-    fn put_msg<M: protobuf::Message>(&self, k: &[u8], m: &M, what: &str) -> raft::Result<()> {
-        let bytes = m.write_to_bytes().map_err(|e| corrupt(what, e))?;
-        self.meta.insert(k, bytes).map_err(store_err)?;
-        Ok(())
-    }
-
     fn snapshot_meta(&self) -> raft::Result<SnapshotMetadata> {
         self.get_msg(K_SNAP_META, "snapshot metadata")
     }
 
-    /// Persists the hard state (term, vote, commit); flushed.
+    fn hard_state(&self) -> raft::Result<HardState> {
+        self.get_msg(K_HARD_STATE, "hard state")
+    }
+
+    /// Writes the hard state (term, vote, commit); durable at the next sync.
     pub fn set_hard_state(&self, hs: &HardState) -> raft::Result<()> {
-        self.put_msg(K_HARD_STATE, hs, "hard state")?;
-        self.flush()
+        self.write(Write {
+            meta: vec![(K_HARD_STATE.into(), Some(encode(hs, "hard state")?))],
+            ..Write::default()
+        })
     }
 
     /// Moves the stored commit index forward (a commit learned after the
-    /// hard state was written); flushed.
+    /// hard state was written); durable at the next sync. Losing it in a
+    /// crash is safe: the leader tells the node again.
     pub fn set_commit(&self, commit: u64) -> raft::Result<()> {
-        let mut hs: HardState = self.get_msg(K_HARD_STATE, "hard state")?;
-        if commit > hs.commit {
-            hs.commit = commit;
-            self.put_msg(K_HARD_STATE, &hs, "hard state")?;
-            self.flush()?;
+        let mut hs = self.hard_state()?;
+        if commit <= hs.commit {
+            return Ok(());
         }
-        Ok(())
+        hs.commit = commit;
+        self.set_hard_state(&hs)
     }
 
     /// The last snapshot taken or installed (empty when there is none).
     pub fn last_snapshot(&self) -> raft::Result<Snapshot> {
-        self.snapshot(0, 0)
+        let mut snap = Snapshot::default();
+        snap.set_metadata(self.snapshot_meta()?);
+        snap.set_data(
+            self.meta
+                .get(K_SNAP_DATA)
+                .map_err(store_err)?
+                .map(|v| v.to_vec())
+                .unwrap_or_default()
+                .into(),
+        );
+        Ok(snap)
     }
 
-    /// Persists the conf state; flushed.
+    /// Writes the conf state; durable at the next sync.
     pub fn set_conf_state(&self, cs: &ConfState) -> raft::Result<()> {
-        self.put_msg(K_CONF_STATE, cs, "conf state")?;
-        self.flush()
+        self.write(Write {
+            meta: vec![(K_CONF_STATE.into(), Some(encode(cs, "conf state")?))],
+            ..Write::default()
+        })
     }
 
     /// Appends entries, first dropping any stored entry at or after the first
-    /// new index (a conflicting suffix from an old term); flushed.
+    /// new index (a conflicting suffix from an old term), in one write;
+    /// durable at the next sync.
     pub fn append(&self, ents: &[Entry]) -> raft::Result<()> {
         let Some(first) = ents.first() else {
             return Ok(());
@@ -308,73 +403,316 @@ impl SledStorage {
         if first.index > self.last_index()? + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let mut batch = sled::Batch::default();
-        for item in self.entries.range(key(first.index)..) {
-            let (k, _) = item.map_err(store_err)?;
-            batch.remove(k);
+        let mut w = Write::default();
+        for k in self.entries.range(key(first.index)..).keys() {
+            w.entries.push((k.map_err(store_err)?, None));
         }
         for e in ents {
-            batch.insert(
-                &key(e.index),
-                e.write_to_bytes().map_err(|err| corrupt("entry", err))?,
-            );
+            w.entries
+                .push((IVec::from(&key(e.index)), Some(encode(e, "entry")?)));
         }
-        self.entries.apply_batch(batch).map_err(store_err)?;
-        self.flush()
+        self.write(w)
     }
 
-    /// Drops every entry before `index` (they are in a snapshot); flushed.
+    /// Drops every entry before `index` (they are in a snapshot) in one
+    /// write; durable at the next sync.
     pub fn compact(&self, index: u64) -> raft::Result<()> {
         if index > self.last_index()? + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let mut batch = sled::Batch::default();
-        for item in self.entries.range(..key(index)) {
-            let (k, _) = item.map_err(store_err)?;
-            batch.remove(k);
+        let mut w = Write::default();
+        for k in self.entries.range(..key(index)).keys() {
+            w.entries.push((k.map_err(store_err)?, None));
         }
-        self.entries.apply_batch(batch).map_err(store_err)?;
-        self.flush()
+        self.write(w)
     }
 
     /// Records a snapshot of the applied state at `index` (whose term is
-    /// `term`), for followers that fall behind; flushed. Compact separately.
+    /// `term`), for followers that fall behind: metadata and data in one
+    /// write, durable at the next sync. Compact separately, after it.
     pub fn create_snapshot(&self, index: u64, conf: &ConfState, data: Vec<u8>) -> raft::Result<()> {
         let term = self.term(index)?;
         let mut meta = SnapshotMetadata::default();
         meta.set_index(index);
         meta.set_term(term);
         meta.set_conf_state(conf.clone());
-        self.put_msg(K_SNAP_META, &meta, "snapshot metadata")?;
-        self.meta.insert(K_SNAP_DATA, data).map_err(store_err)?;
-        self.flush()
+        self.write(Write {
+            meta: vec![
+                (
+                    K_SNAP_META.into(),
+                    Some(encode(&meta, "snapshot metadata")?),
+                ),
+                (K_SNAP_DATA.into(), Some(data.into())),
+            ],
+            ..Write::default()
+        })
     }
 
-    /// Installs a snapshot received from the leader: the log before and at
-    /// it is dropped, the hard state's commit moves to it; flushed.
+    /// Installs a snapshot received from the leader: the whole log is
+    /// dropped, the hard state's commit moves to the snapshot (and its term
+    /// up to the snapshot's, with no vote in that term), the conf state
+    /// becomes the snapshot's. One transaction over both trees; durable at
+    /// the next sync.
     pub fn apply_snapshot(&self, snap: &Snapshot) -> raft::Result<()> {
         let meta = snap.get_metadata();
         if meta.index < self.first_index()? - 1 || meta.index < self.snapshot_meta()?.index {
             return Err(raft::Error::Store(StorageError::SnapshotOutOfDate));
         }
-        let mut hs: HardState = self.get_msg(K_HARD_STATE, "hard state")?;
-        hs.term = hs.term.max(meta.term);
+        let mut hs = self.hard_state()?;
+        if meta.term > hs.term {
+            // A vote belongs to its term: none is known in the new one.
+            hs.term = meta.term;
+            hs.vote = raft::INVALID_ID;
+        }
         hs.commit = meta.index;
-        self.put_msg(K_HARD_STATE, &hs, "hard state")?;
-        self.put_msg(K_CONF_STATE, meta.get_conf_state(), "conf state")?;
-        self.put_msg(K_SNAP_META, meta, "snapshot metadata")?;
-        self.meta
-            .insert(K_SNAP_DATA, snap.get_data().to_vec())
-            .map_err(store_err)?;
-        self.entries.clear().map_err(store_err)?;
-        self.flush()
+        let mut w = Write {
+            meta: vec![
+                (K_HARD_STATE.into(), Some(encode(&hs, "hard state")?)),
+                (
+                    K_CONF_STATE.into(),
+                    Some(encode(meta.get_conf_state(), "conf state")?),
+                ),
+                (K_SNAP_META.into(), Some(encode(meta, "snapshot metadata")?)),
+                (K_SNAP_DATA.into(), Some(snap.get_data().to_vec().into())),
+            ],
+            ..Write::default()
+        };
+        for k in self.entries.iter().keys() {
+            w.entries.push((k.map_err(store_err)?, None));
+        }
+        #[cfg(test)]
+        if self.split_install {
+            let entries = std::mem::take(&mut w.entries);
+            self.write(w)?;
+            return self.write(Write {
+                entries,
+                ..Write::default()
+            });
+        }
+        self.write(w)
+    }
+}
+
+/// The path shown for a simulated store.
+#[cfg(test)]
+const SIMULATED: &str = "(simulated)";
+
+/// What a disk holds: both trees as plain maps.
+#[cfg(test)]
+#[derive(Debug, Clone, Default)]
+struct Image {
+    entries: std::collections::BTreeMap<IVec, IVec>,
+    meta: std::collections::BTreeMap<IVec, IVec>,
+}
+
+#[cfg(test)]
+impl Image {
+    /// A copy of a store's trees.
+    fn of(s: &SledStorage) -> sled::Result<Self> {
+        let mut image = Image::default();
+        for (tree, map) in [(&s.entries, &mut image.entries), (&s.meta, &mut image.meta)] {
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                map.insert(k, v);
+            }
+        }
+        Ok(image)
+    }
+
+    /// One write, whole (what sled's recovery keeps of a batch or a
+    /// transaction: all of it).
+    fn apply(&mut self, w: &Write) {
+        for (changes, map) in [(&w.entries, &mut self.entries), (&w.meta, &mut self.meta)] {
+            for (k, v) in changes {
+                match v {
+                    Some(v) => map.insert(k.clone(), v.clone()),
+                    None => map.remove(k),
+                };
+            }
+        }
+    }
+
+    fn msg<M: protobuf::Message + Default>(&self, k: &[u8], what: &str) -> raft::Result<M> {
+        match self.meta.get(k) {
+            None => Ok(M::default()),
+            Some(v) => M::parse_from_bytes(v).map_err(|e| corrupt(what, e)),
+        }
+    }
+
+    /// Whether the entry at `index` is held, or covered by the snapshot.
+    fn covers(&self, index: u64) -> raft::Result<bool> {
+        let snap: SnapshotMetadata = self.msg(K_SNAP_META, "snapshot metadata")?;
+        Ok(index <= snap.index || self.entries.contains_key(&key(index)[..]))
+    }
+
+    /// The term of the entry at `index`, or of the snapshot at its index.
+    fn term(&self, index: u64) -> raft::Result<Option<u64>> {
+        let snap: SnapshotMetadata = self.msg(K_SNAP_META, "snapshot metadata")?;
+        if index == snap.index {
+            return Ok(Some(snap.term));
+        }
+        match self.entries.get(&key(index)[..]) {
+            None => Ok(None),
+            Some(v) => Ok(Some(
+                Entry::parse_from_bytes(v)
+                    .map_err(|e| corrupt("entry", e))?
+                    .term,
+            )),
+        }
+    }
+}
+
+/// A simulated store's crash model: what was written since the last sync,
+/// and the durable image (what the disk holds after a crash).
+#[cfg(test)]
+#[derive(Debug)]
+struct CrashModel {
+    state: std::sync::Mutex<ModelState>,
+}
+
+#[cfg(test)]
+#[derive(Debug)]
+struct ModelState {
+    /// Writes since the last sync, in order, each whole.
+    pending: Vec<Write>,
+    /// Every synced write applied.
+    durable: Image,
+}
+
+#[cfg(test)]
+impl CrashModel {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ModelState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self, w: Write) {
+        self.lock().pending.push(w);
+    }
+
+    /// What a flush does: every pending write reaches the durable image.
+    fn sync(&self) -> raft::Result<()> {
+        let mut st = self.lock();
+        let ModelState { pending, durable } = &mut *st;
+        for w in pending.drain(..) {
+            durable.apply(&w);
+        }
+        Ok(())
+    }
+}
+
+/// A temporary sled database that is never flushed.
+#[cfg(test)]
+fn temporary_db() -> Result<sled::Db, StoreError> {
+    sled::Config::new()
+        .temporary(true)
+        .flush_every_ms(None)
+        .cache_capacity(CACHE_BYTES)
+        .open()
+        .map_err(|source| StoreError::Sled {
+            path: SIMULATED.into(),
+            source,
+        })
+}
+
+#[cfg(test)]
+fn not_simulated() -> raft::Error {
+    raft::Error::Store(StorageError::Other("not a simulated store".into()))
+}
+
+/// The crash model, for tests and the simulator.
+#[cfg(test)]
+impl SledStorage {
+    /// An in-memory store that models crashes: every write since the last
+    /// [`sync`](Self::sync) is pending, and `sync` applies the pending
+    /// writes to a durable image of the store (what its disk would hold).
+    /// Nothing is ever flushed to disk. `instance` is its instance id
+    /// (non-zero).
+    pub fn simulated(instance: u64) -> Result<Self, StoreError> {
+        Self::init(temporary_db()?, SIMULATED.into(), || instance, false)?.with_model()
+    }
+
+    /// Starts the crash model: everything in the store is durable.
+    fn with_model(mut self) -> Result<Self, StoreError> {
+        let durable = Image::of(&self).map_err(|source| StoreError::Sled {
+            path: SIMULATED.into(),
+            source,
+        })?;
+        self.model = Some(Arc::new(CrashModel {
+            state: std::sync::Mutex::new(ModelState {
+                pending: Vec::new(),
+                durable,
+            }),
+        }));
+        Ok(self)
+    }
+
+    fn model(&self) -> raft::Result<&CrashModel> {
+        self.model.as_deref().ok_or_else(not_simulated)
+    }
+
+    /// The store as a crash now would leave it, reopened: the durable image
+    /// plus the first `keep` pending writes (at most all of them), each
+    /// whole, as sled recovers its log in write order. The result is a new
+    /// simulated store with nothing pending; this one is unchanged.
+    pub fn crash(&self, keep: usize) -> Result<Self, StoreError> {
+        let sled_err = |source| StoreError::Sled {
+            path: SIMULATED.into(),
+            source,
+        };
+        let model = self
+            .model
+            .as_ref()
+            .ok_or_else(|| sled_err(sled::Error::Unsupported("not a simulated store".into())))?;
+        let mut disk = {
+            let st = model.lock();
+            let mut disk = st.durable.clone();
+            for w in st.pending.iter().take(keep) {
+                disk.apply(w);
+            }
+            disk
+        };
+        let db = temporary_db()?;
+        for (name, map) in [("entries", &mut disk.entries), ("meta", &mut disk.meta)] {
+            let mut all = sled::Batch::default();
+            for (k, v) in std::mem::take(map) {
+                all.insert(k, v);
+            }
+            db.open_tree(name)
+                .and_then(|t| t.apply_batch(all))
+                .map_err(sled_err)?;
+        }
+        // Opened as a restarting node opens its data dir.
+        Self::init(db, SIMULATED.into(), new_instance, false)?.with_model()
+    }
+
+    /// How many writes a crash now could lose (0 for a real store).
+    pub fn pending_writes(&self) -> usize {
+        self.model.as_ref().map_or(0, |m| m.lock().pending.len())
+    }
+
+    /// The hard state a crash now would leave.
+    pub fn durable_hard_state(&self) -> raft::Result<HardState> {
+        self.model()?.lock().durable.msg(K_HARD_STATE, "hard state")
+    }
+
+    /// The term of the entry at `index` a crash now would leave (or of the
+    /// snapshot, at its index); `None` when a crash could lose it.
+    pub fn durable_term(&self, index: u64) -> raft::Result<Option<u64>> {
+        self.model()?.lock().durable.term(index)
+    }
+
+    /// Whether the flushed log holds the entry at `index` or a snapshot at
+    /// or past it (what an append acknowledgement for `index` needs).
+    #[cfg(test)]
+    pub fn durable_covers(&self, index: u64) -> raft::Result<bool> {
+        self.model()?.lock().durable.covers(index)
     }
 }
 
 impl Storage for SledStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
         Ok(RaftState::new(
-            self.get_msg(K_HARD_STATE, "hard state")?,
+            self.hard_state()?,
             self.get_msg(K_CONF_STATE, "conf state")?,
         ))
     }
@@ -438,30 +776,26 @@ impl Storage for SledStorage {
         }
     }
 
+    /// The stored snapshot, if it is at or after `request_index` and its
+    /// conf state lists `to` (raft-rs's receiver refuses a snapshot that
+    /// does not name it). Otherwise raft is told to retry later and the
+    /// request is recorded for [`SledStorage::take_snapshot_request`].
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let meta = self.snapshot_meta()?;
         let cs = meta.get_conf_state();
-        if meta.index < request_index
-            || (to != 0 && !(cs.voters.contains(&to) || cs.learners.contains(&to)))
-        {
-            self.wanted
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            // Not built yet: raft retries later.
+        let names_to = cs
+            .voters
+            .iter()
+            .chain(&cs.learners)
+            .chain(&cs.voters_outgoing)
+            .any(|id| *id == to);
+        if meta.index < request_index || !names_to {
+            self.snapshot_wanted.store(true, Ordering::Release);
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
-        let mut snap = Snapshot::default();
-        snap.set_metadata(meta);
-        snap.set_data(
-            self.meta
-                .get(K_SNAP_DATA)
-                .map_err(store_err)?
-                .map(|v| v.to_vec())
-                .unwrap_or_default()
-                .into(),
-        );
-        Ok(snap)
+        self.last_snapshot()
     }
 }
 

@@ -172,6 +172,30 @@ fn sled_storage_passes_the_suite() {
     });
 }
 
+/// Opens `dir` again after a handle on it was dropped. sled releases its
+/// directory lock when its last background write lets go of the database,
+/// a moment after the drop: retry while (and only while) the lock is held,
+/// up to a deadline.
+fn reopen(dir: &std::path::Path) -> SledStorage {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledStorage::open(dir) {
+            Err(StoreError::Sled { source, .. })
+                if source.to_string().contains("could not acquire lock")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                std::thread::yield_now();
+            }
+            r => return r.unwrap(),
+        }
+    }
+}
+
+#[test]
+fn simulated_storage_passes_the_suite() {
+    suite(|| SledStorage::simulated(1).unwrap());
+}
+
 #[test]
 fn sled_storage_survives_a_reopen() {
     let d = tempfile::tempdir().unwrap();
@@ -186,8 +210,12 @@ fn sled_storage_survives_a_reopen() {
         cs.voters = vec![1, 2, 3];
         s.set_conf_state(&cs).unwrap();
         s.create_snapshot(2, &cs, b"applied".to_vec()).unwrap();
+        s.sync().unwrap();
+        // Dropping the handle also flushes: this test checks what a reopen
+        // reads back, `a_synced_write_survives_a_process_exit` that sync
+        // alone makes writes durable.
     }
-    let s = SledStorage::open(d.path()).unwrap();
+    let s = reopen(d.path());
     assert_eq!(
         indexes(&s.entries(1, 3, None, ctx()).unwrap()),
         vec![(1, 1), (2, 2)]
@@ -195,14 +223,14 @@ fn sled_storage_survives_a_reopen() {
     let st = s.initial_state().unwrap();
     assert_eq!((st.hard_state.term, st.hard_state.commit), (2, 2));
     assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
-    let snap = s.snapshot(2, 9).unwrap();
+    let snap = s.snapshot(2, 3).unwrap();
     assert_eq!(
         (snap.get_metadata().index, snap.get_metadata().term),
         (2, 2)
     );
     assert_eq!(snap.get_data(), b"applied");
     assert!(matches!(
-        s.snapshot(3, 9),
+        s.snapshot(3, 3),
         Err(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable
         ))
@@ -236,4 +264,448 @@ fn a_corrupt_entry_key_is_an_error_not_a_panic() {
     s.entries.insert(b"bad", b"x").unwrap();
     let err = s.first_index().unwrap_err().to_string();
     assert!(err.contains("corrupt entry key: 3 bytes, not 8"), "{err}");
+}
+
+// ---- Durability: sync, and nothing else, makes writes survive. ----
+
+fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
+    let mut hs = HardState::default();
+    hs.term = term;
+    hs.vote = vote;
+    hs.commit = commit;
+    hs
+}
+
+/// Set in the child process of `a_synced_write_survives_a_process_exit`.
+const EXIT_CHILD_DIR: &str = "FAXI_STORAGE_EXIT_CHILD_DIR";
+/// The child's exit status: proves it got to its end.
+const EXIT_CHILD_CODE: i32 = 42;
+
+/// Real sled, real files: a child process writes, syncs and exits without
+/// dropping the store (so sled's flush on drop never runs), as a killed
+/// node would; the parent reopens the dir and finds what was synced.
+#[test]
+fn a_synced_write_survives_a_process_exit() {
+    if let Some(dir) = std::env::var_os(EXIT_CHILD_DIR) {
+        let s = SledStorage::open(std::path::Path::new(&dir)).unwrap();
+        s.append(&[entry(1, 1), entry(2, 2), entry(3, 2)]).unwrap();
+        s.set_hard_state(&hard_state(2, 1, 3)).unwrap();
+        s.sync().unwrap();
+        // Exits without running destructors: nothing else flushes.
+        std::process::exit(EXIT_CHILD_CODE);
+    }
+    let d = tempfile::tempdir().unwrap();
+    let name = concat!(module_path!(), "::a_synced_write_survives_a_process_exit");
+    let name = name.split_once("::").map_or(name, |(_, rest)| rest);
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(EXIT_CHILD_DIR, d.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(EXIT_CHILD_CODE),
+        "the child did not get to its exit: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = SledStorage::open(d.path()).unwrap();
+    assert_eq!(s.last_index().unwrap(), 3, "synced entries were lost");
+    assert_eq!(
+        indexes(&s.entries(1, 4, None, ctx()).unwrap()),
+        vec![(1, 1), (2, 2), (3, 2)]
+    );
+    assert_eq!(s.initial_state().unwrap().hard_state, hard_state(2, 1, 3));
+}
+
+#[test]
+fn a_crash_keeps_exactly_what_was_synced_and_whole_writes_after_it() {
+    let s = SledStorage::simulated(7).unwrap();
+    s.append(&[entry(1, 1), entry(2, 1)]).unwrap();
+    s.set_hard_state(&hard_state(1, 1, 1)).unwrap();
+    assert_eq!(s.pending_writes(), 2);
+    // Nothing synced yet: the durable image is empty.
+    assert_eq!(s.durable_hard_state().unwrap(), HardState::default());
+    assert_eq!(s.durable_term(1).unwrap(), None);
+    let lost = s.crash(0).unwrap();
+    assert_eq!(lost.last_index().unwrap(), 0);
+    assert_eq!(
+        lost.initial_state().unwrap().hard_state,
+        HardState::default()
+    );
+    assert_eq!(
+        lost.instance(),
+        7,
+        "the instance id is durable from the start"
+    );
+    // The first write survives whole, the second not at all.
+    let one = s.crash(1).unwrap();
+    assert_eq!(one.last_index().unwrap(), 2);
+    assert_eq!(
+        one.initial_state().unwrap().hard_state,
+        HardState::default()
+    );
+
+    s.sync().unwrap();
+    assert_eq!(s.pending_writes(), 0);
+    assert_eq!(s.durable_hard_state().unwrap(), hard_state(1, 1, 1));
+    assert_eq!(s.durable_term(2).unwrap(), Some(1));
+    assert_eq!(s.durable_term(3).unwrap(), None);
+
+    // A crashed store models crashes again: unsynced writes go, synced stay.
+    let c = s.crash(0).unwrap();
+    assert_eq!(c.pending_writes(), 0);
+    assert_eq!(c.durable_hard_state().unwrap(), hard_state(1, 1, 1));
+    c.append(&[entry(3, 2)]).unwrap();
+    assert_eq!(c.crash(0).unwrap().last_index().unwrap(), 2);
+    c.sync().unwrap();
+    assert_eq!(c.crash(0).unwrap().last_index().unwrap(), 3);
+
+    // A snapshot's term is durable at its index once synced.
+    c.apply_snapshot(&snapshot(10, 4, vec![1, 2, 3])).unwrap();
+    assert_eq!(c.durable_term(10).unwrap(), None);
+    c.sync().unwrap();
+    assert_eq!(c.durable_term(10).unwrap(), Some(4));
+    assert_eq!(
+        c.durable_term(3).unwrap(),
+        None,
+        "the log went with the install"
+    );
+}
+
+// ---- The crash-between-writes harness. ----
+
+/// One step of a scripted node life: a write of the store's API, or the
+/// sync that ends a ready.
+#[derive(Debug, Clone)]
+enum Step {
+    Append(Vec<Entry>),
+    Hard(HardState),
+    Commit(u64),
+    Conf(ConfState),
+    Snap(u64, ConfState, &'static [u8]),
+    Compact(u64),
+    Install(Snapshot),
+    Sync,
+}
+
+/// Writes as the driver makes them, ready by ready: a bootstrap install,
+/// appends with hard states, the light ready's commit, a conf change
+/// applied, a conflicting append that truncates an uncommitted suffix, a
+/// snapshot taken and the log compacted, a newer snapshot installed from a
+/// leader, more appends, and writes left unsynced at the end.
+fn workload() -> Vec<Step> {
+    use Step::*;
+    let with_learner = conf(vec![1, 2, 3], vec![4]);
+    let mut snap20 = snapshot(20, 4, vec![1, 2, 3]);
+    snap20.mut_metadata().mut_conf_state().learners = vec![4];
+    vec![
+        // Core::open: the bootstrap snapshot (synced by the first ready).
+        Install(snapshot(1, 1, vec![1, 2, 3])),
+        // A follower in term 2: entries and the vote, then the ack.
+        Append(entries(2, 4, 2)),
+        Hard(hard_state(2, 1, 1)),
+        Sync,
+        Append(entries(5, 7, 2)),
+        Hard(hard_state(2, 1, 4)),
+        Sync,
+        // The light ready's commit, then a conf change applied.
+        Commit(5),
+        Conf(with_learner.clone()),
+        // Term 3: a new leader overwrites the uncommitted 6 and 7.
+        Append(entries(6, 8, 3)),
+        Hard(hard_state(3, 2, 5)),
+        Sync,
+        // Commit, then a snapshot at the applied index and compaction.
+        Commit(7),
+        Snap(7, with_learner.clone(), b"state@7"),
+        Compact(7),
+        Append(entries(9, 10, 3)),
+        Hard(hard_state(3, 2, 8)),
+        Sync,
+        // Far behind a term-4 leader: its snapshot, installed.
+        Install(snap20),
+        Hard(hard_state(4, 0, 20)),
+        Sync,
+        Append(entries(21, 23, 4)),
+        Hard(hard_state(4, 0, 21)),
+        Sync,
+        // Left unsynced: a crash may keep any prefix of these.
+        Commit(23),
+        Conf(conf(vec![1, 2, 3, 4], vec![])),
+        Snap(22, conf(vec![1, 2, 3, 4], vec![]), b"state@22"),
+        Compact(22),
+        Append(entries(24, 24, 4)),
+    ]
+}
+
+fn run(s: &SledStorage, step: &Step) {
+    match step {
+        Step::Append(es) => s.append(es).unwrap(),
+        Step::Hard(hs) => s.set_hard_state(hs).unwrap(),
+        Step::Commit(c) => s.set_commit(*c).unwrap(),
+        Step::Conf(cs) => s.set_conf_state(cs).unwrap(),
+        Step::Snap(i, cs, data) => s.create_snapshot(*i, cs, data.to_vec()).unwrap(),
+        Step::Compact(i) => s.compact(*i).unwrap(),
+        Step::Install(snap) => s.apply_snapshot(snap).unwrap(),
+        Step::Sync => s.sync().unwrap(),
+    }
+}
+
+/// Everything raft-rs can read from a store.
+#[derive(Debug, Clone, PartialEq)]
+struct View {
+    hard: HardState,
+    conf: ConfState,
+    snapshot: Snapshot,
+    first: u64,
+    last: u64,
+    /// Every stored entry (index, term, data), read straight from sled.
+    log: Vec<(u64, u64, Vec<u8>)>,
+}
+
+fn view(s: &SledStorage) -> View {
+    let st = s.initial_state().unwrap();
+    let log = s
+        .entries
+        .iter()
+        .values()
+        .map(|v| {
+            let e = Entry::parse_from_bytes(&v.unwrap()).unwrap();
+            (e.index, e.term, e.data.to_vec())
+        })
+        .collect();
+    View {
+        hard: st.hard_state,
+        conf: st.conf_state,
+        snapshot: s.last_snapshot().unwrap(),
+        first: s.first_index().unwrap(),
+        last: s.last_index().unwrap(),
+        log,
+    }
+}
+
+/// What raft-rs needs of a store it starts on (the driver starts it with
+/// `applied` = the snapshot's index): a log contiguous from the snapshot,
+/// a commit index inside it, a term for the snapshot's index; then
+/// `RawNode::new` itself, which panics on what it cannot use. Returns every
+/// check that fails.
+fn consistency(s: &SledStorage, v: &View) -> Vec<String> {
+    let mut bad = Vec::new();
+    let snap = v.snapshot.get_metadata();
+    let indexes: Vec<u64> = v.log.iter().map(|e| e.0).collect();
+    if !indexes.is_empty() && indexes != (v.first..=v.last).collect::<Vec<_>>() {
+        bad.push(format!(
+            "log not contiguous: {indexes:?} for first {} last {}",
+            v.first, v.last
+        ));
+    }
+    if indexes.is_empty() && (v.first, v.last) != (snap.index + 1, snap.index) {
+        bad.push(format!(
+            "empty log but first {} last {} around snapshot {}",
+            v.first, v.last, snap.index
+        ));
+    }
+    if v.first > snap.index + 1 || snap.index > v.last {
+        bad.push(format!(
+            "snapshot {} outside the log [{}, {}]",
+            snap.index, v.first, v.last
+        ));
+    }
+    if let Some(e) = v.log.iter().find(|e| e.0 == snap.index)
+        && e.1 != snap.term
+    {
+        bad.push(format!(
+            "entry {} has term {}, the snapshot there term {}",
+            e.0, e.1, snap.term
+        ));
+    }
+    match s.term(snap.index) {
+        Ok(t) if t == snap.term => {}
+        other => bad.push(format!(
+            "term of the snapshot's index {}: {other:?}",
+            snap.index
+        )),
+    }
+    if v.hard.commit < snap.index || v.hard.commit > v.last {
+        bad.push(format!(
+            "commit {} outside [snapshot {}, last {}]",
+            v.hard.commit, snap.index, v.last
+        ));
+    }
+    if snap.index > 0 && v.conf.voters.is_empty() {
+        bad.push("a snapshot but no voters".into());
+    }
+    let cfg = raft::Config {
+        id: 1,
+        applied: snap.index,
+        ..raft::Config::default()
+    };
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let store = s.clone();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        raft::RawNode::new(&cfg, store, &logger).map(drop)
+    })) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => bad.push(format!("raft-rs refuses the store: {e}")),
+        Err(p) => bad.push(format!(
+            "raft-rs refuses the store: panic {:?}",
+            p.downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+        )),
+    }
+    bad
+}
+
+/// Runs the workload; after every step, crashes a copy at every point (the
+/// durable image plus each prefix of the pending writes) and checks the
+/// reopened store: consistent, raft-rs starts on it, and it equals the
+/// store as it was after some whole step at or after the last sync (the
+/// acknowledged prefix survives, and no write survives in part). Returns
+/// every violation found, naming the step and the crash point.
+fn crash_everywhere(split_install: bool) -> (Vec<String>, usize) {
+    let mut s = SledStorage::simulated(1).unwrap();
+    s.split_install = split_install;
+    // states[m]: the store after m writing steps.
+    let mut states = vec![view(&s)];
+    let mut synced = 0;
+    let mut violations = Vec::new();
+    let mut crashes = 0;
+    for (n, step) in workload().iter().enumerate() {
+        run(&s, step);
+        if matches!(step, Step::Sync) {
+            synced = states.len() - 1;
+            assert_eq!(s.pending_writes(), 0);
+        } else {
+            states.push(view(&s));
+        }
+        // The script itself is a life raft-rs accepts.
+        let live = consistency(&s, states.last().unwrap());
+        assert!(live.is_empty(), "step {n} {step:?}: live store: {live:?}");
+        for keep in 0..=s.pending_writes() {
+            crashes += 1;
+            let c = s.crash(keep).unwrap();
+            let v = view(&c);
+            let at = format!("after step {n} ({step:?}), crash keeping {keep} write(s)");
+            for e in consistency(&c, &v) {
+                violations.push(format!("{at}: {e}"));
+            }
+            if !states[synced..].contains(&v) {
+                violations.push(format!(
+                    "{at}: the store matches no whole step since the last sync (step {synced}): {v:?}"
+                ));
+            }
+            if c.instance() != s.instance() {
+                violations.push(format!("{at}: instance id changed"));
+            }
+        }
+    }
+    (violations, crashes)
+}
+
+#[test]
+fn a_crash_between_any_two_writes_leaves_a_consistent_acknowledged_store() {
+    let (violations, crashes) = crash_everywhere(false);
+    assert!(violations.is_empty(), "{violations:#?}");
+    // Every step was crashed after, with at least one unsynced write often.
+    assert!(crashes > workload().len() + 10, "{crashes} crashes");
+}
+
+/// The planted bug: a snapshot installed in two writes (meta, then the
+/// log's removal). A crash between them leaves a commit index past the
+/// log; the harness must catch it.
+#[test]
+fn the_harness_catches_a_snapshot_install_split_in_two_writes() {
+    let (violations, _) = crash_everywhere(true);
+    for want in [
+        "matches no whole step",
+        "outside the log",
+        "raft-rs refuses the store",
+    ] {
+        assert!(
+            violations.iter().any(|v| v.contains(want)),
+            "no {want:?} in {violations:#?}"
+        );
+    }
+}
+
+// ---- Instance id. ----
+
+#[test]
+fn the_instance_id_is_stable_across_reopen_and_new_for_a_new_dir() {
+    let d = tempfile::tempdir().unwrap();
+    let first = SledStorage::open(d.path()).unwrap().instance();
+    assert_ne!(first, 0);
+    assert_eq!(reopen(d.path()).instance(), first);
+    let other = tempfile::tempdir().unwrap();
+    assert_ne!(SledStorage::open(other.path()).unwrap().instance(), first);
+}
+
+#[test]
+fn a_store_from_before_instance_ids_gets_one_that_stays() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let s = SledStorage::open(d.path()).unwrap();
+        s.append(&[entry(1, 1)]).unwrap();
+        s.meta.remove(K_INSTANCE).unwrap();
+        s.sync().unwrap();
+        s.db.flush().unwrap();
+    }
+    let id = reopen(d.path()).instance();
+    assert_ne!(id, 0);
+    let s = reopen(d.path());
+    assert_eq!(s.instance(), id);
+    assert_eq!(s.last_index().unwrap(), 1, "the log is kept");
+}
+
+// ---- Snapshot on demand. ----
+
+fn entries(from: u64, to: u64, term: u64) -> Vec<Entry> {
+    (from..=to).map(|i| entry(i, term)).collect()
+}
+
+fn conf(voters: Vec<u64>, learners: Vec<u64>) -> ConfState {
+    let mut cs = ConfState::default();
+    cs.voters = voters;
+    cs.learners = learners;
+    cs
+}
+
+#[test]
+fn a_snapshot_that_does_not_name_the_receiver_is_made_on_demand() {
+    let d = tempfile::tempdir().unwrap();
+    let s = SledStorage::open(d.path()).unwrap();
+    let twin = s.clone();
+    s.apply_snapshot(&snapshot(5, 2, vec![1, 2, 3])).unwrap();
+    assert!(!s.take_snapshot_request());
+
+    // Node 4 was added after the snapshot: raft-rs on node 4 would refuse it.
+    assert!(matches!(
+        s.snapshot(0, 4),
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable
+        ))
+    ));
+    assert!(twin.take_snapshot_request(), "clones share the request");
+    assert!(!s.take_snapshot_request(), "taking it clears it");
+
+    // Too old for the request.
+    assert!(matches!(
+        s.snapshot(6, 3),
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable
+        ))
+    ));
+    assert!(s.take_snapshot_request());
+
+    // One that names it, as a learner, is sent; no request.
+    s.append(&entries(6, 8, 2)).unwrap();
+    s.create_snapshot(8, &conf(vec![1, 2, 3], vec![4]), b"state@8".to_vec())
+        .unwrap();
+    let snap = s.snapshot(0, 4).unwrap();
+    assert_eq!(snap.get_metadata().index, 8);
+    assert_eq!(snap.get_data(), b"state@8");
+    assert_eq!(s.snapshot(8, 2).unwrap().get_metadata().index, 8);
+    assert!(!s.take_snapshot_request());
 }
