@@ -402,6 +402,14 @@ pub mod cfg_jitter {
 
 type Reply = oneshot::Sender<Result<u64, MeshError>>;
 
+/// No honest term comes near this (raft-rs overflows past u64::MAX).
+const MAX_TERM: u64 = 1 << 48;
+/// No honest log index (or term) comes near this.
+const MAX_INDEX: u64 = 1 << 56;
+/// How far past this node's term a peer's message may be: elections are
+/// rare and pre-vote keeps a cut-off node's term from rising.
+const MAX_TERM_LEAP: u64 = 1 << 20;
+
 /// How long a peer may stay in raft's snapshot state before the driver
 /// calls the snapshot failed (a lost report must not stall the peer
 /// forever): longer than the transport's deadline for a snapshot call.
@@ -699,9 +707,134 @@ impl<O: Outbox> Core<O> {
         self.raw.raft.raft_log.last_index() > 0
     }
 
+    /// Why a peer's message must not reach raft-rs: it would make it panic
+    /// (a commit past the log, an append rewriting committed entries, an
+    /// empty proposal, a snapshot that does not restore), or it carries
+    /// what no honest peer sends (a term from nowhere, a proposal for
+    /// another node, a conf change forwarded past the leader's checks).
+    fn refusal(&self, m: &Message) -> Option<&'static str> {
+        let r = &self.raw.raft;
+        let log = &r.raft_log;
+        if m.term > MAX_TERM {
+            return Some("term");
+        }
+        if self.has_state() && m.term > r.term.saturating_add(MAX_TERM_LEAP) {
+            return Some("term");
+        }
+        let snap_index = m.get_snapshot().get_metadata().index;
+        let indexes = [m.index, m.commit, m.reject_hint, m.log_term, snap_index];
+        if indexes.iter().any(|i| *i > MAX_INDEX)
+            || m.get_entries()
+                .iter()
+                .any(|e| e.index > MAX_INDEX || e.term > MAX_TERM)
+        {
+            return Some("index");
+        }
+        let replicates = matches!(
+            m.get_msg_type(),
+            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+        );
+        // In this node's term, only the leader it knows replicates.
+        if replicates
+            && m.term == r.term
+            && r.leader_id != raft::INVALID_ID
+            && m.from != r.leader_id
+        {
+            return Some("not_the_leader");
+        }
+        match m.get_msg_type() {
+            MessageType::MsgPropose => {
+                if m.entries.is_empty() {
+                    return Some("empty_proposal");
+                }
+                for e in m.get_entries() {
+                    if e.get_entry_type() != EntryType::EntryNormal {
+                        return Some("forwarded_conf_change");
+                    }
+                    match decode(&e.data) {
+                        Ok(Command::Observe { node, .. }) if node == m.from => {}
+                        _ => return Some("foreign_proposal"),
+                    }
+                }
+            }
+            // A read carries exactly its request context.
+            MessageType::MsgReadIndex | MessageType::MsgReadIndexResp if m.entries.len() != 1 => {
+                return Some("malformed_read_index");
+            }
+            MessageType::MsgHeartbeat if m.commit > log.last_index() => {
+                return Some("commit_past_log");
+            }
+            MessageType::MsgAppend => {
+                // raft-rs reads a term past its log as 0: a "previous
+                // entry" of term 0 would match an entry it does not have.
+                if m.index > 0 && m.log_term == 0 {
+                    return Some("malformed_append");
+                }
+                let mut prev = (m.index, m.log_term);
+                for e in m.get_entries() {
+                    if Some(e.index) != prev.0.checked_add(1)
+                        || e.term == 0
+                        || e.term < prev.1
+                        || e.term > m.term
+                    {
+                        return Some("malformed_append");
+                    }
+                    if e.index <= log.committed && log.term(e.index).is_ok_and(|t| t != e.term) {
+                        return Some("rewrites_committed");
+                    }
+                    prev = (e.index, e.term);
+                }
+            }
+            MessageType::MsgAppendResponse if !m.reject && m.index > log.last_index() => {
+                return Some("ack_past_log");
+            }
+            MessageType::MsgTimeoutNow if m.from != r.leader_id || m.term != r.term => {
+                return Some("timeout_not_from_leader");
+            }
+            MessageType::MsgSnapshot => return self.snapshot_refusal(m),
+            _ => {}
+        }
+        None
+    }
+
+    fn snapshot_refusal(&self, m: &Message) -> Option<&'static str> {
+        let snap = m.get_snapshot();
+        let meta = snap.get_metadata();
+        let cs = meta.get_conf_state();
+        let me = self.cfg.id;
+        let overlap = cs.voters.iter().any(|v| cs.learners.contains(v));
+        if meta.index == 0
+            || meta.term == 0
+            || meta.term > m.term
+            || cs.voters.is_empty()
+            || overlap
+            || !(cs.voters.contains(&me) || cs.learners.contains(&me))
+            || !cs.voters_outgoing.is_empty()
+        {
+            return Some("bad_snapshot");
+        }
+        match StateMachine::restore(&snap.data) {
+            Err(_) => Some("bad_snapshot"),
+            Ok(sm) => {
+                let ours = self.read().sm.cluster_id().to_owned();
+                if !ours.is_empty() && sm.cluster_id() != ours {
+                    Some("other_cluster")
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
     fn handle(&mut self, input: Input) {
         match input {
             Input::Raft(m) => {
+                if let Some(reason) = self.refusal(&m) {
+                    metrics::counter!(crate::metrics::RAFT_REFUSED, "reason" => reason)
+                        .increment(1);
+                    tracing::debug!(from = m.from, kind = ?m.get_msg_type(), reason, "peer message refused");
+                    return;
+                }
                 let t = m.get_msg_type();
                 if matches!(
                     t,

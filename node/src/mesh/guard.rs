@@ -89,6 +89,9 @@ pub enum Refusal {
     /// A message type no peer sends.
     #[error("a peer may not send {0:?}")]
     Forbidden(MessageType),
+    /// A term where raft-rs expects none, or none where it expects one.
+    #[error("a {0:?} with an impossible term")]
+    BadTerm(MessageType),
 }
 
 impl Refusal {
@@ -102,6 +105,7 @@ impl Refusal {
             Refusal::ReplacedThere { .. } => "replaced_there",
             Refusal::Mismatch { .. } => "mismatch",
             Refusal::Forbidden(_) => "forbidden",
+            Refusal::BadTerm(_) => "bad_term",
         }
     }
 }
@@ -175,12 +179,24 @@ pub fn check_message(env: &Envelope, m: &Message) -> Result<(), Refusal> {
         });
     }
     match m.get_msg_type() {
-        // Local messages raft-rs makes for itself; never from the network.
+        // Local messages raft-rs makes for itself, and leadership transfer
+        // (the API carries it to the leader, which transfers): never from
+        // the network.
         MessageType::MsgHup
         | MessageType::MsgBeat
         | MessageType::MsgUnreachable
         | MessageType::MsgSnapStatus
-        | MessageType::MsgCheckQuorum => Err(Refusal::Forbidden(m.get_msg_type())),
+        | MessageType::MsgCheckQuorum
+        | MessageType::MsgTransferLeader => Err(Refusal::Forbidden(m.get_msg_type())),
+        // Forwarded to the leader as local messages: no term (raft-rs would
+        // panic forwarding one that has a term).
+        MessageType::MsgPropose | MessageType::MsgReadIndex if m.term != 0 => {
+            Err(Refusal::BadTerm(m.get_msg_type()))
+        }
+        MessageType::MsgPropose | MessageType::MsgReadIndex => Ok(()),
+        // Everything else carries its sender's term (raft-rs would take
+        // one without as its own local message).
+        _ if m.term == 0 => Err(Refusal::BadTerm(m.get_msg_type())),
         _ => Ok(()),
     }
 }
