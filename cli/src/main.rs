@@ -89,6 +89,10 @@ enum MemberCommand {
     Remove {
         /// Its Raft id.
         id: u64,
+        /// Remove it even if the voters left could not form a reachable
+        /// quorum (the cluster then waits until enough of them are back).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -204,10 +208,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 ));
                 Ok(())
             }
-            Some(MemberCommand::Remove { id }) => {
-                let (_, r) =
-                    conn.call(|mut c| async move {
-                        c.remove_member(pb::RemoveMemberRequest { id }).await
+            Some(MemberCommand::Remove { id, force }) => {
+                let (_, r) = conn
+                    .call(|mut c| async move {
+                        c.remove_member(pb::RemoveMemberRequest { id, force }).await
                     })
                     .await?;
                 print(&output::member_change(

@@ -308,15 +308,18 @@ impl Watchdog for Api {
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
-        let id = request.get_ref().id;
+        let pb::RemoveMemberRequest { id, force } = *request.get_ref();
         if let Some((leader, addr)) = self.leader_elsewhere(&request)? {
             return leader_client(leader, addr, WRITE_DEADLINE + TRANSFER_DEADLINE)
                 .await?
-                .remove_member(mark_forwarded(Request::new(pb::RemoveMemberRequest { id })))
+                .remove_member(mark_forwarded(Request::new(pb::RemoveMemberRequest {
+                    id,
+                    force,
+                })))
                 .await;
         }
         if id != self.me {
-            return self.change_member(MemberChange::Remove(id)).await;
+            return self.change_member(MemberChange::Remove(id, force)).await;
         }
         // Removing the leader: hand leadership to the most caught-up voter
         // first, then have the new leader remove this node, so the cluster
@@ -350,7 +353,10 @@ impl Watchdog for Api {
         };
         leader_client(leader, addr, WRITE_DEADLINE + Duration::from_secs(1))
             .await?
-            .remove_member(mark_forwarded(Request::new(pb::RemoveMemberRequest { id })))
+            .remove_member(mark_forwarded(Request::new(pb::RemoveMemberRequest {
+                id,
+                force,
+            })))
             .await
     }
 

@@ -260,3 +260,55 @@ async fn a_config_that_disagrees_with_the_membership_is_reported_not_used() {
     let zone2 = s.members.iter().find(|m| m.id == 2).unwrap().zone.clone();
     assert_eq!(zone2, "zone-b");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_that_would_leave_no_reachable_quorum_is_refused_unless_forced() {
+    let app = AppStub::start().await;
+    let ctx = Ctx {
+        service: Some(app.addr),
+        closed: None,
+    };
+    let mut c = Cluster::start(&spec(3), &ctx).await;
+    let (leader, _) = c.wait_leader(&[0, 1, 2], LONG).await;
+    let li = c.index(leader);
+    let others: Vec<usize> = (0..3).filter(|i| *i != li).collect();
+    // One follower is down; removing the other would leave the leader and
+    // the dead one: no quorum that answers.
+    c.kill(others[0]).await;
+    let down_id = others[0] as u64 + 1;
+    wait_for("the leader sees the node down", LONG, || async {
+        let s = c.status(li).await?.cluster.unwrap_or_default();
+        match s.members.iter().find(|m| m.id == down_id) {
+            Some(m) if !m.reachable => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let victim = (others[1] as u64 + 1).to_string();
+    let refused = wait_for("the removal refused", LONG, || async {
+        let out = Cluster::faxictl(&c.endpoints(&[li]), &["members", "remove", &victim]).await;
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.code() == Some(1) && err.contains("no quorum") {
+            Ok(err)
+        } else {
+            // The leader may not have noticed the dead node yet.
+            Err(format!("exit {:?}: {err}", out.status.code()))
+        }
+    })
+    .await;
+    assert!(refused.contains("--force"), "{refused}");
+    let s = c.status(li).await.unwrap().cluster.unwrap();
+    assert_eq!(s.members.len(), 3, "a refused removal changed the members");
+    // Forced, it is done; the two voters left wait for the dead one, which
+    // comes back and the cluster commits again.
+    faxictl_ok(
+        &c.endpoints(&[li]),
+        &["members", "remove", &victim, "--force"],
+    )
+    .await;
+    c.restart(others[0]).await;
+    let (l, _) = c.wait_leader(&[li, others[0]], LONG).await;
+    assert!(l == leader || l == down_id);
+    let before = c.status(li).await.unwrap().cluster.unwrap().commit_index;
+    commits_past(&c, li, before).await;
+}

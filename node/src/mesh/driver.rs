@@ -93,8 +93,9 @@ pub enum MeshError {
 pub enum MemberChange {
     /// Add the node, or replace its zone and address.
     Set(NodeId, Member),
-    /// Remove the node.
-    Remove(NodeId),
+    /// Remove the node; `force`: even if the voters left could not form a
+    /// reachable quorum.
+    Remove(NodeId, bool),
 }
 
 /// Inputs to the driver thread.
@@ -1002,7 +1003,7 @@ impl<O: Outbox> Core<O> {
                     .map_err(|e| MeshError::Invalid(e.to_string()))?
                     .into();
             }
-            MemberChange::Remove(id) => {
+            MemberChange::Remove(id, force) => {
                 if !members.contains_key(id) && !conf.learners().contains(id) {
                     return Err(MeshError::Invalid(format!("node {id} is not a member")));
                 }
@@ -1015,6 +1016,26 @@ impl<O: Outbox> Core<O> {
                     return Err(MeshError::Invalid(format!(
                         "node {id} is the last voter; a cluster cannot remove it"
                     )));
+                }
+                if voters.contains(*id) && !force {
+                    // The voters left must be able to commit: a quorum of
+                    // them that the leader's last message reached (the
+                    // leader counts itself).
+                    let left: Vec<NodeId> = voters.iter().filter(|v| v != id).collect();
+                    let reachable = self.transport.reachable();
+                    let live = left
+                        .iter()
+                        .filter(|v| {
+                            **v == self.cfg.id || reachable.get(*v).copied().unwrap_or(false)
+                        })
+                        .count();
+                    if live < left.len() / 2 + 1 {
+                        return Err(MeshError::Invalid(format!(
+                            "removing node {id} would leave {} voter(s) of which only {live} \
+                             answer: no quorum; bring them back first, or remove with --force",
+                            left.len()
+                        )));
+                    }
                 }
                 cc.set_change_type(ConfChangeType::RemoveNode);
                 cc.node_id = *id;
