@@ -30,6 +30,12 @@ use super::state::{Command, Member, NodeId, StateMachine, Transition};
 use super::storage::SledStorage;
 use super::transport::Transport;
 
+#[cfg(test)]
+mod read_tests;
+mod reads;
+
+use reads::Reads;
+
 /// How many inputs the driver's channel holds before senders are refused.
 pub const INBOX: usize = 4096;
 
@@ -108,6 +114,10 @@ pub enum Input {
     Unreachable(NodeId),
     /// A snapshot was (or was not) delivered.
     SnapshotDone(NodeId, bool),
+    /// Confirm with the leader that this node's state is current (a raft
+    /// read-index round); answered with the read index once this node has
+    /// applied up to it.
+    ReadIndex(oneshot::Sender<Result<u64, MeshError>>),
 }
 
 /// The Raft side of status, as this node sees it.
@@ -140,17 +150,17 @@ pub struct Shared {
     pub sm: StateMachine,
     /// Raft status.
     pub info: RaftInfo,
-    /// When a message from the current leader last arrived (followers).
+    /// When a message from a leader last arrived (followers), or when this
+    /// node last ticked as the leader. Kept when the leader is lost.
     pub leader_heard: Option<Instant>,
 }
 
 impl Shared {
-    /// Time since the leader was last heard: zero on the leader, `None`
-    /// when no leader is known or none has been heard yet.
+    /// Time since a leader was last heard: zero on the leader; once a
+    /// leader was heard, it keeps growing after the leader is lost (an
+    /// election, a cut); `None` only when no leader was ever heard.
     pub fn leader_contact(&self) -> Option<Duration> {
-        if self.info.leader == raft::INVALID_ID {
-            None
-        } else if self.info.leader == self.info.id {
+        if self.info.leader != raft::INVALID_ID && self.info.leader == self.info.id {
             Some(Duration::ZERO)
         } else {
             self.leader_heard.map(|t| t.elapsed())
@@ -202,6 +212,17 @@ impl Mesh {
     ) -> Result<u64, MeshError> {
         let (tx, rx) = oneshot::channel();
         self.send(Input::Member(change, tx))?;
+        wait(rx, deadline).await
+    }
+
+    /// Confirms with the leader that this node's state is current (raft's
+    /// read index; on a follower the leader is asked): the read index, once
+    /// this node has applied up to it. `NoLeader` when no leader is known or
+    /// leadership changes meanwhile; `Timeout` when the leader cannot be
+    /// heard within `deadline` (a node cut off from it cannot confirm).
+    pub async fn read_index(&self, deadline: Duration) -> Result<u64, MeshError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Input::ReadIndex(tx))?;
         wait(rx, deadline).await
     }
 
@@ -318,6 +339,8 @@ pub struct Core<O: Outbox> {
     last_snapshot: u64,
     last_info: RaftInfo,
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Read-index requests in flight.
+    reads: Reads,
 }
 
 /// The context that marks an entry as ours: proposer id and sequence.
@@ -447,6 +470,7 @@ impl<O: Outbox> Core<O> {
             last_snapshot: applied,
             last_info: RaftInfo::default(),
             stopping: Arc::default(),
+            reads: Reads::default(),
         };
         core.refresh_peers();
         core.export_all_targets();
@@ -518,12 +542,14 @@ impl<O: Outbox> Core<O> {
     fn tick(&mut self) {
         self.raw.tick();
         self.pending.retain(|_, r| !r.is_closed());
+        self.tick_reads();
     }
 
     fn fail_pending(&mut self) {
         for (_, r) in self.pending.drain() {
             let _ = r.send(Err(MeshError::Stopped));
         }
+        self.reads.fail_all(&MeshError::Stopped);
     }
 
     fn handle(&mut self, input: Input) {
@@ -627,6 +653,7 @@ impl<O: Outbox> Core<O> {
                     raft::SnapshotStatus::Failure
                 },
             ),
+            Input::ReadIndex(reply) => self.start_read(reply),
         }
     }
 
@@ -635,6 +662,7 @@ impl<O: Outbox> Core<O> {
             return Ok(());
         }
         let mut ready = self.raw.ready();
+        self.reads.confirmed(ready.take_read_states());
         // Leader messages may leave before the leader's own write.
         self.transport.send(ready.take_messages());
         if !ready.snapshot().is_empty() {
@@ -667,6 +695,7 @@ impl<O: Outbox> Core<O> {
         self.apply(committed)?;
         self.raw.advance_apply();
         self.maybe_snapshot()?;
+        self.answer_reads();
         Ok(())
     }
 
