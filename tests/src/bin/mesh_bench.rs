@@ -125,9 +125,8 @@ async fn in_process_mesh(dir: &std::path::Path) -> Vec<Mesh> {
         let (_, peer_svc) = api.services();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(peer_svc)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+                .serve_with_incoming(faxi_watchdog::api::incoming(listener)),
         );
         meshes.push(mesh);
     }
