@@ -167,7 +167,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Status => {
             let (_, s) = conn
-                .call(|mut c| async move { c.status(pb::StatusRequest {}).await })
+                .call(|mut c| async move { c.status(pb::StatusRequest::default()).await })
                 .await?;
             print(&match cli.output {
                 Output::Table => output::status_table(&s),
@@ -179,7 +179,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Members { change } => match change {
             None | Some(MemberCommand::List) => {
                 let (_, s) = conn
-                    .call(|mut c| async move { c.status(pb::StatusRequest {}).await })
+                    .call(|mut c| async move { c.status(pb::StatusRequest::default()).await })
                     .await?;
                 let members = s.cluster.map(|c| c.members).unwrap_or_default();
                 print(&match cli.output {
@@ -327,7 +327,7 @@ async fn watch(conn: &Conn, out: Output) -> Result<(), Failure> {
     loop {
         let (ep, mut stream) = conn
             .call(|mut c| async move {
-                let mut req = tonic::Request::new(pb::StatusRequest {});
+                let mut req = tonic::Request::new(pb::StatusRequest::default());
                 // A watch has no deadline: it runs until interrupted.
                 req.set_timeout(Duration::from_secs(365 * 24 * 3600));
                 c.watch(req).await
