@@ -75,6 +75,28 @@ async fn status_shows_counts_and_what_is_not_up_and_filters_on_request() {
     c.wait_state(&[0, 1, 2], "app", "UP", LONG).await;
     c.wait_state(&[0, 1, 2], "gone", "DOWN", LONG).await;
     c.wait_state(&[0, 1, 2], "cache", "SUSPECT", LONG).await;
+    // The states above hold with two zones' views; wait for all three.
+    wait_for(
+        "every node's view of every target everywhere",
+        LONG,
+        || async {
+            for i in 0..3 {
+                let s = c.status(i).await?;
+                for t in &s.targets {
+                    if t.nodes.len() != 3 {
+                        return Err(format!(
+                            "node {}: {} has {} views",
+                            i + 1,
+                            t.name,
+                            t.nodes.len()
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
     let eps = c.endpoints(&[0, 1, 2]);
 
     // The table: counts over every target, rows for those not UP.
