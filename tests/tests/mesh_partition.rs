@@ -295,6 +295,31 @@ async fn a_cut_off_node_answers_stale_and_faxictl_moves_on_to_a_fresh_one() {
     );
     assert!(s.read_index > 1);
 
+    // A watch on zone-c's node, started while it is fresh.
+    let eps = c.endpoints(&[zone_c, 0, 1]);
+    let mut early_watch = tokio::process::Command::new(faxi_tests::workspace_bin("faxictl"))
+        .args(["watch", "--output", "json"])
+        .env("FAXI_ENDPOINTS", &eps)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut early = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        early_watch.stdout.take().unwrap(),
+    ));
+    let next_doc = |line: Option<String>| -> serde_json::Value {
+        serde_json::from_str(&line.expect("the watch ended")).unwrap()
+    };
+    let v = next_doc(
+        tokio::time::timeout(LONG, early.next_line())
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    assert_eq!(v["cluster"]["answered_by"]["id"], 3);
+    assert_eq!(v["stale"], false);
+
     // zone-c's node is cut off from its two peers; then redis dies.
     net.isolate(zone_c);
     c.wait_leader(&majority, LONG).await;
@@ -346,8 +371,33 @@ async fn a_cut_off_node_answers_stale_and_faxictl_moves_on_to_a_fresh_one() {
     assert!(m.stale);
     drop(w);
 
+    // The watch that was on zone-c's node says when it turned stale, then
+    // goes on from a fresh node, which sees redis DOWN.
+    let mut saw_stale = false;
+    loop {
+        let v = next_doc(
+            tokio::time::timeout(LONG, early.next_line())
+                .await
+                .expect("the watch went quiet")
+                .unwrap(),
+        );
+        if v["cluster"]["answered_by"]["id"] == 3 {
+            saw_stale |= v["stale"] == true;
+            continue;
+        }
+        assert_eq!(v["stale"], false, "{v}");
+        assert!(saw_stale, "moved on without marking the stale message");
+        let redis_down = v["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "redis" && t["state"] == "DOWN");
+        assert!(redis_down, "{v}");
+        break;
+    }
+    early_watch.kill().await.unwrap();
+
     // faxictl given zone-c's endpoint first moves on to a fresh node.
-    let eps = c.endpoints(&[zone_c, 0, 1]);
     let (code, out, err) = faxictl(&eps, &["status", "--output", "json"]).await;
     assert_eq!(code, Some(0), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
