@@ -1,33 +1,44 @@
 //! `faxictl`: the command line for a faxi-watchdog mesh.
 //!
 //! Exit codes: 0 done; 1 the mesh answered with an error (a bad request, no
-//! leader, a change that did not commit); 2 bad usage; 3 no endpoint
-//! answered.
+//! leader, a change that did not commit, no node able to answer fresh); 2
+//! bad usage; 3 no endpoint answered.
 
 mod output;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use faxi_proto::v1 as pb;
 use faxi_proto::v1::watchdog_client::WatchdogClient;
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
 /// faxictl's default endpoints: the nodes of `faxi-watchdog dev`.
 const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403";
 
 const EXIT_ERROR: u8 = 1;
+const EXIT_USAGE: u8 = 2;
 const EXIT_UNREACHABLE: u8 = 3;
+
+/// Longest `--timeout` that makes sense for one command.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Longest `--name` pattern.
+const MAX_PATTERN: usize = 256;
+/// No target is named this (names are letters, digits, '-', '_' and '.'):
+/// a status filtered by it carries the cluster and no target.
+const NO_TARGET: &str = "/";
 
 /// The command line for a faxi-watchdog mesh.
 ///
-/// Exit codes: 0 done, 1 the mesh answered with an error, 2 bad usage,
-/// 3 no endpoint answered.
+/// Exit codes: 0 done, 1 the mesh answered with an error (or no node could
+/// answer fresh), 2 bad usage, 3 no endpoint answered.
 #[derive(Debug, Parser)]
 #[command(name = "faxictl", version, about, long_about = None)]
 struct Cli {
-    /// Nodes to ask (host:port, comma-separated); the first that answers is used.
+    /// Nodes to ask (host:port or http://host:port, comma-separated); the
+    /// first that answers (fresh, for reads) is used.
     #[arg(
         long,
         global = true,
@@ -39,9 +50,15 @@ struct Cli {
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
     output: Output,
-    /// Deadline of each request.
-    #[arg(long, global = true, default_value = "3s", value_parser = humantime::parse_duration)]
+    /// Time the whole command may take; each endpoint gets its share of
+    /// what is left (a silent one cannot use it all).
+    #[arg(long, global = true, default_value = "3s", value_parser = parse_timeout)]
     timeout: Duration,
+    /// Reads: show a node's answer even when it could not confirm it with
+    /// the leader (marked stale, with its age), instead of moving on to a
+    /// node that can.
+    #[arg(long, global = true)]
+    allow_stale: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,10 +71,53 @@ enum Output {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StateArg {
+    #[value(name = "UP")]
+    Up,
+    #[value(name = "DOWN")]
+    Down,
+    #[value(name = "SUSPECT")]
+    Suspect,
+    #[value(name = "UNKNOWN")]
+    Unknown,
+    #[value(name = "STALE")]
+    Stale,
+}
+
+impl StateArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            StateArg::Up => "UP",
+            StateArg::Down => "DOWN",
+            StateArg::Suspect => "SUSPECT",
+            StateArg::Unknown => "UNKNOWN",
+            StateArg::Stale => "STALE",
+        }
+    }
+}
+
+/// Which targets `status` shows.
+#[derive(Debug, Args)]
+struct Select {
+    /// Every target (the table shows only those not UP by default; JSON
+    /// always has every target unless filtered).
+    #[arg(long, conflicts_with = "state")]
+    all: bool,
+    /// Only targets in these states (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', ignore_case = true)]
+    state: Vec<StateArg>,
+    /// Only targets whose name matches: an exact name or a pattern with `*`
+    /// and `?` (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',', value_parser = parse_pattern)]
+    name: Vec<String>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// The cluster (leader, term, members) and every target's agreed state.
-    Status,
+    /// The cluster, counts per state, and the targets that are not UP
+    /// (`--all` for every one).
+    Status(Select),
     /// Status, then every change as it happens (Ctrl-C to stop).
     Watch,
     /// List members, or add or remove one.
@@ -96,6 +156,65 @@ enum MemberCommand {
     },
 }
 
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(1) {
+        return Err("must be at least 1ms".into());
+    }
+    if d > MAX_TIMEOUT {
+        return Err(format!(
+            "must be at most {}",
+            humantime::format_duration(MAX_TIMEOUT)
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_pattern(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= MAX_PATTERN
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '*' | '?'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "\"{s}\" is not a name pattern: use 1 to {MAX_PATTERN} letters, digits, '-', '_', '.', '*' or '?'"
+        ))
+    }
+}
+
+/// An endpoint as given, checked: where to connect.
+fn endpoint_uri(e: &str) -> Result<String, String> {
+    let rest = match e.split_once("://") {
+        None => e,
+        Some(("http", rest)) => rest,
+        Some(("https", _)) => {
+            return Err(format!(
+                "{e}: TLS (https://) is not supported yet; this build speaks plaintext gRPC only (host:port or http://host:port)"
+            ));
+        }
+        Some((scheme, _)) => {
+            return Err(format!(
+                "{e}: unknown scheme {scheme}:// (use host:port or http://host:port)"
+            ));
+        }
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let bad = || format!("{e}: not host:port");
+    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = !host.is_empty()
+        && !host.contains(['/', '?', '#', '@'])
+        && !host.chars().any(char::is_whitespace);
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && host_ok => {}
+        _ => return Err(bad()),
+    }
+    let uri = format!("http://{rest}");
+    tonic::transport::Endpoint::from_shared(uri.clone()).map_err(|_| bad())?;
+    Ok(uri)
+}
+
 /// A failure, and the exit code it gives.
 struct Failure {
     code: u8,
@@ -103,10 +222,10 @@ struct Failure {
 }
 
 impl Failure {
-    fn mesh(endpoint: &str, s: &tonic::Status) -> Self {
+    fn usage(message: String) -> Self {
         Self {
-            code: EXIT_ERROR,
-            message: format!("{endpoint}: {}", describe(s)),
+            code: EXIT_USAGE,
+            message,
         }
     }
 }
@@ -152,29 +271,62 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let endpoints: Vec<String> = cli
+    let mut endpoints = Vec::new();
+    for e in cli
         .endpoints
         .iter()
-        .map(|e| e.trim().to_owned())
+        .map(|e| e.trim())
         .filter(|e| !e.is_empty())
-        .collect();
+    {
+        let uri = endpoint_uri(e).map_err(Failure::usage)?;
+        endpoints.push((e.to_owned(), uri));
+    }
     if endpoints.is_empty() {
-        return Err(Failure {
-            code: 2,
-            message: "no endpoints given (--endpoints or FAXI_ENDPOINTS)".into(),
-        });
+        return Err(Failure::usage(
+            "no endpoints given (--endpoints or FAXI_ENDPOINTS)".into(),
+        ));
     }
     let conn = Conn {
         endpoints,
         timeout: cli.timeout,
+        allow_stale: cli.allow_stale,
     };
     match cli.command {
-        Command::Status => {
-            let (_, s) = conn
-                .call(|mut c| async move { c.status(pb::StatusRequest {}).await })
-                .await?;
+        Command::Status(sel) => {
+            let filtered = !sel.state.is_empty() || !sel.name.is_empty();
+            let mut states: Vec<String> = sel.state.iter().map(|s| s.as_str().to_owned()).collect();
+            // The table shows what needs attention unless asked otherwise;
+            // JSON keeps every target (scripts rely on it) unless filtered.
+            let not_up_only = cli.output == Output::Table && !sel.all && !filtered;
+            if not_up_only {
+                states = [
+                    StateArg::Down,
+                    StateArg::Suspect,
+                    StateArg::Unknown,
+                    StateArg::Stale,
+                ]
+                .iter()
+                .map(|s| s.as_str().to_owned())
+                .collect();
+            }
+            let req = pb::StatusRequest {
+                allow_stale: false,
+                states,
+                names: sel.name.clone(),
+                include_nodes: None,
+            };
+            let (_, s) = conn.status(req).await?;
             print(&match cli.output {
-                Output::Table => output::status_table(&s),
+                Output::Table => output::status_table(
+                    &s,
+                    if not_up_only {
+                        output::Shown::NotUp
+                    } else if filtered {
+                        output::Shown::Filtered
+                    } else {
+                        output::Shown::All
+                    },
+                ),
                 Output::Json => output::status_json(&s),
             });
             Ok(())
@@ -182,9 +334,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Watch => watch(&conn, cli.output).await,
         Command::Members { change } => match change {
             None | Some(MemberCommand::List) => {
-                let (_, s) = conn
-                    .call(|mut c| async move { c.status(pb::StatusRequest {}).await })
-                    .await?;
+                let (_, s) = conn.status(cluster_only()).await?;
                 let members = s.cluster.map(|c| c.members).unwrap_or_default();
                 print(&match cli.output {
                     Output::Table => output::members_table(&members),
@@ -195,8 +345,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Some(MemberCommand::Add { id, zone, addr }) => {
                 let req = pb::AddMemberRequest { id, zone, addr };
                 let (_, r) = conn
-                    .call(|mut c| {
-                        let req = req.clone();
+                    .write(|mut c, t| {
+                        let mut req = tonic::Request::new(req.clone());
+                        req.set_timeout(t);
                         async move { c.add_member(req).await }
                     })
                     .await?;
@@ -210,8 +361,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Some(MemberCommand::Remove { id, force }) => {
                 let (_, r) = conn
-                    .call(|mut c| async move {
-                        c.remove_member(pb::RemoveMemberRequest { id, force }).await
+                    .write(|mut c, t| {
+                        let mut req = tonic::Request::new(pb::RemoveMemberRequest { id, force });
+                        req.set_timeout(t);
+                        async move { c.remove_member(req).await }
                     })
                     .await?;
                 print(&output::member_change(
@@ -225,9 +378,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         },
         Command::TransferLeader { id } => {
             let (_, r) = conn
-                .call(|mut c| async move {
-                    c.transfer_leader(pb::TransferLeaderRequest { to: id })
-                        .await
+                .write(|mut c, t| {
+                    let mut req = tonic::Request::new(pb::TransferLeaderRequest { to: id });
+                    req.set_timeout(t);
+                    async move { c.transfer_leader(req).await }
                 })
                 .await?;
             print(&match cli.output {
@@ -242,6 +396,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+/// A status request for the cluster alone (members, leader), no target.
+fn cluster_only() -> pb::StatusRequest {
+    pb::StatusRequest {
+        allow_stale: false,
+        states: Vec::new(),
+        names: vec![NO_TARGET.to_owned()],
+        include_nodes: Some(false),
+    }
+}
+
 #[allow(clippy::print_stdout)]
 fn print(s: &str) {
     use std::io::Write;
@@ -251,58 +415,84 @@ fn print(s: &str) {
     let _ = out.flush();
 }
 
-/// Endpoints and the deadline of each call.
+/// What one endpoint did with a call.
+enum Attempt<T> {
+    /// A usable answer.
+    Answer(T),
+    /// Move on; `answered` when the node did answer (unavailable, stale).
+    Skip { why: String, answered: bool },
+    /// Final: an error answer.
+    Fail(Failure),
+}
+
+/// Endpoints and the time a command may take.
 struct Conn {
-    endpoints: Vec<String>,
+    /// (as given, URI).
+    endpoints: Vec<(String, String)>,
     timeout: Duration,
+    allow_stale: bool,
 }
 
 impl Conn {
-    async fn connect(&self, endpoint: &str) -> Result<WatchdogClient<Channel>, String> {
-        let uri = if endpoint.contains("://") {
-            endpoint.to_owned()
-        } else {
-            format!("http://{endpoint}")
-        };
-        let ep = tonic::transport::Endpoint::from_shared(uri)
+    async fn connect(uri: &str, within: Duration) -> Result<WatchdogClient<Channel>, String> {
+        let ep = tonic::transport::Endpoint::from_shared(uri.to_owned())
             .map_err(|e| format!("not a valid endpoint: {e}"))?
-            .connect_timeout(self.timeout)
-            .timeout(self.timeout);
-        let channel = tokio::time::timeout(self.timeout, ep.connect())
+            .connect_timeout(within);
+        let channel = tokio::time::timeout(within, ep.connect())
             .await
-            .map_err(|_| format!("no answer within {:?}", self.timeout))?
-            .map_err(|e| connect_error(&e))?;
+            .map_err(|_| format!("no connection within {}", ms(within)))?
+            .map_err(|e| error_chain(&e))?;
         Ok(WatchdogClient::new(channel).max_decoding_message_size(256 * 1024 * 1024))
     }
 
-    /// Calls `f` on each endpoint in turn until one answers. An endpoint
-    /// that cannot be reached, or that is unavailable (no leader where one
-    /// is needed), is skipped; any other answer, error or not, is final.
-    async fn call<T, F, Fut>(&self, f: F) -> Result<(String, T), Failure>
+    /// Runs `f` on each endpoint in turn until one gives a usable answer.
+    /// Endpoint `i` gets its share of the time left before `end` (what is
+    /// left divided among the endpoints not tried yet) to connect and for
+    /// `f`, which is handed the share left once connected and must keep to
+    /// it (or say why not).
+    async fn each<T, F, Fut>(&self, end: Instant, f: F) -> Result<(String, T), Failure>
     where
-        F: Fn(WatchdogClient<Channel>) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        F: Fn(WatchdogClient<Channel>, Duration) -> Fut,
+        Fut: std::future::Future<Output = Attempt<T>>,
     {
         let mut tried = Vec::new();
-        // An endpoint we connected to that said "unavailable" (no leader)
-        // answered: that is exit 1, not "nothing answered".
         let mut answered = false;
-        for ep in &self.endpoints {
-            let client = match self.connect(ep).await {
+        let mut stale = false;
+        let n = self.endpoints.len();
+        for (i, (ep, uri)) in self.endpoints.iter().enumerate() {
+            let left = end.saturating_duration_since(Instant::now());
+            let share = left / u32::try_from(n - i).unwrap_or(u32::MAX).max(1);
+            if share.is_zero() {
+                tried.push(format!("{ep}: not tried, no time left"));
+                continue;
+            }
+            let started = Instant::now();
+            let client = match Self::connect(uri, share).await {
                 Ok(c) => c,
                 Err(e) => {
                     tried.push(format!("{ep}: {e}"));
                     continue;
                 }
             };
-            match f(client).await {
-                Ok(r) => return Ok((ep.clone(), r.into_inner())),
-                Err(s) if s.code() == tonic::Code::Unavailable => {
-                    answered = true;
-                    tried.push(format!("{ep}: {}", describe(&s)));
+            match f(client, share.saturating_sub(started.elapsed())).await {
+                Attempt::Answer(t) => return Ok((ep.clone(), t)),
+                Attempt::Skip { why, answered: a } => {
+                    answered |= a;
+                    stale |= why.starts_with("stale");
+                    tried.push(format!("{ep}: {why}"));
                 }
-                Err(s) => return Err(Failure::mesh(ep, &s)),
+                Attempt::Fail(mut f) => {
+                    f.message = format!("{ep}: {}", f.message);
+                    return Err(f);
+                }
             }
+        }
+        let mut message = format!("no endpoint could answer:\n  {}", tried.join("\n  "));
+        if stale {
+            message.push_str(
+                "\n(a stale answer is a node's own view that it could not confirm with the \
+                 leader; --allow-stale shows it, with its age)",
+            );
         }
         Err(Failure {
             code: if answered {
@@ -310,12 +500,171 @@ impl Conn {
             } else {
                 EXIT_UNREACHABLE
             },
-            message: format!("no endpoint could answer:\n  {}", tried.join("\n  ")),
+            message,
         })
+    }
+
+    /// A status from the first endpoint that answers fresh (or answers at
+    /// all, with `--allow-stale`).
+    async fn status(
+        &self,
+        req: pb::StatusRequest,
+    ) -> Result<(String, pb::StatusResponse), Failure> {
+        let allow_stale = self.allow_stale;
+        self.each(Instant::now() + self.timeout, |mut c, t| {
+            let mut r = tonic::Request::new(req.clone());
+            // The node confirms within half of this, so that a stale answer
+            // still arrives in time.
+            r.set_timeout(t);
+            async move {
+                match tokio::time::timeout(t, c.status(r)).await {
+                    Ok(Ok(r)) => fresh_or_skip(r.into_inner(), allow_stale),
+                    Ok(Err(s)) => read_error(&s, t),
+                    Err(_) => no_answer(t),
+                }
+            }
+        })
+        .await
+    }
+
+    /// A write: the endpoint is first checked with a small status within its
+    /// share of the time (so a silent or non-gRPC endpoint is skipped), then
+    /// the write gets all the time left; once sent, its answer is final
+    /// (another node might apply it a second time), unless the node says it
+    /// is unavailable (no leader: nothing was proposed).
+    async fn write<T, F, Fut>(&self, f: F) -> Result<(String, T), Failure>
+    where
+        F: Fn(WatchdogClient<Channel>, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let end = Instant::now() + self.timeout;
+        self.each(end, |mut c, t| {
+            let mut probe = tonic::Request::new(pb::StatusRequest {
+                allow_stale: true,
+                ..cluster_only()
+            });
+            probe.set_timeout(t);
+            let left = end.saturating_duration_since(Instant::now());
+            let write = f(c.clone(), left);
+            async move {
+                match tokio::time::timeout(t, c.status(probe)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(s)) => return read_error(&s, t),
+                    Err(_) => return no_answer(t),
+                }
+                let left = end.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, write).await {
+                    Ok(Ok(r)) => Attempt::Answer(r.into_inner()),
+                    Ok(Err(s)) if s.code() == tonic::Code::Unavailable && is_answer(&s) => {
+                        Attempt::Skip {
+                            why: describe(&s),
+                            answered: true,
+                        }
+                    }
+                    Ok(Err(s)) => Attempt::Fail(Failure {
+                        code: EXIT_ERROR,
+                        message: describe(&s),
+                    }),
+                    Err(_) => Attempt::Fail(Failure {
+                        code: EXIT_ERROR,
+                        message: format!(
+                            "no answer within --timeout {}; the change may still be applied",
+                            humantime::format_duration(Duration::from_millis(
+                                u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
+                            ))
+                        ),
+                    }),
+                }
+            }
+        })
+        .await
     }
 }
 
-fn connect_error(e: &tonic::transport::Error) -> String {
+fn no_answer<T>(within: Duration) -> Attempt<T> {
+    Attempt::Skip {
+        why: format!("no answer within {}", ms(within)),
+        answered: false,
+    }
+}
+
+/// Whether the call's own deadline (this side's) expired.
+fn timed_out(s: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    let mut src = s.source();
+    while let Some(e) = src {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        src = e.source();
+    }
+    false
+}
+
+/// Whether a status came from the node itself (a gRPC answer), rather than
+/// from this side of the connection (a transport or protocol failure, as
+/// when the endpoint is not a gRPC server).
+fn is_answer(s: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    s.source().is_none()
+}
+
+/// What a read's error means: an endpoint that is not a gRPC server, that
+/// failed in transit, timed out or is unavailable is skipped; any other
+/// answer from a node is final.
+fn read_error<T>(s: &tonic::Status, within: Duration) -> Attempt<T> {
+    if timed_out(s) {
+        return no_answer(within);
+    }
+    if !is_answer(s) {
+        return Attempt::Skip {
+            why: format!("no gRPC answer ({})", status_chain(s)),
+            answered: false,
+        };
+    }
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            Attempt::Skip {
+                why: describe(s),
+                answered: true,
+            }
+        }
+        _ => Attempt::Fail(Failure {
+            code: EXIT_ERROR,
+            message: describe(s),
+        }),
+    }
+}
+
+fn fresh_or_skip(s: pb::StatusResponse, allow_stale: bool) -> Attempt<pb::StatusResponse> {
+    if !s.stale || allow_stale {
+        return Attempt::Answer(s);
+    }
+    Attempt::Skip {
+        why: format!("stale: {}", output::staleness(&s)),
+        answered: true,
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
+
+fn status_chain(s: &tonic::Status) -> String {
+    use std::error::Error as _;
+    let mut msg = describe(s);
+    let mut src = s.source();
+    while let Some(e) = src {
+        let t = e.to_string();
+        if !msg.contains(&t) {
+            msg = format!("{msg}: {t}");
+        }
+        src = e.source();
+    }
+    msg
+}
+
+fn error_chain(e: &tonic::transport::Error) -> String {
     use std::error::Error as _;
     let mut msg = e.to_string();
     let mut src = e.source();
@@ -328,33 +677,66 @@ fn connect_error(e: &tonic::transport::Error) -> String {
 
 async fn watch(conn: &Conn, out: Output) -> Result<(), Failure> {
     let mut last: Option<pb::StatusResponse> = None;
+    let allow_stale = conn.allow_stale;
     loop {
-        let (ep, mut stream) = conn
-            .call(|mut c| async move {
-                let mut req = tonic::Request::new(pb::StatusRequest {});
-                // A watch has no deadline: it runs until interrupted.
-                req.set_timeout(Duration::from_secs(365 * 24 * 3600));
-                c.watch(req).await
+        // The first message must be fresh (unless --allow-stale), as a
+        // status must.
+        let (ep, (mut stream, first)) = conn
+            .each(Instant::now() + conn.timeout, |mut c, t| {
+                let mut req = tonic::Request::new(pb::StatusRequest::default());
+                // The node confirms the first message within half of this;
+                // the stream itself runs until interrupted.
+                req.set_timeout(t);
+                async move {
+                    let first = async {
+                        let mut stream = c.watch(req).await?.into_inner();
+                        let first = stream.message().await?;
+                        Ok::<_, tonic::Status>((stream, first))
+                    };
+                    match tokio::time::timeout(t, first).await {
+                        Ok(Ok((stream, Some(first)))) => match fresh_or_skip(first, allow_stale) {
+                            Attempt::Answer(first) => Attempt::Answer((stream, first)),
+                            Attempt::Skip { why, answered } => Attempt::Skip { why, answered },
+                            Attempt::Fail(f) => Attempt::Fail(f),
+                        },
+                        Ok(Ok((_, None))) => Attempt::Skip {
+                            why: "ended the watch at once".into(),
+                            answered: true,
+                        },
+                        Ok(Err(s)) => read_error(&s, t),
+                        Err(_) => no_answer(t),
+                    }
+                }
             })
             .await?;
         eprintln!("faxictl: watching {ep} (Ctrl-C to stop)");
+        let mut next = Some(first);
         loop {
-            match stream.message().await {
-                Ok(Some(s)) => {
-                    match out {
-                        Output::Json => print(&output::status_json_line(&s)),
-                        Output::Table => print(&output::changes(last.as_ref(), &s)),
+            let s = match next.take() {
+                Some(s) => s,
+                None => match stream.message().await {
+                    Ok(Some(s)) => s,
+                    Ok(None) => {
+                        eprintln!("faxictl: {ep} ended the watch; reconnecting");
+                        break;
                     }
-                    last = Some(s);
-                }
-                Ok(None) => {
-                    eprintln!("faxictl: {ep} ended the watch; reconnecting");
-                    break;
-                }
-                Err(s) => {
-                    eprintln!("faxictl: {ep}: {}; reconnecting", describe(&s));
-                    break;
-                }
+                    Err(s) => {
+                        eprintln!("faxictl: {ep}: {}; reconnecting", describe(&s));
+                        break;
+                    }
+                },
+            };
+            let turned_stale = s.stale && last.as_ref().is_none_or(|l| !l.stale);
+            match out {
+                Output::Json => print(&output::status_json_line(&s)),
+                Output::Table => print(&output::changes(last.as_ref(), &s)),
+            }
+            last = Some(s);
+            if turned_stale && !allow_stale {
+                eprintln!(
+                    "faxictl: {ep} can no longer confirm its view; looking for a node that can"
+                );
+                break;
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

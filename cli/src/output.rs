@@ -6,34 +6,80 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use faxi_proto::v1 as pb;
 use serde_json::{Value, json};
 
-fn rfc3339(unix_ms: i64) -> Value {
-    if unix_ms <= 0 {
-        return Value::Null;
+/// The first instant humantime cannot print (year 10000).
+const YEAR_10000_MS: i64 = 253_402_300_800_000;
+
+/// A node's Unix-milliseconds time as a point in time, if it is one this
+/// side can print: after 1970 and before year 10000 (a node may send any
+/// value; none may make faxictl panic).
+fn unix_time(unix_ms: i64) -> Option<SystemTime> {
+    if unix_ms <= 0 || unix_ms >= YEAR_10000_MS {
+        return None;
     }
-    let t = UNIX_EPOCH + Duration::from_millis(unix_ms.unsigned_abs());
-    Value::String(humantime::format_rfc3339_millis(t).to_string())
+    UNIX_EPOCH.checked_add(Duration::from_millis(unix_ms.unsigned_abs()))
+}
+
+fn rfc3339(unix_ms: i64) -> Value {
+    match unix_time(unix_ms) {
+        Some(t) => Value::String(humantime::format_rfc3339_millis(t).to_string()),
+        None => Value::Null,
+    }
+}
+
+/// A span of seconds, coarsely: `42s`, `3m12s`, `5h3m`, `2d4h`.
+fn span(s: u64) -> String {
+    if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else if s < 86400 {
+        format!("{}h{}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}d{}h", s / 86400, (s % 86400) / 3600)
+    }
 }
 
 fn ago(unix_ms: i64) -> String {
-    if unix_ms <= 0 {
+    let Some(t) = unix_time(unix_ms) else {
         return "-".into();
-    }
-    let t = UNIX_EPOCH + Duration::from_millis(unix_ms.unsigned_abs());
+    };
     match SystemTime::now().duration_since(t) {
-        Ok(d) => {
-            let s = d.as_secs();
-            if s < 60 {
-                format!("{s}s ago")
-            } else if s < 3600 {
-                format!("{}m{}s ago", s / 60, s % 60)
-            } else if s < 86400 {
-                format!("{}h{}m ago", s / 3600, (s % 3600) / 60)
-            } else {
-                format!("{}d{}h ago", s / 86400, (s % 86400) / 3600)
-            }
-        }
-        Err(_) => "just now".into(),
+        Ok(d) => format!("{} ago", span(d.as_secs())),
+        Err(e) if e.duration() < Duration::from_secs(5) => "just now".into(),
+        Err(e) => format!("in {} (clock ahead?)", span(e.duration().as_secs())),
     }
+}
+
+/// A node's millisecond age: `850 ms`, `12.3 s`, `3m12s`; `None` for a
+/// negative value (never).
+fn age_ms(ms: i64) -> Option<String> {
+    let ms = u64::try_from(ms).ok()?;
+    Some(if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 60_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        span(ms / 1000)
+    })
+}
+
+/// Why and how stale an answer is, in a line: the answering node, the
+/// reason, and when it last heard from a leader.
+pub fn staleness(s: &pb::StatusResponse) -> String {
+    let c = s.cluster.clone().unwrap_or_default();
+    let heard = match age_ms(s.staleness_ms) {
+        Some(a) => format!("it last heard from a leader {a} ago"),
+        None => "it never heard from a leader".to_owned(),
+    };
+    let reason = if s.stale_reason.is_empty() {
+        "not confirmed with the leader"
+    } else {
+        s.stale_reason.as_str()
+    };
+    format!(
+        "node {} ({}) answered from its own view: {reason}; {heard}",
+        c.node_id, c.node_zone
+    )
 }
 
 fn member_json(m: &pb::Member) -> Value {
@@ -68,7 +114,13 @@ fn status_value(s: &pb::StatusResponse) -> Value {
             })
         })
         .collect();
+    let mut counts: Vec<(&String, &u64)> = s.counts.iter().collect();
+    counts.sort();
     json!({
+        "stale": s.stale,
+        "staleness_ms": if s.staleness_ms < 0 { Value::Null } else { json!(s.staleness_ms) },
+        "stale_reason": if s.stale { Value::String(s.stale_reason.clone()) } else { Value::Null },
+        "counts": counts.into_iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "cluster": {
             "leader": if c.leader == 0 { Value::Null } else { json!(c.leader) },
             "term": c.term,
@@ -208,10 +260,49 @@ fn note(t: &pb::TargetStatus) -> String {
     }
 }
 
-/// `status` as tables: the cluster, then the targets.
-pub fn status_table(s: &pb::StatusResponse) -> String {
+/// Which targets a status answer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    /// Every target.
+    All,
+    /// Those not UP (the default table).
+    NotUp,
+    /// Those matching `--state` / `--name`.
+    Filtered,
+}
+
+/// `Targets: 12 (UP 9, DOWN 1, SUSPECT 2)`, states in a fixed order.
+fn counts_line(s: &pb::StatusResponse) -> String {
+    let total: u64 = s.counts.values().fold(0, |a, n| a.saturating_add(*n));
+    let mut parts = Vec::new();
+    for st in ["UP", "DOWN", "SUSPECT", "STALE", "UNKNOWN"] {
+        if let Some(n) = s.counts.get(st).filter(|n| **n > 0) {
+            parts.push(format!("{st} {n}"));
+        }
+    }
+    let mut other: Vec<(&String, &u64)> = s
+        .counts
+        .iter()
+        .filter(|(k, n)| {
+            **n > 0 && !["UP", "DOWN", "SUSPECT", "STALE", "UNKNOWN"].contains(&k.as_str())
+        })
+        .collect();
+    other.sort();
+    parts.extend(other.into_iter().map(|(k, n)| format!("{k} {n}")));
+    if parts.is_empty() {
+        format!("Targets: {total}\n")
+    } else {
+        format!("Targets: {total} ({})\n", parts.join(", "))
+    }
+}
+
+/// `status` as tables: the cluster, counts per state, then the targets.
+pub fn status_table(s: &pb::StatusResponse, shown: Shown) -> String {
     let c = s.cluster.clone().unwrap_or_default();
     let mut out = String::new();
+    if s.stale {
+        out.push_str(&format!("STALE ANSWER: {}\n", staleness(s)));
+    }
     let leader = if c.leader == 0 {
         "none (election in progress or no quorum)".to_owned()
     } else {
@@ -224,37 +315,57 @@ pub fn status_table(s: &pb::StatusResponse) -> String {
         c.commit_index
     ));
     let lag = c.commit_index.saturating_sub(c.applied_index);
-    let contact = match c.leader_contact_ms {
-        _ if c.leader != 0 && c.leader == c.node_id => "is the leader".to_owned(),
-        ms if ms < 0 => "has not heard from a leader".to_owned(),
-        ms => format!("heard from the leader {ms} ms ago"),
+    let contact = if c.leader != 0 && c.leader == c.node_id {
+        "is the leader".to_owned()
+    } else {
+        match age_ms(c.leader_contact_ms) {
+            Some(a) => format!("heard from a leader {a} ago"),
+            None => "has not heard from a leader".to_owned(),
+        }
+    };
+    let confirmed = if s.stale {
+        "NOT confirmed with the leader"
+    } else {
+        "confirmed with the leader"
     };
     out.push_str(&format!(
-        "Answered by node {} ({}): applied {}, {lag} behind its commit index, {contact}\n",
+        "Answered by node {} ({}): applied {}, {lag} behind its commit index, {contact}; {confirmed}\n",
         c.node_id, c.node_zone, c.applied_index
     ));
     out.push_str(&members_table(&c.members));
-    let rows: Vec<Vec<String>> = s
-        .targets
-        .iter()
-        .map(|t| {
-            vec![
-                t.name.clone(),
-                t.kind.clone(),
-                t.state.clone(),
-                ago(t.since_unix_ms),
-                zones_cell(t),
-                note(t),
-            ]
-        })
-        .collect();
-    if rows.is_empty() {
+    let total: u64 = s.counts.values().fold(0, |a, n| a.saturating_add(*n));
+    if total == 0 && s.targets.is_empty() {
         out.push_str("No targets observed yet.\n");
     } else {
-        out.push_str(&table(
-            &["Target", "Kind", "State", "Since", "Zones", "Note"],
-            &rows,
-        ));
+        out.push_str(&counts_line(s));
+        let rows: Vec<Vec<String>> = s
+            .targets
+            .iter()
+            .map(|t| {
+                vec![
+                    t.name.clone(),
+                    t.kind.clone(),
+                    t.state.clone(),
+                    ago(t.since_unix_ms),
+                    zones_cell(t),
+                    note(t),
+                ]
+            })
+            .collect();
+        if !rows.is_empty() {
+            out.push_str(&table(
+                &["Target", "Kind", "State", "Since", "Zones", "Note"],
+                &rows,
+            ));
+        }
+        match shown {
+            Shown::NotUp if rows.is_empty() => {
+                out.push_str("Every target is UP (--all lists them).\n");
+            }
+            Shown::NotUp => out.push_str("Targets not UP only (--all lists every target).\n"),
+            Shown::Filtered if rows.is_empty() => out.push_str("No target matches.\n"),
+            Shown::Filtered | Shown::All => {}
+        }
     }
     if !s.incidents.is_empty() {
         out.push_str(&format!("{} open incident(s)\n", s.incidents.len()));
@@ -266,9 +377,14 @@ pub fn status_table(s: &pb::StatusResponse) -> String {
 pub fn changes(prev: Option<&pb::StatusResponse>, now: &pb::StatusResponse) -> String {
     let stamp = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let Some(prev) = prev else {
-        return format!("{stamp} {}", status_table(now));
+        return format!("{stamp} {}", status_table(now, Shown::All));
     };
     let mut out = String::new();
+    if now.stale && !prev.stale {
+        out.push_str(&format!("{stamp} STALE: {}\n", staleness(now)));
+    } else if !now.stale && prev.stale {
+        out.push_str(&format!("{stamp} confirmed with the leader again\n"));
+    }
     let (pc, nc) = (
         prev.cluster.clone().unwrap_or_default(),
         now.cluster.clone().unwrap_or_default(),
@@ -309,4 +425,161 @@ pub fn changes(prev: Option<&pb::StatusResponse>, now: &pb::StatusResponse) -> S
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// A status holding the most hostile values a node could send.
+    fn hostile(time: i64, ms: i64, stale: bool) -> pb::StatusResponse {
+        pb::StatusResponse {
+            cluster: Some(pb::ClusterStatus {
+                leader: u64::MAX,
+                term: u64::MAX,
+                commit_index: 0,
+                node_id: u64::MAX,
+                node_zone: "zone-\u{1b}[31m".into(),
+                applied_index: u64::MAX,
+                leader_contact_ms: ms,
+                members: vec![pb::Member {
+                    id: u64::MAX,
+                    zone: String::new(),
+                    addr: "é".repeat(300),
+                    role: "?".into(),
+                    reachable: false,
+                }],
+                cluster_id: "\u{0}x".into(),
+            }),
+            targets: vec![pb::TargetStatus {
+                name: "t".into(),
+                kind: String::new(),
+                state: "DOWN".into(),
+                since_unix_ms: time,
+                zones: [("z".to_owned(), "SIDEWAYS".to_owned())].into(),
+                down_zones: vec!["z".into()],
+                nodes: vec![pb::NodeVerdict {
+                    id: 0,
+                    zone: String::new(),
+                    verdict: String::new(),
+                    latency_ms: f64::NAN,
+                    error: "x".into(),
+                    fresh: true,
+                    at_unix_ms: time,
+                }],
+            }],
+            incidents: vec![pb::Incident {
+                id: String::new(),
+                target: String::new(),
+                state: String::new(),
+                opened_unix_ms: time,
+            }],
+            counts: [
+                ("UP".to_owned(), u64::MAX),
+                ("DOWN".to_owned(), u64::MAX),
+                ("WEIRD".to_owned(), 1),
+            ]
+            .into(),
+            stale,
+            staleness_ms: ms,
+            stale_reason: String::new(),
+            read_index: u64::MAX,
+        }
+    }
+
+    const TIMES: [i64; 9] = [
+        i64::MIN,
+        -1,
+        0,
+        1,
+        1_700_000_000_000,
+        YEAR_10000_MS - 1,
+        YEAR_10000_MS,
+        i64::MAX - 1,
+        i64::MAX,
+    ];
+
+    #[test]
+    fn no_value_a_node_may_send_makes_the_printers_panic() {
+        for time in TIMES {
+            for ms in [i64::MIN, -1, 0, 999, 1_000, 59_999, 86_400_000, i64::MAX] {
+                for stale in [false, true] {
+                    let s = hostile(time, ms, stale);
+                    for shown in [Shown::All, Shown::NotUp, Shown::Filtered] {
+                        let _ = status_table(&s, shown);
+                    }
+                    let j: Value = serde_json::from_str(&status_json(&s)).unwrap();
+                    assert!(
+                        j["targets"][0]["since"].is_string() || j["targets"][0]["since"].is_null()
+                    );
+                    let _ = status_json_line(&s);
+                    let _ = staleness(&s);
+                    let prev = hostile(time, ms, !stale);
+                    let _ = changes(Some(&prev), &s);
+                    let _ = changes(None, &s);
+                    let _ = changes(Some(&pb::StatusResponse::default()), &s);
+                }
+            }
+        }
+        let empty = pb::StatusResponse::default();
+        let _ = status_table(&empty, Shown::NotUp);
+        let _ = status_json(&empty);
+        let _ = changes(Some(&empty), &empty);
+        let r = pb::MemberChangeResponse {
+            index: u64::MAX,
+            members: hostile(0, 0, false).cluster.unwrap().members,
+        };
+        let _ = member_change(false, u64::MAX, "added", &r);
+        let _ = member_change(true, 0, "removed", &r);
+    }
+
+    #[test]
+    fn times_print_only_when_they_are_real() {
+        assert_eq!(rfc3339(0), Value::Null);
+        assert_eq!(rfc3339(-5), Value::Null);
+        assert_eq!(rfc3339(i64::MAX), Value::Null);
+        assert_eq!(rfc3339(YEAR_10000_MS), Value::Null);
+        assert_eq!(
+            rfc3339(1_700_000_000_123),
+            Value::String("2023-11-14T22:13:20.123Z".into())
+        );
+        assert_eq!(ago(-1), "-");
+        assert_eq!(ago(i64::MAX), "-");
+        assert!(
+            ago(YEAR_10000_MS - 1).starts_with("in "),
+            "{}",
+            ago(YEAR_10000_MS - 1)
+        );
+        assert_eq!(age_ms(-1), None);
+        assert_eq!(age_ms(850).as_deref(), Some("850 ms"));
+        assert_eq!(age_ms(12_345).as_deref(), Some("12.3 s"));
+        assert_eq!(age_ms(192_000).as_deref(), Some("3m12s"));
+        assert!(age_ms(i64::MAX).is_some());
+    }
+
+    #[test]
+    fn a_stale_answer_says_whose_view_it_is_and_how_old() {
+        let mut s = hostile(1_700_000_000_000, 12_345, true);
+        s.stale_reason = "no leader".into();
+        let c = s.cluster.as_mut().unwrap();
+        c.node_id = 3;
+        c.node_zone = "zone-c".into();
+        let line = staleness(&s);
+        assert_eq!(
+            line,
+            "node 3 (zone-c) answered from its own view: no leader; it last heard from a leader 12.3 s ago"
+        );
+        let t = status_table(&s, Shown::All);
+        assert!(t.starts_with("STALE ANSWER: node 3 (zone-c)"), "{t}");
+        assert!(t.contains("NOT confirmed"), "{t}");
+        s.staleness_ms = -1;
+        assert!(staleness(&s).ends_with("it never heard from a leader"));
+        let j: Value = serde_json::from_str(&status_json(&s)).unwrap();
+        assert_eq!(j["stale"], true);
+        assert_eq!(j["staleness_ms"], Value::Null);
+        assert_eq!(j["stale_reason"], "no leader");
+        assert_eq!(j["counts"]["WEIRD"], 1);
+    }
 }

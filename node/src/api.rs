@@ -2,8 +2,13 @@
 //! traffic arrives on. Protobuf types live here and nowhere deeper: requests
 //! are checked and converted to domain types, answers built from them.
 //!
-//! Reads are answered by any node from what it has applied (with its applied
-//! index and leader contact, so a caller sees how far it lags). Membership
+//! Reads are answered by any node from what it has applied. By default the
+//! node first confirms with the leader that it is current (raft read index);
+//! when it cannot (no leader, cut off), or when the caller allows a stale
+//! read, the answer says so (`stale`, with the time since the node last
+//! heard a leader). A status can be asked for a subset of targets (by state,
+//! by name pattern, without per-node views); counts per state always cover
+//! every target. Membership
 //! changes are raft proposals, which followers forward to the leader; a
 //! leadership transfer is carried to the leader over gRPC.
 
@@ -23,7 +28,7 @@ use tonic::{Request, Response, Status};
 
 use crate::mesh::driver::{Input, MemberChange, Mesh, MeshError, Shared};
 use crate::mesh::guard::{self, Envelope, Refusal};
-use crate::mesh::state::{Member, NodeId};
+use crate::mesh::state::{Member, NodeId, State};
 use crate::mesh::transport::MAX_MESSAGE_BYTES;
 
 /// Deadline for a membership change to commit.
@@ -32,6 +37,14 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 const TRANSFER_DEADLINE: Duration = Duration::from_secs(5);
 /// Fewest milliseconds between two messages of a watch stream.
 const WATCH_MIN_GAP: Duration = Duration::from_millis(100);
+/// A watch re-checks its freshness this often even when nothing changes.
+const WATCH_RECHECK: Duration = Duration::from_secs(1);
+/// Longest a read waits for the leader's confirmation (and at most half the
+/// call's own deadline, so that a stale answer still reaches the caller).
+const READ_CONFIRM: Duration = Duration::from_secs(1);
+/// Most names or states a status filter may list, and the longest pattern.
+const MAX_FILTERS: usize = 1000;
+const MAX_PATTERN: usize = 256;
 
 /// Serves both services.
 #[derive(Debug, Clone)]
@@ -111,52 +124,88 @@ impl Api {
         }))
     }
 
-    fn status_now(&self) -> pb::StatusResponse {
+    /// Confirms this node's state with the leader, unless the caller allows
+    /// a stale read.
+    async fn confirm(&self, allow_stale: bool, call_deadline: Option<Duration>) -> Freshness {
+        if allow_stale {
+            return Freshness::stale(
+                "allow_stale: this node's own view, not confirmed with the leader".into(),
+            );
+        }
+        let wait = call_deadline.map_or(READ_CONFIRM, |d| (d / 2).min(READ_CONFIRM));
+        match self.mesh.read_index(wait).await {
+            Ok(index) => Freshness {
+                stale: false,
+                reason: String::new(),
+                read_index: index,
+            },
+            Err(MeshError::Timeout(_)) => Freshness::stale(format!(
+                "the leader did not confirm this node's view within {wait:?} (cut off from it?)"
+            )),
+            Err(MeshError::NoLeader) => Freshness::stale(
+                "no leader: an election is in progress or this node cannot reach a quorum".into(),
+            ),
+            Err(e) => Freshness::stale(format!("not confirmed with the leader: {e}")),
+        }
+    }
+
+    /// The status answer: the cluster, the targets `filter` asks for, counts
+    /// per state over every target, and the answer's freshness.
+    fn status_now(&self, filter: &Filter, fresh: &Freshness) -> pb::StatusResponse {
         let s = self.mesh.read();
         let info = &s.info;
         let members = Self::members(&s);
         let now = s.sm.log_now_ms();
-        let targets =
-            s.sm.agreed()
-                .iter()
-                .map(|(name, a)| {
-                    let nodes =
-                        s.sm.views(name)
-                            .map(|views| {
-                                views
-                                    .iter()
-                                    .map(|(id, v)| pb::NodeVerdict {
-                                        id: *id,
-                                        zone: s
-                                            .sm
-                                            .members()
-                                            .get(id)
-                                            .map(|m| m.zone.clone())
-                                            .unwrap_or_default(),
-                                        verdict: v.verdict.as_str().to_owned(),
-                                        latency_ms: v.latency_us as f64 / 1000.0,
-                                        error: v.error.clone().unwrap_or_default(),
-                                        fresh: v.expires_at_ms >= now,
-                                        at_unix_ms: i64::try_from(v.at_ms).unwrap_or(i64::MAX),
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                    pb::TargetStatus {
-                        name: name.clone(),
-                        kind: self.kinds.get(name).copied().unwrap_or("").to_owned(),
-                        state: a.state.as_str().to_owned(),
-                        since_unix_ms: i64::try_from(a.since_ms).unwrap_or(i64::MAX),
-                        zones: a
-                            .zones
-                            .iter()
-                            .map(|(z, v)| (z.clone(), v.as_str().to_owned()))
-                            .collect(),
-                        down_zones: a.down_zones.clone(),
-                        nodes,
-                    }
-                })
-                .collect();
+        let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        let mut targets = Vec::new();
+        for (name, a) in s.sm.agreed() {
+            let state = a.state.as_str();
+            match counts.get_mut(state) {
+                Some(n) => *n += 1,
+                None => {
+                    counts.insert(state.to_owned(), 1);
+                }
+            }
+            if !filter.matches(name, state) {
+                continue;
+            }
+            let nodes = match s.sm.views(name) {
+                Some(views) if filter.nodes => views
+                    .iter()
+                    .map(|(id, v)| pb::NodeVerdict {
+                        id: *id,
+                        zone: s
+                            .sm
+                            .members()
+                            .get(id)
+                            .map(|m| m.zone.clone())
+                            .unwrap_or_default(),
+                        verdict: v.verdict.as_str().to_owned(),
+                        latency_ms: v.latency_us as f64 / 1000.0,
+                        error: v.error.clone().unwrap_or_default(),
+                        fresh: v.expires_at_ms >= now,
+                        at_unix_ms: i64::try_from(v.at_ms).unwrap_or(i64::MAX),
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            targets.push(pb::TargetStatus {
+                name: name.clone(),
+                kind: self.kinds.get(name).copied().unwrap_or("").to_owned(),
+                state: state.to_owned(),
+                since_unix_ms: i64::try_from(a.since_ms).unwrap_or(i64::MAX),
+                zones: a
+                    .zones
+                    .iter()
+                    .map(|(z, v)| (z.clone(), v.as_str().to_owned()))
+                    .collect(),
+                down_zones: a.down_zones.clone(),
+                nodes,
+            });
+        }
+        let contact_ms = s
+            .leader_contact()
+            .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         pb::StatusResponse {
             cluster: Some(pb::ClusterStatus {
                 leader: info.leader,
@@ -165,16 +214,156 @@ impl Api {
                 node_id: self.me,
                 node_zone: self.zone.clone(),
                 applied_index: info.applied,
-                leader_contact_ms: s
-                    .leader_contact()
-                    .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                leader_contact_ms: contact_ms,
                 members,
                 cluster_id: s.sm.cluster_id().to_owned(),
             }),
             targets,
             incidents: Vec::new(),
+            counts: counts.into_iter().collect(),
+            stale: fresh.stale,
+            staleness_ms: contact_ms,
+            stale_reason: fresh.reason.clone(),
+            read_index: fresh.read_index,
         }
     }
+}
+
+/// Whether an answer was confirmed with the leader.
+#[derive(Debug, Clone)]
+struct Freshness {
+    stale: bool,
+    reason: String,
+    read_index: u64,
+}
+
+impl Freshness {
+    fn stale(reason: String) -> Self {
+        Self {
+            stale: true,
+            reason,
+            read_index: 0,
+        }
+    }
+}
+
+/// Which targets a status answer carries.
+#[derive(Debug, Clone)]
+struct Filter {
+    /// Upper-case states; empty for all.
+    states: Vec<&'static str>,
+    /// Name patterns; empty for all.
+    names: Vec<String>,
+    /// Whether targets carry per-node views.
+    nodes: bool,
+}
+
+impl Filter {
+    /// Checks and converts a request's filters.
+    fn from_request(r: &pb::StatusRequest) -> Result<Filter, Status> {
+        if r.states.len() > MAX_FILTERS || r.names.len() > MAX_FILTERS {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_FILTERS} states and {MAX_FILTERS} names per request"
+            )));
+        }
+        let mut states = Vec::new();
+        for st in &r.states {
+            let up = st.trim().to_ascii_uppercase();
+            let known = [
+                State::Up,
+                State::Down,
+                State::Suspect,
+                State::Unknown,
+                State::Stale,
+            ]
+            .into_iter()
+            .map(State::as_str)
+            .find(|s| *s == up);
+            match known {
+                Some(s) => states.push(s),
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "states: {st:?} is not a state (UP, DOWN, SUSPECT, UNKNOWN, STALE)"
+                    )));
+                }
+            }
+        }
+        for n in &r.names {
+            if n.is_empty() || n.len() > MAX_PATTERN {
+                return Err(Status::invalid_argument(format!(
+                    "names: a pattern must be 1 to {MAX_PATTERN} bytes long"
+                )));
+            }
+        }
+        Ok(Filter {
+            states,
+            names: r.names.clone(),
+            nodes: r.include_nodes.unwrap_or(true),
+        })
+    }
+
+    fn matches(&self, name: &str, state: &str) -> bool {
+        (self.states.is_empty() || self.states.contains(&state))
+            && (self.names.is_empty() || self.names.iter().any(|p| glob(p, name)))
+    }
+}
+
+/// Whether `text` matches `pattern`, where `*` matches any run of
+/// characters and `?` any one; every other character stands for itself.
+/// Linear in practice (the classic backtrack to the last `*`).
+fn glob(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(c) if *c == '?' || *c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// The deadline a client gave its call (`grpc-timeout`), if any.
+fn call_deadline(m: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = m.get("grpc-timeout")?.to_str().ok()?;
+    if v.is_empty() || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The gRPC listener's connections, with `TCP_NODELAY` set on each:
+/// `Server::tcp_nodelay` does not apply to `serve_with_incoming`, and
+/// without it a response's trailers wait on Nagle and delayed ACK (~40 ms
+/// per call on loopback).
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 fn to_status(e: MeshError) -> Status {
@@ -233,30 +422,54 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::StatusResponse, Status>>
 impl Watchdog for Api {
     async fn status(
         &self,
-        _request: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        Ok(Response::new(self.status_now()))
+        let deadline = call_deadline(request.metadata());
+        let r = request.into_inner();
+        let filter = Filter::from_request(&r)?;
+        let fresh = self.confirm(r.allow_stale, deadline).await;
+        Ok(Response::new(self.status_now(&filter, &fresh)))
     }
 
     type WatchStream = WatchStream;
 
     async fn watch(
         &self,
-        _request: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let deadline = call_deadline(request.metadata());
+        let r = request.into_inner();
+        let filter = Filter::from_request(&r)?;
         let (tx, rx) = mpsc::channel(16);
         let api = self.clone();
         let mut changes = self.mesh.subscribe();
         tokio::spawn(async move {
             let mut last: Option<pb::StatusResponse> = None;
             loop {
-                let mut now = api.status_now();
-                // Contact time moves constantly; it alone is not a change.
+                // Every message says whether it was confirmed, the first
+                // one included.
+                let fresh = api.confirm(r.allow_stale, deadline).await;
+                let mut now = api.status_now(&filter, &fresh);
+                // Contact time and read index move constantly; alone they
+                // are not a change. Compared without them, sent with them.
+                let kept = (
+                    now.staleness_ms,
+                    now.read_index,
+                    now.cluster.as_ref().map(|c| c.leader_contact_ms),
+                );
+                now.staleness_ms = now.staleness_ms.min(0);
+                now.read_index = 0;
                 if let Some(c) = now.cluster.as_mut() {
                     c.leader_contact_ms = c.leader_contact_ms.min(0);
                 }
                 if last.as_ref() != Some(&now) {
-                    if tx.send(Ok(now.clone())).await.is_err() {
+                    let mut send = now.clone();
+                    send.staleness_ms = kept.0;
+                    send.read_index = kept.1;
+                    if let (Some(c), Some(ms)) = (send.cluster.as_mut(), kept.2) {
+                        c.leader_contact_ms = ms;
+                    }
+                    if tx.send(Ok(send)).await.is_err() {
                         return;
                     }
                     last = Some(now);
@@ -264,6 +477,8 @@ impl Watchdog for Api {
                 tokio::select! {
                     r = changes.changed() => if r.is_err() { return },
                     () = tx.closed() => return,
+                    // Freshness can change while nothing else does (a cut).
+                    () = tokio::time::sleep(WATCH_RECHECK) => {}
                 }
                 tokio::time::sleep(WATCH_MIN_GAP).await;
             }
@@ -510,5 +725,105 @@ fn log_now(kind: &'static str) -> bool {
             last.insert(kind, now);
             true
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn glob_matches_exact_names_stars_and_question_marks() {
+        for (p, t) in [
+            ("redis", "redis"),
+            ("redis-*", "redis-a"),
+            ("redis-*", "redis-"),
+            ("*", ""),
+            ("*", "anything"),
+            ("*-db", "legacy-db"),
+            ("a*b*c", "axxbyyc"),
+            ("a?c", "abc"),
+            ("t*9", "t10009"),
+            ("é*", "école"),
+        ] {
+            assert!(glob(p, t), "{p} should match {t}");
+        }
+        for (p, t) in [
+            ("redis", "redis-a"),
+            ("redis", "redi"),
+            ("redis-*", "redis"),
+            ("*-db", "db"),
+            ("a?c", "ac"),
+            ("a*b*c", "axxbyy"),
+            ("", "x"),
+        ] {
+            assert!(!glob(p, t), "{p} should not match {t}");
+        }
+        // A pathological pattern stays fast (no exponential backtracking).
+        let long = "a".repeat(200);
+        assert!(!glob(&format!("{}b", "*a".repeat(100)), &long));
+    }
+
+    #[test]
+    fn filters_are_checked() {
+        let req = |states: &[&str], names: &[&str]| pb::StatusRequest {
+            states: states.iter().map(|s| (*s).to_owned()).collect(),
+            names: names.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        };
+        let f = Filter::from_request(&req(&["down", " Suspect "], &["redis*"])).unwrap();
+        assert_eq!(f.states, vec!["DOWN", "SUSPECT"]);
+        assert!(f.nodes, "per-node views by default");
+        assert!(f.matches("redis-1", "DOWN"));
+        assert!(!f.matches("redis-1", "UP"));
+        assert!(!f.matches("pg", "DOWN"));
+        let all = Filter::from_request(&req(&[], &[])).unwrap();
+        assert!(all.matches("x", "UP"));
+        for bad in [req(&["BROKEN"], &[]), req(&[], &[""])] {
+            let e = Filter::from_request(&bad).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        }
+        let long = "x".repeat(MAX_PATTERN + 1);
+        assert!(Filter::from_request(&req(&[], &[&long])).is_err());
+        let many: Vec<&str> = vec!["x"; MAX_FILTERS + 1];
+        assert!(Filter::from_request(&req(&[], &many)).is_err());
+        let no_nodes = pb::StatusRequest {
+            include_nodes: Some(false),
+            ..Default::default()
+        };
+        assert!(!Filter::from_request(&no_nodes).unwrap().nodes);
+    }
+
+    #[test]
+    fn a_call_deadline_is_read_from_grpc_timeout() {
+        let md = |v: &str| {
+            let mut m = tonic::metadata::MetadataMap::new();
+            m.insert("grpc-timeout", v.parse().unwrap());
+            m
+        };
+        assert_eq!(
+            call_deadline(&md("2999m")),
+            Some(Duration::from_millis(2999))
+        );
+        assert_eq!(call_deadline(&md("3S")), Some(Duration::from_secs(3)));
+        assert_eq!(call_deadline(&md("1H")), Some(Duration::from_secs(3600)));
+        assert_eq!(call_deadline(&md("500u")), Some(Duration::from_micros(500)));
+        for bad in ["", "m", "12", "1x", "-1S", "1234567890S"] {
+            assert_eq!(call_deadline(&md(bad)), None, "{bad:?}");
+        }
+        assert_eq!(call_deadline(&tonic::metadata::MetadataMap::new()), None);
+    }
+
+    #[tokio::test]
+    async fn accepted_grpc_connections_have_nodelay() {
+        use tokio_stream::StreamExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut inc = incoming(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = inc.next().await.unwrap().unwrap();
+        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY not set");
     }
 }

@@ -121,12 +121,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (watchdog_svc, peer_svc) = api.services();
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(watchdog_svc)
             .add_service(peer_svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
-                grpc_listener,
-            )),
+            .serve_with_incoming(crate::api::incoming(grpc_listener)),
     );
     tracing::info!(
         node = config.node.id,

@@ -272,9 +272,26 @@ impl Cluster {
             .join(",")
     }
 
-    /// One node's status.
+    /// One node's own view (a stale read: the node answers at once from
+    /// what it has applied, without confirming it with the leader).
     pub async fn status(&self, i: usize) -> Result<pb::StatusResponse, String> {
-        let mut req = tonic::Request::new(pb::StatusRequest {});
+        self.status_with(
+            i,
+            pb::StatusRequest {
+                allow_stale: true,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// One node's answer to `req`.
+    pub async fn status_with(
+        &self,
+        i: usize,
+        req: pb::StatusRequest,
+    ) -> Result<pb::StatusResponse, String> {
+        let mut req = tonic::Request::new(req);
         req.set_timeout(Duration::from_secs(2));
         self.client(i)
             .status(req)

@@ -62,7 +62,7 @@ async fn zones_agree_a_zone_cut_off_from_a_target_is_suspect_never_down() {
     // Watch node 1 from the start: every state `cache` ever takes.
     let mut stream = c
         .client(0)
-        .watch(pb::StatusRequest {})
+        .watch(pb::StatusRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use faxi_proto::v1 as pb;
 use faxi_tests::cluster::{Cluster, Ctx, Net, Spec};
 use faxi_tests::{is_root, wait_for};
 use tokio::net::TcpListener;
@@ -244,4 +245,216 @@ async fn a_zone_that_loses_its_route_to_a_target_makes_it_suspect_not_down() {
     c.wait_state(&[0, 1, 2], "svc", "DOWN", LONG).await;
     net.heal_all();
     c.wait_state(&[0, 1, 2], "svc", "UP", LONG).await;
+}
+
+/// Runs faxictl with `args`, endpoints given in order.
+async fn faxictl(endpoints: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Cluster::faxictl(endpoints, args).await;
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_node_answers_stale_and_faxictl_moves_on_to_a_fresh_one() {
+    if !is_root() {
+        eprintln!("skipped: network namespaces need root");
+        return;
+    }
+    let net = Net::create(3);
+    let mut redis = faxi_tests::redis::Redis::start_open_on(net.host_ip().into()).await;
+    let ctx = Ctx {
+        service: Some(SocketAddr::new(net.host_ip().into(), redis.port)),
+        closed: None,
+    };
+    let mut spec = Spec::zones(3);
+    spec.targets = |_, _, ctx| {
+        format!(
+            "[[targets]]\nname = \"redis\"\nkind = \"redis\"\nurl = \"redis://{}\"\n",
+            ctx.service.unwrap()
+        )
+    };
+    let c = Cluster::start_in(net, &spec, &ctx).await;
+    let net = c.net.as_ref().unwrap();
+    c.wait_leader(&[0, 1, 2], LONG).await;
+    c.wait_state(&[0, 1, 2], "redis", "UP", LONG).await;
+    let (zone_c, majority) = (2, [0usize, 1]);
+    assert_eq!(c.nodes[zone_c].zone, "zone-c");
+
+    // A healthy node confirms its reads.
+    let s = c
+        .status_with(0, pb::StatusRequest::default())
+        .await
+        .unwrap();
+    assert!(
+        !s.stale,
+        "a healthy node's read was not confirmed: {}",
+        s.stale_reason
+    );
+    assert!(s.read_index > 1);
+
+    // A watch on zone-c's node, started while it is fresh.
+    let eps = c.endpoints(&[zone_c, 0, 1]);
+    let mut early_watch = tokio::process::Command::new(faxi_tests::workspace_bin("faxictl"))
+        .args(["watch", "--output", "json"])
+        .env("FAXI_ENDPOINTS", &eps)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut early = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        early_watch.stdout.take().unwrap(),
+    ));
+    let next_doc = |line: Option<String>| -> serde_json::Value {
+        serde_json::from_str(&line.expect("the watch ended")).unwrap()
+    };
+    let v = next_doc(
+        tokio::time::timeout(LONG, early.next_line())
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    assert_eq!(v["cluster"]["answered_by"]["id"], 3);
+    assert_eq!(v["stale"], false);
+
+    // zone-c's node is cut off from its two peers; then redis dies.
+    net.isolate(zone_c);
+    c.wait_leader(&majority, LONG).await;
+    redis.kill().await;
+    c.wait_state(&majority, "redis", "DOWN", LONG).await;
+
+    // zone-c's node still holds redis UP, but says its answer is stale,
+    // and how stale, growing.
+    let confirmed = |i| c.status_with(i, pb::StatusRequest::default());
+    let first = confirmed(zone_c).await.unwrap();
+    assert!(first.stale, "the cut-off node confirmed its read");
+    assert!(!first.stale_reason.is_empty());
+    assert_eq!(first.read_index, 0);
+    let redis_state = |s: &pb::StatusResponse| {
+        s.targets
+            .iter()
+            .find(|t| t.name == "redis")
+            .map(|t| t.state.clone())
+    };
+    assert_eq!(redis_state(&first).as_deref(), Some("UP"));
+    assert!(first.staleness_ms > 0, "staleness {}", first.staleness_ms);
+    let contact = first.cluster.as_ref().unwrap().leader_contact_ms;
+    assert!(contact >= 0, "leader contact turned null: {contact}");
+    wait_for("zone-c's staleness grows", LONG, || async {
+        let s = confirmed(zone_c).await?;
+        if s.stale && s.staleness_ms >= first.staleness_ms + 1000 {
+            Ok(())
+        } else {
+            Err(format!("stale {} staleness {}", s.stale, s.staleness_ms))
+        }
+    })
+    .await;
+    // The majority confirms, and says DOWN.
+    let s = confirmed(0).await.unwrap();
+    assert!(!s.stale, "{}", s.stale_reason);
+    assert_eq!(redis_state(&s).as_deref(), Some("DOWN"));
+    // A watch on zone-c's node marks its first message stale.
+    let mut w = c
+        .client(zone_c)
+        .watch(pb::StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let m = tokio::time::timeout(LONG, w.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(m.stale);
+    drop(w);
+
+    // The watch that was on zone-c's node says when it turned stale, then
+    // goes on from a fresh node, which sees redis DOWN.
+    let mut saw_stale = false;
+    loop {
+        let v = next_doc(
+            tokio::time::timeout(LONG, early.next_line())
+                .await
+                .expect("the watch went quiet")
+                .unwrap(),
+        );
+        if v["cluster"]["answered_by"]["id"] == 3 {
+            saw_stale |= v["stale"] == true;
+            continue;
+        }
+        assert_eq!(v["stale"], false, "{v}");
+        assert!(saw_stale, "moved on without marking the stale message");
+        let redis_down = v["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "redis" && t["state"] == "DOWN");
+        assert!(redis_down, "{v}");
+        break;
+    }
+    early_watch.kill().await.unwrap();
+
+    // faxictl given zone-c's endpoint first moves on to a fresh node.
+    let (code, out, err) = faxictl(&eps, &["status", "--output", "json"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["stale"], false);
+    assert_ne!(v["cluster"]["answered_by"]["id"], 3, "{out}");
+    let t = v["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "redis")
+        .unwrap();
+    assert_eq!(t["state"], "DOWN");
+    let (code, out, err) = faxictl(&eps, &["status"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("DOWN") && !out.contains("STALE ANSWER"),
+        "{out}"
+    );
+    // The same for a watch: its first message comes from a fresh node.
+    let mut watch = tokio::process::Command::new(faxi_tests::workspace_bin("faxictl"))
+        .args(["watch", "--output", "json"])
+        .env("FAXI_ENDPOINTS", &eps)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(watch.stdout.take().unwrap()));
+    let line = tokio::time::timeout(LONG, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["stale"], false);
+    assert_ne!(v["cluster"]["answered_by"]["id"], 3, "{line}");
+    watch.kill().await.unwrap();
+
+    // With --allow-stale it shows zone-c's own view, marked, with its age.
+    let (code, out, err) = faxictl(&eps, &["--allow-stale", "status"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("STALE ANSWER: node 3 (zone-c)"), "{out}");
+    assert!(out.contains("last heard from a leader"), "{out}");
+    let (code, out, err) = faxictl(&eps, &["--allow-stale", "status", "-o", "json"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["stale"], true);
+    assert_eq!(v["cluster"]["answered_by"]["id"], 3);
+    assert!(v["staleness_ms"].as_i64().unwrap() > 1000, "{out}");
+    assert!(v["stale_reason"].is_string());
+
+    // Only zone-c to ask: no fresh answer anywhere, exit 1, and why.
+    let only = c.endpoints(&[zone_c]);
+    let (code, _, err) = faxictl(&only, &["status"]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&only) && err.contains("stale"), "{err}");
+    assert!(err.contains("last heard from a leader"), "{err}");
+    assert!(err.contains("--allow-stale"), "{err}");
 }

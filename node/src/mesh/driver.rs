@@ -30,6 +30,12 @@ use super::state::{Command, Member, NodeId, StateMachine, Transition};
 use super::storage::SledStorage;
 use super::transport::Transport;
 
+#[cfg(test)]
+mod read_tests;
+mod reads;
+
+use reads::Reads;
+
 /// How many inputs the driver's channel holds before senders are refused.
 pub const INBOX: usize = 4096;
 
@@ -116,6 +122,10 @@ pub enum Input {
     /// A peer's data-dir instance, as its envelope says (sent by the gRPC
     /// edge for members not yet bound: learners waiting to be promoted).
     PeerInstance(NodeId, u64),
+    /// Confirm with the leader that this node's state is current (a raft
+    /// read-index round); answered with the read index once this node has
+    /// applied up to it.
+    ReadIndex(oneshot::Sender<Result<u64, MeshError>>),
 }
 
 /// The Raft side of status, as this node sees it.
@@ -152,17 +162,17 @@ pub struct Shared {
     pub sm: StateMachine,
     /// Raft status.
     pub info: RaftInfo,
-    /// When a message from the current leader last arrived (followers).
+    /// When a message from a leader last arrived (followers), or when this
+    /// node last ticked as the leader. Kept when the leader is lost.
     pub leader_heard: Option<Instant>,
 }
 
 impl Shared {
-    /// Time since the leader was last heard: zero on the leader, `None`
-    /// when no leader is known or none has been heard yet.
+    /// Time since a leader was last heard: zero on the leader; once a
+    /// leader was heard, it keeps growing after the leader is lost (an
+    /// election, a cut); `None` only when no leader was ever heard.
     pub fn leader_contact(&self) -> Option<Duration> {
-        if self.info.leader == raft::INVALID_ID {
-            None
-        } else if self.info.leader == self.info.id {
+        if self.info.leader != raft::INVALID_ID && self.info.leader == self.info.id {
             Some(Duration::ZERO)
         } else {
             self.leader_heard.map(|t| t.elapsed())
@@ -214,6 +224,17 @@ impl Mesh {
     ) -> Result<u64, MeshError> {
         let (tx, rx) = oneshot::channel();
         self.send(Input::Member(change, tx))?;
+        wait(rx, deadline).await
+    }
+
+    /// Confirms with the leader that this node's state is current (raft's
+    /// read index; on a follower the leader is asked): the read index, once
+    /// this node has applied up to it. `NoLeader` when no leader is known or
+    /// leadership changes meanwhile; `Timeout` when the leader cannot be
+    /// heard within `deadline` (a node cut off from it cannot confirm).
+    pub async fn read_index(&self, deadline: Duration) -> Result<u64, MeshError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Input::ReadIndex(tx))?;
         wait(rx, deadline).await
     }
 
@@ -448,6 +469,8 @@ pub struct Core<O: Outbox> {
     /// simulator's checks, which must see entries a compaction drops.
     #[cfg(test)]
     pub applied_tap: Vec<(u64, u64, Vec<u8>)>,
+    /// Read-index requests in flight.
+    reads: Reads,
 }
 
 /// Bugs the simulator plants on purpose to prove its checks can fail.
@@ -603,6 +626,7 @@ impl<O: Outbox> Core<O> {
             bugs: Bugs::default(),
             #[cfg(test)]
             applied_tap: Vec::new(),
+            reads: Reads::default(),
         };
         if applied == 0 {
             tracing::warn!(
@@ -690,12 +714,14 @@ impl<O: Outbox> Core<O> {
         } else {
             self.snapshot_since.clear();
         }
+        self.tick_reads();
     }
 
     fn fail_pending(&mut self) {
         for (_, r) in self.pending.drain() {
             let _ = r.send(Err(MeshError::Stopped));
         }
+        self.reads.fail_all(&MeshError::Stopped);
     }
 
     /// Whether this node holds any state. One that does not (a new or
@@ -921,6 +947,7 @@ impl<O: Outbox> Core<O> {
             }
             Input::Unreachable(id) => self.raw.report_unreachable(id),
             Input::SnapshotDone(id, ok) => self.report_snapshot(id, ok),
+            Input::ReadIndex(reply) => self.start_read(reply),
             Input::PeerInstance(id, instance) => {
                 if instance != 0 {
                     self.seen_instances.insert(id, instance);
@@ -1126,6 +1153,7 @@ impl<O: Outbox> Core<O> {
             return Ok(());
         }
         let mut ready = self.raw.ready();
+        self.reads.confirmed(ready.take_read_states());
         // Leader messages may leave before the leader's own write.
         self.send(ready.take_messages());
         #[cfg(test)]
@@ -1168,6 +1196,7 @@ impl<O: Outbox> Core<O> {
         self.apply(committed)?;
         self.raw.advance_apply();
         self.maybe_snapshot()?;
+        self.answer_reads();
         Ok(())
     }
 

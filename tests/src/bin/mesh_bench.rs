@@ -12,19 +12,27 @@
 //!   name the same new leader. `detection` makes an HTTP target fail at a
 //!   random moment and times until every node's agreed state is DOWN,
 //!   against the probe-side floor `fall × interval`.
+//! - `status`: three real node processes on loopback, each with N tcp
+//!   targets (one local listener, interval 5 s), all agreed UP; times the
+//!   `Status` RPC over one kept-open gRPC channel: confirmed (the default,
+//!   a read-index round) and `allow_stale`, in full, and filtered as
+//!   `faxictl status` asks by default (targets not UP); then `faxictl
+//!   status` as a whole process.
 //!
 //! Run it with `tests/bench-mesh` (release build). It prints Markdown.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::time::Duration;
 
 use clap::Parser;
+use faxi_proto::v1 as pb;
 use faxi_tests::cluster::{Cluster, Ctx, Spec};
 use faxi_tests::http::AppStub;
-use faxi_tests::wait_for;
+use faxi_tests::{wait_for, workspace_bin};
 use faxi_watchdog::api::Api;
 use faxi_watchdog::mesh::driver::{self, DriverConfig, Mesh};
 use faxi_watchdog::mesh::state::{Command, Member, Seen, State};
@@ -40,9 +48,15 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "commit,throughput,failover,detection"
+        default_value = "commit,throughput,failover,detection,status"
     )]
     parts: Vec<String>,
+    /// Target counts of the status run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100,10000")]
+    status_targets: Vec<usize>,
+    /// Status calls timed per case (full answers at 10,000 targets: a tenth).
+    #[arg(long, default_value_t = 1000)]
+    status_calls: usize,
     /// Single proposals timed.
     #[arg(long, default_value_t = 2000)]
     commits: usize,
@@ -129,9 +143,8 @@ async fn in_process_mesh(dir: &std::path::Path) -> Vec<Mesh> {
         let (_, peer_svc) = api.services();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(peer_svc)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+                .serve_with_incoming(faxi_watchdog::api::incoming(listener)),
         );
         meshes.push(mesh);
     }
@@ -415,6 +428,188 @@ async fn detection(args: &Args) -> String {
     )
 }
 
+/// Targets per node in the status run (`Spec::targets` is a plain fn).
+static STATUS_TARGETS: AtomicUsize = AtomicUsize::new(0);
+
+fn tcp_targets(_: u64, _: &str, ctx: &Ctx) -> String {
+    let addr = ctx.service.unwrap();
+    let mut out = String::new();
+    for i in 0..STATUS_TARGETS.load(Ordering::Relaxed) {
+        out.push_str(&format!(
+            "[[targets]]\nname = \"t{i}\"\nkind = \"tcp\"\naddr = \"{addr}\"\n\n"
+        ));
+    }
+    out
+}
+
+/// A listener that accepts and closes, with a deep accept queue (N targets
+/// × 3 nodes connect every interval).
+async fn tcp_sink() -> std::net::SocketAddr {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(65535).unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            drop(s);
+        }
+    });
+    addr
+}
+
+/// Times `calls` Status RPCs of `req` on node `i`: milliseconds, and how
+/// many confirmed reads came back stale (not confirmed in time).
+async fn time_status(
+    c: &Cluster,
+    i: usize,
+    req: &pb::StatusRequest,
+    calls: usize,
+) -> (Vec<f64>, usize) {
+    let mut client = c.client(i).max_decoding_message_size(256 * 1024 * 1024);
+    // Warm the connection and the node.
+    for _ in 0..3 {
+        client.status(req.clone()).await.unwrap();
+    }
+    let mut lat = Vec::with_capacity(calls);
+    let mut stale = 0;
+    for _ in 0..calls {
+        let mut r = tonic::Request::new(req.clone());
+        r.set_timeout(Duration::from_secs(10));
+        let t = Instant::now();
+        let s = client.status(r).await.unwrap().into_inner();
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        if s.stale && !req.allow_stale {
+            stale += 1;
+        }
+    }
+    (lat, stale)
+}
+
+async fn status_latency(args: &Args) -> String {
+    let sink = tcp_sink().await;
+    let mut out = String::new();
+    for &n in &args.status_targets {
+        STATUS_TARGETS.store(n, Ordering::Relaxed);
+        let mut spec = Spec::zones(3);
+        spec.cluster =
+            "tick = \"100ms\"\nelection_ticks = 10\nheartbeat_ticks = 1\nrefresh = \"5s\"\n".into();
+        spec.probe_defaults = "interval = \"5s\"\ntimeout = \"2s\"\nfall = 3\nrise = 1\n".into();
+        spec.targets = tcp_targets;
+        let ctx = Ctx {
+            service: Some(sink),
+            closed: None,
+        };
+        let c = Cluster::start(&spec, &ctx).await;
+        let (leader, _) = c.wait_leader(&[0, 1, 2], Duration::from_secs(60)).await;
+        let li = c.index(leader);
+        let fi = (0..3).find(|i| *i != li).unwrap();
+        // Every target agreed UP on every node (asked cheaply: counts only).
+        let counts_only = pb::StatusRequest {
+            allow_stale: true,
+            names: vec!["/".into()],
+            include_nodes: Some(false),
+            ..Default::default()
+        };
+        wait_for(
+            "every target UP everywhere",
+            Duration::from_secs(120),
+            || async {
+                for i in 0..3 {
+                    let s = c.status_with(i, counts_only.clone()).await?;
+                    let up = s.counts.get("UP").copied().unwrap_or(0);
+                    if up != n as u64 {
+                        return Err(format!("node {}: {up} of {n} UP", i + 1));
+                    }
+                }
+                Ok(())
+            },
+        )
+        .await;
+        let full = pb::StatusRequest::default();
+        let stale = pb::StatusRequest {
+            allow_stale: true,
+            ..Default::default()
+        };
+        // What `faxictl status` asks by default: the targets not UP.
+        let not_up = pb::StatusRequest {
+            states: ["DOWN", "SUSPECT", "UNKNOWN", "STALE"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            ..Default::default()
+        };
+        let big = if n > 1000 {
+            (args.status_calls / 10).max(10)
+        } else {
+            args.status_calls
+        };
+        let cases: [(&str, usize, &pb::StatusRequest, usize); 6] = [
+            ("full, confirmed, on the leader", li, &full, big),
+            ("full, confirmed, on a follower", fi, &full, big),
+            ("full, allow_stale, on a follower", fi, &stale, big),
+            (
+                "not UP only (faxictl's default), confirmed, on the leader",
+                li,
+                &not_up,
+                args.status_calls,
+            ),
+            (
+                "not UP only, confirmed, on a follower",
+                fi,
+                &not_up,
+                args.status_calls,
+            ),
+            (
+                "not UP only, allow_stale, on a follower",
+                fi,
+                &not_up_stale(&not_up),
+                args.status_calls,
+            ),
+        ];
+        for (what, i, req, calls) in cases {
+            let (lat, stale) = time_status(&c, i, req, calls).await;
+            let unconfirmed = if req.allow_stale {
+                String::new()
+            } else {
+                format!(", {stale} not confirmed in time")
+            };
+            let row = format!(
+                "| Status RPC (ms), {n} targets, {what} | {}{unconfirmed} |\n",
+                summary(lat)
+            );
+            eprint!("{row}");
+            out.push_str(&row);
+        }
+        // faxictl status as a user runs it: a process, a connection, a call.
+        let ep = c.endpoints(&[li]);
+        let mut lat = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            let o = tokio::process::Command::new(workspace_bin("faxictl"))
+                .args(["--endpoints", &ep, "status"])
+                .output()
+                .await
+                .unwrap();
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        let row = format!(
+            "| `faxictl status` (default view) process wall time (ms), {n} targets | {} |\n",
+            summary(lat)
+        );
+        eprint!("{row}");
+        out.push_str(&row);
+    }
+    out
+}
+
+fn not_up_stale(r: &pb::StatusRequest) -> pb::StatusRequest {
+    pb::StatusRequest {
+        allow_stale: true,
+        ..r.clone()
+    }
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let args = Args::parse();
@@ -425,6 +620,7 @@ async fn main() {
             "throughput" => throughput(&args).await,
             "failover" => failover(&args).await,
             "detection" => detection(&args).await,
+            "status" => status_latency(&args).await,
             other => {
                 eprintln!("unknown part {other}");
                 std::process::exit(2);
