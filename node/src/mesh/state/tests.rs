@@ -1,5 +1,8 @@
 //! Unit tests of the agreed-state rules, and a seeded randomized check of
-//! them against a brute-force oracle, with determinism and snapshot checks.
+//! them against an oracle that restates the rules from the commands alone
+//! (its own members, clocks, reports and log time; every target recomputed
+//! after every command), comparing log time, every agreed record in full
+//! and the transitions; with rejection, determinism and snapshot checks.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -168,9 +171,36 @@ fn a_new_cluster_agrees_before_every_member_has_reported() {
 #[test]
 fn an_older_report_never_overwrites_a_newer_one_and_log_time_never_goes_back() {
     let mut sm = three_zones();
+    observe(&mut sm, 2, 3_000, "pg", State::Down);
     observe(&mut sm, 1, 5_000, "pg", State::Down);
+    assert_eq!(
+        sm.log_now_ms(),
+        3_000,
+        "the second-latest of 5_000 and 3_000"
+    );
+    // A report of node 1's that was taken before its last one (a proposal
+    // that waited behind a newer one) changes neither its view nor its clock.
     observe(&mut sm, 1, 4_000, "pg", State::Up);
-    assert_eq!(sm.views("pg").unwrap()[&1].verdict, State::Down);
+    let v = &sm.views("pg").unwrap()[&1];
+    assert_eq!((v.verdict, v.at_ms), (State::Down, 5_000));
+    assert_eq!(state(&sm, "pg"), State::Down);
+    // Node 1's clock is still 5_000: once node 2 passes it, log time is 5_000.
+    observe(&mut sm, 2, 6_000, "pg", State::Down);
+    assert_eq!(sm.log_now_ms(), 5_000);
+    // Two members join: log time would be the third-latest of the three
+    // clocks (3_000 of 6_000, 5_000, 3_000) if it could go back. It cannot.
+    observe(&mut sm, 3, 3_000, "pg", State::Down);
+    for id in [4, 5] {
+        sm.apply(&Command::SetMember {
+            id,
+            member: Member {
+                zone: "zone-d".into(),
+                addr: "wd-d:7400".into(),
+            },
+        })
+        .unwrap();
+    }
+    observe(&mut sm, 3, 3_001, "pg", State::Down);
     assert_eq!(sm.log_now_ms(), 5_000);
 }
 
@@ -184,21 +214,42 @@ fn single_zone_needs_a_majority_of_nodes() {
 }
 
 #[test]
-fn stale_backups_and_unknown_members() {
+fn stale_backups_need_a_quorum() {
     let mut sm = three_zones();
     observe(&mut sm, 1, 1, "pg-backups", State::Stale);
     assert_eq!(state(&sm, "pg-backups"), State::Unknown);
     observe(&mut sm, 2, 1, "pg-backups", State::Stale);
     assert_eq!(state(&sm, "pg-backups"), State::Stale);
+}
+
+#[test]
+fn rejected_commands_leave_the_state_unchanged() {
+    let mut sm = three_zones();
+    observe(&mut sm, 1, 1_000, "pg", State::Down);
+    observe(&mut sm, 2, 1_000, "pg", State::Up);
+    let before = sm.clone();
+    // An observation from a non-member: no clock, no view, no log time.
     let err = sm
         .apply(&Command::Observe {
             node: 9,
-            at_ms: 2,
-            valid_for_ms: 1,
-            seen: vec![],
+            at_ms: 9_000_000,
+            valid_for_ms: 3_000,
+            seen: vec![Seen {
+                target: "pg".into(),
+                verdict: State::Down,
+                latency_us: 1,
+                error: None,
+            }],
         })
         .unwrap_err();
     assert_eq!(err, Rejected::NotAMember(9));
+    assert_eq!(sm, before);
+    assert_eq!(
+        sm.apply(&Command::RemoveMember { id: 9 }),
+        Err(Rejected::UnknownMember(9))
+    );
+    assert_eq!(sm, before);
+    assert_eq!(sm.snapshot().unwrap(), before.snapshot().unwrap());
 }
 
 #[test]
@@ -210,80 +261,238 @@ fn removing_a_member_drops_its_zone_and_views() {
     sm.apply(&Command::RemoveMember { id: 2 }).unwrap();
     // Two zones left, one DOWN: no longer a quorum (2 of 2 needed).
     assert_eq!(state(&sm, "app"), State::Suspect);
-    assert_eq!(
-        sm.apply(&Command::RemoveMember { id: 2 }),
-        Err(Rejected::UnknownMember(2))
-    );
+    assert!(!sm.views("app").unwrap().contains_key(&2), "{sm:#?}");
+    let a = &sm.agreed()["app"];
+    assert_eq!(a.zones.keys().collect::<Vec<_>>(), ["zone-a", "zone-c"]);
+    assert_eq!(a.down_zones, ["zone-a"]);
+    assert!(!sm.members().contains_key(&2));
+    // Added back, it starts afresh: its old DOWN does not count again.
+    sm.apply(&Command::SetMember {
+        id: 2,
+        member: Member {
+            zone: "zone-b".into(),
+            addr: "wd-2:7400".into(),
+        },
+    })
+    .unwrap();
+    assert_eq!(state(&sm, "app"), State::Suspect);
+    assert_eq!(sm.agreed()["app"].zones["zone-b"], State::Unknown);
 }
 
-/// The rules restated as plainly as possible, for the randomized check.
-fn oracle(sm: &StateMachine, target: &str) -> State {
-    let now = sm.log_now_ms();
-    let fresh_verdict = |id: &NodeId| {
-        sm.views(target)
-            .and_then(|v| v.get(id))
-            .filter(|v| v.expires_at_ms >= now)
-            .map(|v| v.verdict)
-    };
-    let zones: BTreeSet<&str> = sm.members().values().map(|m| m.zone.as_str()).collect();
-    let votes: Vec<State> = if zones.len() == 1 {
-        sm.members()
-            .keys()
-            .map(|id| fresh_verdict(id).unwrap_or(State::Unknown))
-            .collect()
-    } else {
-        zones
+/// The rules restated from scratch, for the randomized check. It is fed the
+/// same commands as the state machine and keeps its own members, clocks,
+/// reports and log time; after every command it recomputes every target
+/// from those alone (no shortcut, nothing read from the state machine), and
+/// says which transitions the command must have produced.
+#[derive(Debug, Clone)]
+struct Oracle {
+    zone_of: BTreeMap<NodeId, String>,
+    /// Each member's proposer clock, as the rules define it.
+    stamp: BTreeMap<NodeId, u64>,
+    now: u64,
+    /// (target, node) -> (verdict, taken at, counts until).
+    reports: BTreeMap<(String, NodeId), (State, u64, u64)>,
+    records: BTreeMap<String, Agreed>,
+}
+
+impl Oracle {
+    fn new(spec: &[(NodeId, &str)]) -> Self {
+        Oracle {
+            zone_of: spec.iter().map(|(id, z)| (*id, z.to_string())).collect(),
+            stamp: BTreeMap::new(),
+            now: 0,
+            reports: BTreeMap::new(),
+            records: BTreeMap::new(),
+        }
+    }
+
+    /// The transitions `cmd` must produce, or `Err` if it must be rejected.
+    fn apply(&mut self, cmd: &Command) -> Result<Vec<Transition>, ()> {
+        match cmd {
+            Command::Observe {
+                node,
+                at_ms,
+                valid_for_ms,
+                seen,
+            } => {
+                if !self.zone_of.contains_key(node) {
+                    return Err(());
+                }
+                let s = self.stamp.entry(*node).or_insert(0);
+                *s = (*s).max(*at_ms);
+                self.now = self.now.max(self.log_clock());
+                for x in seen {
+                    let key = (x.target.clone(), *node);
+                    let newer = self.reports.get(&key).is_none_or(|r| r.1 <= *at_ms);
+                    if newer {
+                        let until = self.now.saturating_add(*valid_for_ms);
+                        self.reports.insert(key, (x.verdict, *at_ms, until));
+                    }
+                    let now = self.now;
+                    self.records.entry(x.target.clone()).or_insert(Agreed {
+                        state: State::Unknown,
+                        since_ms: now,
+                        zones: BTreeMap::new(),
+                        down_zones: Vec::new(),
+                    });
+                }
+            }
+            Command::SetMember { id, member } => {
+                self.zone_of.insert(*id, member.zone.clone());
+            }
+            Command::RemoveMember { id } => {
+                if self.zone_of.remove(id).is_none() {
+                    return Err(());
+                }
+                self.stamp.remove(id);
+                self.reports.retain(|(_, n), _| n != id);
+            }
+        }
+        let mut out = Vec::new();
+        let targets: Vec<String> = self.records.keys().cloned().collect();
+        for t in targets {
+            let (state, zones, down_zones) = self.judge(&t);
+            let now = self.now;
+            let rec = self.records.get_mut(&t).unwrap();
+            if rec.state != state {
+                out.push(Transition {
+                    target: t.clone(),
+                    from: rec.state,
+                    to: state,
+                    at_ms: now,
+                    down_zones: down_zones.clone(),
+                });
+                rec.state = state;
+                rec.since_ms = now;
+            }
+            rec.zones = zones;
+            rec.down_zones = down_zones;
+        }
+        Ok(out)
+    }
+
+    /// The (f+1)-th largest member clock, the largest while fewer have one.
+    fn log_clock(&self) -> u64 {
+        let mut v: Vec<u64> = self.stamp.values().copied().collect();
+        v.sort_unstable();
+        v.reverse();
+        let f = (self.zone_of.len().saturating_sub(1)) / 2;
+        if v.len() > f {
+            v[f]
+        } else {
+            v.first().copied().unwrap_or(0)
+        }
+    }
+
+    fn fresh(&self, target: &str, node: NodeId) -> Option<State> {
+        self.reports
+            .get(&(target.to_owned(), node))
+            .filter(|r| r.2 >= self.now)
+            .map(|r| r.0)
+    }
+
+    fn judge(&self, target: &str) -> (State, BTreeMap<String, State>, Vec<String>) {
+        let zone_names: BTreeSet<&String> = self.zone_of.values().collect();
+        let mut zones = BTreeMap::new();
+        for z in &zone_names {
+            let vs: Vec<State> = self
+                .zone_of
+                .iter()
+                .filter(|(_, zz)| zz == z)
+                .filter_map(|(id, _)| self.fresh(target, *id))
+                .collect();
+            let v = [State::Up, State::Down, State::Stale, State::Unknown]
+                .into_iter()
+                .find(|s| vs.iter().filter(|v| *v == s).count() * 2 > vs.len())
+                .unwrap_or(State::Unknown);
+            zones.insert((*z).clone(), v);
+        }
+        let votes: Vec<State> = if zone_names.len() == 1 {
+            self.zone_of
+                .keys()
+                .map(|id| self.fresh(target, *id).unwrap_or(State::Unknown))
+                .collect()
+        } else {
+            zones.values().copied().collect()
+        };
+        let n = |s| votes.iter().filter(|v| **v == s).count();
+        let q = votes.len() / 2 + 1;
+        let state = if n(State::Down) >= q {
+            State::Down
+        } else if n(State::Down) > 0 {
+            State::Suspect
+        } else if n(State::Stale) >= q {
+            State::Stale
+        } else if n(State::Up) >= q {
+            State::Up
+        } else {
+            State::Unknown
+        };
+        let down_zones = zones
             .iter()
-            .map(|z| {
-                let vs: Vec<State> = sm
-                    .members()
-                    .iter()
-                    .filter(|(_, m)| m.zone == *z)
-                    .filter_map(|(id, _)| fresh_verdict(id))
-                    .collect();
-                [State::Up, State::Down, State::Stale, State::Unknown]
-                    .into_iter()
-                    .find(|s| vs.iter().filter(|v| *v == s).count() * 2 > vs.len())
-                    .unwrap_or(State::Unknown)
-            })
-            .collect()
-    };
-    let n = |s| votes.iter().filter(|v| **v == s).count();
-    let q = votes.len() / 2 + 1;
-    if n(State::Down) >= q {
-        State::Down
-    } else if n(State::Down) > 0 {
-        State::Suspect
-    } else if n(State::Stale) >= q {
-        State::Stale
-    } else if n(State::Up) >= q {
-        State::Up
-    } else {
-        State::Unknown
+            .filter(|(_, v)| **v == State::Down)
+            .map(|(z, _)| z.clone())
+            .collect();
+        (state, zones, down_zones)
     }
 }
 
-fn random_command(rng: &mut StdRng, clock: &mut u64) -> Command {
-    *clock += rng.random_range(0..1_500);
+/// Node clocks for a random run: each node is off by its own offset, which
+/// now and then jumps an hour ahead or back (a bad NTP step).
+struct Clocks {
+    now: u64,
+    offset: BTreeMap<NodeId, i64>,
+}
+
+impl Clocks {
+    fn read(&self, node: NodeId) -> u64 {
+        let off = self.offset.get(&node).copied().unwrap_or(0);
+        u64::try_from(i64::try_from(self.now).unwrap() + off).unwrap_or(0)
+    }
+}
+
+fn random_command(rng: &mut StdRng, clocks: &mut Clocks, zones: usize) -> Command {
+    clocks.now += rng.random_range(0..1_500);
     let targets = ["pg", "redis", "app", "s3"];
     let verdicts = [State::Up, State::Down, State::Stale, State::Unknown];
-    match rng.random_range(0..20) {
-        0 => Command::RemoveMember {
+    let node = rng.random_range(1..=7);
+    match rng.random_range(0..40) {
+        0 | 1 => Command::RemoveMember {
             id: rng.random_range(1..=7),
         },
-        1 => Command::SetMember {
+        2 | 3 => Command::SetMember {
             id: rng.random_range(1..=7),
             member: Member {
-                zone: format!("zone-{}", rng.random_range(0..3)),
+                zone: format!("zone-{}", rng.random_range(0..zones)),
                 addr: "x:1".into(),
             },
         },
-        _ => Command::Observe {
-            node: rng.random_range(1..=7),
-            // Proposer clocks disagree by up to a second either way.
-            at_ms: clock.saturating_sub(rng.random_range(0..1_000)),
-            valid_for_ms: 3_000,
-            seen: (0..rng.random_range(1..4))
+        4 => {
+            // A bad clock step: an hour ahead, or back to where it was.
+            let hour = if rng.random_bool(0.5) {
+                3_600_000
+            } else {
+                -3_600_000
+            };
+            clocks.offset.insert(node, hour);
+            Command::Observe {
+                node,
+                at_ms: clocks.read(node),
+                valid_for_ms: 3_000,
+                seen: vec![],
+            }
+        }
+        n => Command::Observe {
+            node,
+            // A proposal that waited behind newer ones is up to 5 s old;
+            // others disagree with the wall clock by their offset.
+            at_ms: if n == 5 {
+                clocks.read(node).saturating_sub(rng.random_range(0..5_000))
+            } else {
+                clocks.read(node)
+            },
+            valid_for_ms: if n == 6 { 1_000 } else { 3_000 },
+            seen: (0..rng.random_range(0..4))
                 .map(|_| Seen {
                     target: targets[rng.random_range(0..targets.len())].into(),
                     verdict: verdicts[rng.random_range(0..verdicts.len())],
@@ -295,42 +504,78 @@ fn random_command(rng: &mut StdRng, clock: &mut u64) -> Command {
     }
 }
 
+/// Starting memberships: three zones, one zone, two zones (even counts).
+const LAYOUTS: [&[(NodeId, &str)]; 3] = [
+    &[
+        (1, "zone-0"),
+        (2, "zone-1"),
+        (3, "zone-2"),
+        (4, "zone-0"),
+        (5, "zone-1"),
+    ],
+    &[(1, "zone-0"), (2, "zone-0"), (3, "zone-0")],
+    &[(1, "zone-0"), (2, "zone-1"), (3, "zone-0"), (4, "zone-1")],
+];
+
 #[test]
 fn seeded_runs_match_the_oracle_and_replay_identically() {
+    let mut reached: BTreeSet<State> = BTreeSet::new();
+    let (mut rejected, mut transitions) = (0, 0);
     for seed in 0..300u64 {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut clock = 0;
-        let mut sm = members(&[
-            (1, "zone-0"),
-            (2, "zone-1"),
-            (3, "zone-2"),
-            (4, "zone-0"),
-            (5, "zone-1"),
-        ]);
+        let layout = LAYOUTS[seed as usize % LAYOUTS.len()];
+        let zones = [3, 1, 2][seed as usize % LAYOUTS.len()];
+        let mut clocks = Clocks {
+            now: 1_000_000,
+            offset: (1..=7)
+                .map(|n| (n, rng.random_range(-1_000..1_000)))
+                .collect(),
+        };
+        let mut sm = members(layout);
+        let mut oracle = Oracle::new(layout);
         let initial = sm.clone();
         let mut log = Vec::new();
         for step in 0..200 {
-            let cmd = random_command(&mut rng, &mut clock);
-            let _ = sm.apply(&cmd);
-            log.push(cmd);
-            for (target, agreed) in sm.agreed() {
-                assert_eq!(
-                    agreed.state,
-                    oracle(&sm, target),
-                    "seed {seed} step {step} target {target}: {sm:#?}"
-                );
-            }
-            // DOWN only with a zone quorum of DOWN (the safety property recovery relies on).
-            for a in sm.agreed().values().filter(|a| a.state == State::Down) {
-                let zones = a.zones.len();
-                let down = a.zones.values().filter(|s| **s == State::Down).count();
-                if zones > 1 {
-                    assert!(
-                        down > zones / 2,
-                        "seed {seed} step {step}: DOWN with {down} of {zones} zones"
+            let cmd = random_command(&mut rng, &mut clocks, zones);
+            let before = sm.clone();
+            let got = sm.apply(&cmd);
+            let want = oracle.apply(&cmd);
+            let ctx =
+                || format!("seed {seed} step {step}: {cmd:?}\noracle: {oracle:#?}\nsm: {sm:#?}");
+            match (&got, &want) {
+                (Ok(t), Ok(w)) => {
+                    assert_eq!(t, w, "transitions, {}", ctx());
+                    transitions += t.len();
+                }
+                (Err(_), Err(())) => {
+                    rejected += 1;
+                    assert_eq!(
+                        sm,
+                        before,
+                        "a rejected command changed the state, {}",
+                        ctx()
                     );
                 }
+                _ => panic!("got {got:?}, want {want:?}, {}", ctx()),
             }
+            assert_eq!(sm.log_now_ms(), oracle.now, "log time, {}", ctx());
+            assert_eq!(sm.agreed(), &oracle.records, "agreed records, {}", ctx());
+            // The record agrees with itself: zones named DOWN exactly when
+            // DOWN or SUSPECT, and DOWN only with a quorum of DOWN zones
+            // (of nodes, with one zone): the property recovery relies on.
+            for (t, a) in sm.agreed() {
+                reached.insert(a.state);
+                let named = !a.down_zones.is_empty();
+                let alarmed = matches!(a.state, State::Down | State::Suspect);
+                if a.zones.len() > 1 {
+                    assert_eq!(named, alarmed, "{t}: {a:?}, {}", ctx());
+                }
+                if a.state == State::Down && a.zones.len() > 1 {
+                    let down = a.zones.values().filter(|s| **s == State::Down).count();
+                    assert!(down > a.zones.len() / 2, "{t}: {a:?}, {}", ctx());
+                }
+            }
+            log.push(cmd);
         }
         // Replaying the same log gives the same state; so does a snapshot
         // taken half-way, restored, and fed the second half.
@@ -354,6 +599,12 @@ fn seeded_runs_match_the_oracle_and_replay_identically() {
             "seed {seed}: snapshots differ in bytes"
         );
     }
+    // The runs reached every state, rejected commands and changed states.
+    assert_eq!(reached.len(), 5, "states reached: {reached:?}");
+    assert!(
+        rejected > 100 && transitions > 1_000,
+        "{rejected} rejected, {transitions} transitions"
+    );
 }
 
 #[test]
