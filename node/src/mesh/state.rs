@@ -19,7 +19,9 @@
 //! - the quorum is a majority of the zones that have members, or, with a
 //!   single zone, a majority of its nodes;
 //! - DOWN when DOWN zones (nodes, with one zone) reach the quorum;
-//! - SUSPECT when some zone sees DOWN but not a quorum, naming those zones;
+//! - SUSPECT when some zone sees DOWN but not a quorum, naming those zones
+//!   (with a single zone: some node sees DOWN, but not a majority of nodes;
+//!   the zone is named, and the nodes' own views say which ones);
 //! - STALE when STALE zones reach the quorum, then UP when UP zones do;
 //! - UNKNOWN otherwise.
 
@@ -145,7 +147,11 @@ pub struct Agreed {
     pub since_ms: u64,
     /// Each zone's verdict (zones with members only).
     pub zones: BTreeMap<String, State>,
-    /// The zones that see the target DOWN (non-empty when SUSPECT).
+    /// The zones that see the target DOWN: with several zones, those whose
+    /// verdict is DOWN; with a single zone, that zone when any of its fresh
+    /// observations is DOWN (its verdict may still be UP: one node of three
+    /// seeing DOWN makes the target SUSPECT). Non-empty exactly when the
+    /// state is DOWN or SUSPECT.
     pub down_zones: Vec<String>,
 }
 
@@ -160,7 +166,7 @@ pub struct Transition {
     pub to: State,
     /// Log time of the change.
     pub at_ms: u64,
-    /// Zones seeing it DOWN at that moment.
+    /// Zones seeing it DOWN at that moment (as [`Agreed::down_zones`]).
     pub down_zones: Vec<String>,
 }
 
@@ -396,11 +402,18 @@ fn agree(
     };
     let quorum = votes.len() / 2 + 1;
     let count = |s: State| votes.iter().filter(|v| **v == s).count();
-    let down_zones: Vec<String> = zone_states
-        .iter()
-        .filter(|(_, s)| **s == State::Down)
-        .map(|(z, _)| z.clone())
-        .collect();
+    let down_zones: Vec<String> = if zones.len() == 1 {
+        // The single zone sees DOWN when any of its nodes does: a minority
+        // of nodes makes SUSPECT, and SUSPECT must name who sees it.
+        let seen_down = votes.contains(&State::Down);
+        zones.keys().filter(|_| seen_down).cloned().collect()
+    } else {
+        zone_states
+            .iter()
+            .filter(|(_, s)| **s == State::Down)
+            .map(|(z, _)| z.clone())
+            .collect()
+    };
     let state = if votes.is_empty() {
         State::Unknown
     } else if count(State::Down) >= quorum {

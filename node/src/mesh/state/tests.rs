@@ -211,6 +211,27 @@ fn single_zone_needs_a_majority_of_nodes() {
     assert_eq!(state(&sm, "app"), State::Suspect);
     observe(&mut sm, 2, 1, "app", State::Down);
     assert_eq!(state(&sm, "app"), State::Down);
+    assert_eq!(sm.agreed()["app"].down_zones, ["dc"]);
+}
+
+#[test]
+fn single_zone_suspect_names_the_zone_though_its_majority_says_up() {
+    let mut sm = members(&[(1, "dc"), (2, "dc"), (3, "dc")]);
+    for n in 1..=3 {
+        observe(&mut sm, n, 1_000, "app", State::Up);
+    }
+    let t = observe(&mut sm, 3, 1_100, "app", State::Down);
+    let a = &sm.agreed()["app"];
+    assert_eq!(a.state, State::Suspect);
+    assert_eq!(a.zones["dc"], State::Up, "two of three still see it UP");
+    assert_eq!(a.down_zones, ["dc"]);
+    assert_eq!(t.len(), 1);
+    assert_eq!((t[0].from, t[0].to), (State::Up, State::Suspect));
+    assert_eq!(t[0].down_zones, ["dc"]);
+    // Back UP: nobody sees it DOWN, nobody is named.
+    observe(&mut sm, 3, 1_200, "app", State::Up);
+    assert_eq!(state(&sm, "app"), State::Up);
+    assert!(sm.agreed()["app"].down_zones.is_empty());
 }
 
 #[test]
@@ -428,9 +449,18 @@ impl Oracle {
         } else {
             State::Unknown
         };
+        // With one zone, the zone is named when any fresh node sees DOWN.
         let down_zones = zones
             .iter()
-            .filter(|(_, v)| **v == State::Down)
+            .filter(|(z, v)| {
+                if zones.len() == 1 {
+                    self.zone_of.keys().any(|id| {
+                        self.zone_of[id] == **z && self.fresh(target, *id) == Some(State::Down)
+                    })
+                } else {
+                    **v == State::Down
+                }
+            })
             .map(|(z, _)| z.clone())
             .collect();
         (state, zones, down_zones)
@@ -567,9 +597,7 @@ fn seeded_runs_match_the_oracle_and_replay_identically() {
                 reached.insert(a.state);
                 let named = !a.down_zones.is_empty();
                 let alarmed = matches!(a.state, State::Down | State::Suspect);
-                if a.zones.len() > 1 {
-                    assert_eq!(named, alarmed, "{t}: {a:?}, {}", ctx());
-                }
+                assert_eq!(named, alarmed, "{t}: {a:?}, {}", ctx());
                 if a.state == State::Down && a.zones.len() > 1 {
                     let down = a.zones.values().filter(|s| **s == State::Down).count();
                     assert!(down > a.zones.len() / 2, "{t}: {a:?}, {}", ctx());
