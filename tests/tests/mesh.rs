@@ -205,7 +205,11 @@ async fn leader_killed_a_new_leader_is_elected_and_the_restarted_node_loses_noth
     let app = AppStub::start().await;
     let mut c = three(&app).await;
     let (old, old_term) = c.wait_leader(&[0, 1, 2], LONG).await;
+    // Every target settled first, so the states compared after the restart
+    // are not ones still being reached.
     c.wait_state(&[0, 1, 2], "app", "UP", LONG).await;
+    c.wait_state(&[0, 1, 2], "gone", "DOWN", LONG).await;
+    c.wait_state(&[0, 1, 2], "cache", "SUSPECT", LONG).await;
     let li = c.index(old);
     let before = c.status(li).await.unwrap();
     let committed = before.cluster.as_ref().unwrap().commit_index;
@@ -223,7 +227,7 @@ async fn leader_killed_a_new_leader_is_elected_and_the_restarted_node_loses_noth
 
     // The survivors keep committing; then the old leader comes back from sled.
     c.restart(li).await;
-    let s = wait_for("the restarted node caught up", LONG, || async {
+    wait_for("the restarted node caught up", LONG, || async {
         let s = c.status(li).await?;
         let cl = s.cluster.clone().unwrap_or_default();
         if cl.leader == new && cl.applied_index > committed {
@@ -233,10 +237,22 @@ async fn leader_killed_a_new_leader_is_elected_and_the_restarted_node_loses_noth
         }
     })
     .await;
-    for (name, state) in &agreed {
-        let t = s.targets.iter().find(|t| &t.name == name).unwrap();
-        assert_eq!(&t.state, state, "{name} after restart");
-    }
+    // While it was down its own observations expired (cache may read UP
+    // without zone-c's DOWN): the agreed states return once it reports again.
+    wait_for("the agreed states as before the kill", LONG, || async {
+        let s = c.status(li).await?;
+        let now: BTreeMap<String, String> = s
+            .targets
+            .iter()
+            .map(|t| (t.name.clone(), t.state.clone()))
+            .collect();
+        if now == agreed {
+            Ok(())
+        } else {
+            Err(format!("{now:?}, before: {agreed:?}"))
+        }
+    })
+    .await;
     // What the node read back from its own sled log on restart, before
     // hearing from anyone: every entry it had committed, and the commit.
     let opened: Vec<(u64, u64)> = c
