@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod http;
 pub mod node;
 pub mod postgres;
+pub mod proxy;
 pub mod redis;
 pub mod s3;
 
