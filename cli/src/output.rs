@@ -243,9 +243,34 @@ fn zones_cell(t: &pb::TargetStatus) -> String {
         .join(" ")
 }
 
+/// Who cannot reach a SUSPECT target: the zones that see it DOWN; with a
+/// single zone (where the zone's own majority may still say UP), the nodes
+/// whose fresh view is DOWN, in that zone.
+fn suspect_note(t: &pb::TargetStatus) -> String {
+    let seers: Vec<String> = t
+        .nodes
+        .iter()
+        .filter(|n| n.fresh && n.verdict == "DOWN")
+        .map(|n| n.id.to_string())
+        .collect();
+    if t.zones.len() == 1 && !seers.is_empty() {
+        let zone = t.zones.keys().next().cloned().unwrap_or_default();
+        let nodes = if seers.len() == 1 { "node" } else { "nodes" };
+        format!(
+            "{nodes} {} in {zone} cannot reach {}",
+            seers.join(", "),
+            t.name
+        )
+    } else if !t.down_zones.is_empty() {
+        format!("{} cannot reach {}", t.down_zones.join(", "), t.name)
+    } else {
+        format!("a minority sees {} DOWN", t.name)
+    }
+}
+
 fn note(t: &pb::TargetStatus) -> String {
     match t.state.as_str() {
-        "SUSPECT" => format!("{} cannot reach {}", t.down_zones.join(", "), t.name),
+        "SUSPECT" => suspect_note(t),
         "DOWN" => {
             let errors: Vec<String> = t
                 .nodes
@@ -581,5 +606,74 @@ mod tests {
         assert_eq!(j["staleness_ms"], Value::Null);
         assert_eq!(j["stale_reason"], "no leader");
         assert_eq!(j["counts"]["WEIRD"], 1);
+    }
+
+    fn verdict(id: u64, zone: &str, verdict: &str, fresh: bool) -> pb::NodeVerdict {
+        pb::NodeVerdict {
+            id,
+            zone: zone.into(),
+            verdict: verdict.into(),
+            fresh,
+            ..pb::NodeVerdict::default()
+        }
+    }
+
+    fn target(
+        zones: &[(&str, &str)],
+        down_zones: &[&str],
+        nodes: Vec<pb::NodeVerdict>,
+    ) -> pb::TargetStatus {
+        pb::TargetStatus {
+            name: "app".into(),
+            kind: "http".into(),
+            state: "SUSPECT".into(),
+            zones: zones
+                .iter()
+                .map(|(z, v)| (z.to_string(), v.to_string()))
+                .collect(),
+            down_zones: down_zones.iter().map(|z| z.to_string()).collect(),
+            nodes,
+            ..pb::TargetStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_suspect_note_names_who_cannot_reach_the_target() {
+        // Several zones: the zones.
+        let t = target(
+            &[("zone-a", "UP"), ("zone-b", "UP"), ("zone-c", "DOWN")],
+            &["zone-c"],
+            vec![verdict(3, "zone-c", "DOWN", true)],
+        );
+        assert_eq!(note(&t), "zone-c cannot reach app");
+        // One zone, whose majority still says UP: the nodes that see DOWN
+        // now (a stale DOWN of node 1 does not count).
+        let nodes = vec![
+            verdict(1, "dc", "DOWN", false),
+            verdict(2, "dc", "UP", true),
+            verdict(3, "dc", "DOWN", true),
+        ];
+        let t = target(&[("dc", "UP")], &["dc"], nodes.clone());
+        assert_eq!(note(&t), "node 3 in dc cannot reach app");
+        // Five nodes, two of them seeing DOWN.
+        let mut five = nodes;
+        five[0].fresh = true;
+        five.push(verdict(4, "dc", "UP", true));
+        five.push(verdict(5, "dc", "UP", true));
+        let t = target(&[("dc", "UP")], &["dc"], five);
+        assert_eq!(note(&t), "nodes 1, 3 in dc cannot reach app");
+        // The table carries it.
+        let s = pb::StatusResponse {
+            targets: vec![target(
+                &[("dc", "UP")],
+                &["dc"],
+                vec![verdict(3, "dc", "DOWN", true)],
+            )],
+            ..pb::StatusResponse::default()
+        };
+        assert!(status_table(&s, Shown::All).contains("node 3 in dc cannot reach app"));
+        // Nobody to name: never a sentence without a subject.
+        let t = target(&[("dc", "UP")], &[], vec![]);
+        assert_eq!(note(&t), "a minority sees app DOWN");
     }
 }

@@ -358,13 +358,11 @@ impl Cluster {
         (id - 1) as usize
     }
 
-    /// Log lines of node `i` (JSON).
+    /// Log lines of node `i` (JSON); a line that is not JSON (a panic)
+    /// fails the caller with its text.
     pub fn log_lines(&self, i: usize) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.nodes[i].log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        let text = std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
+        crate::parse_log(&format!("node {}", self.nodes[i].id), &text)
     }
 
     /// Runs faxictl against `endpoints` with `args`.
@@ -375,6 +373,14 @@ impl Cluster {
             .output()
             .await
             .unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &self.nodes {
+            crate::check_node_log(&format!("node {}", m.id), &m.log);
+        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod http;
 pub mod node;
 pub mod postgres;
+pub mod proxy;
 pub mod redis;
 pub mod s3;
 
@@ -78,6 +79,54 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
         return Err(head.lines().next().unwrap_or_default().to_owned());
     }
     Ok(body.to_owned())
+}
+
+/// The lines of a node's log that are not JSON: what the node wrote outside
+/// its logger (a panic's text, a start-up error).
+pub fn stray_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_err())
+        .collect()
+}
+
+/// A node's JSON log, one object per line. A line that is not JSON is
+/// never dropped: it fails the caller, with its text (most likely a panic).
+pub fn parse_log(name: &str, text: &str) -> Vec<serde_json::Value> {
+    let stray = stray_lines(text);
+    assert!(
+        stray.is_empty(),
+        "{name} wrote lines that are not JSON (a panic?):\n{}",
+        stray.join("\n")
+    );
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// For a node's handle being dropped at the end of a test. While the test
+/// fails anyway, what the node wrote outside its JSON log is printed with
+/// the failure; a node that panicked fails a test that would pass, with
+/// the panic's text.
+pub fn check_node_log(name: &str, path: &std::path::Path) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let stray = stray_lines(&text);
+    if stray.is_empty() {
+        return;
+    }
+    if std::thread::panicking() {
+        eprintln!(
+            "{name} wrote, outside its JSON log ({}):\n{}",
+            path.display(),
+            stray.join("\n")
+        );
+    } else if stray.iter().any(|l| l.contains("panicked at")) {
+        panic!(
+            "{name} panicked ({}):\n{}",
+            path.display(),
+            stray.join("\n")
+        );
+    }
 }
 
 /// A binary of this workspace, built next to the test executable.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
-use crate::{free_port, http_get, metric, wait_for, workspace_bin};
+use crate::{check_node_log, free_port, http_get, metric, wait_for, workspace_bin};
 
 /// A running node process; killed on drop.
 #[derive(Debug)]
@@ -138,13 +138,10 @@ impl NodeProcess {
         .await
     }
 
-    /// The log so far, one JSON object per line.
+    /// The log so far, one JSON object per line; a line that is not JSON
+    /// (a panic) fails the caller with its text.
     pub fn log_lines(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        crate::parse_log("the node", &self.log_text())
     }
 
     /// The raw log text.
@@ -170,5 +167,11 @@ impl NodeProcess {
             .await
             .expect("exit after the signal")
             .unwrap()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        check_node_log("the node", &self.log);
     }
 }

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tempfile::TempDir;
@@ -21,6 +22,8 @@ pub struct Postgres {
     pub port: u16,
     dir: TempDir,
     bin: PathBuf,
+    /// Started and not stopped since: what drop must stop.
+    running: AtomicBool,
 }
 
 fn pg_bin() -> PathBuf {
@@ -73,11 +76,12 @@ impl Postgres {
         let pwfile = dir.path().join("pw");
         std::fs::write(&pwfile, PASSWORD).unwrap();
         if is_root() {
-            Command::new("chown")
+            let status = Command::new("chown")
                 .args(["postgres:"])
                 .arg(&pwfile)
                 .status()
                 .unwrap();
+            assert!(status.success(), "chown postgres {}", pwfile.display());
         }
         let out = pg(
             &bin,
@@ -104,6 +108,7 @@ impl Postgres {
             port: free_port(),
             dir,
             bin,
+            running: AtomicBool::new(false),
         };
         pg.start_again().await;
         pg
@@ -138,6 +143,7 @@ impl Postgres {
             String::from_utf8_lossy(&out.stdout),
             std::fs::read_to_string(&log).unwrap_or_default()
         );
+        self.running.store(true, Ordering::SeqCst);
         wait_listening(
             "postgres",
             ([127, 0, 0, 1], self.port).into(),
@@ -146,10 +152,21 @@ impl Postgres {
         .await;
     }
 
-    /// Kills it as a crash would (`pg_ctl stop -m immediate`).
+    /// Kills it as a crash would (`pg_ctl stop -m immediate`); fails the
+    /// test if pg_ctl cannot (a server left running would outlive it).
     pub fn kill(&self) {
+        if let Err(e) = self.stop() {
+            panic!("{e}");
+        }
+    }
+
+    /// `pg_ctl stop -m immediate` if it runs; what went wrong otherwise.
+    fn stop(&self) -> Result<(), String> {
+        if !self.running.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
         let data = self.dir.path().join("data");
-        let _ = pg(
+        let out = pg(
             &self.bin,
             "pg_ctl",
             &[
@@ -161,6 +178,16 @@ impl Postgres {
                 "stop",
             ],
         );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl stop failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
     }
 
     /// A DSN without the password, as the config wants it.
@@ -186,6 +213,13 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        self.kill();
+        if let Err(e) = self.stop() {
+            // A second panic while unwinding would abort the test binary.
+            if std::thread::panicking() {
+                eprintln!("{e}");
+            } else {
+                panic!("{e}");
+            }
+        }
     }
 }

@@ -1,7 +1,16 @@
-//! `faxi-watchdog check-config` and `run` against a corpus of bad files
-//! (tests/configs/bad: each says what its errors must contain with
-//! `# expect:` lines, and what they must never show with `# never:`), and the
-//! shipped example configs, which must pass.
+//! `faxi-watchdog check-config` and `run` against a corpus of bad files,
+//! and the shipped example configs, which must pass.
+//!
+//! Each file in tests/configs/bad says what check-config must report:
+//! - `# problems: N`: exactly N problems (the "N problem(s) found" line, and
+//!   N lines naming the file);
+//! - `# expect: TEXT`: one per problem; each problem line, after
+//!   "FILE: ", must begin with its own expectation (so "cluster.join:"
+//!   alone, which "unknown key" would also satisfy, is not precise enough:
+//!   the reason is part of it);
+//! - `# detail: TEXT`: text that must appear somewhere in the report (the
+//!   indented lines under a problem);
+//! - `# never: TEXT`: text that must appear nowhere (a secret).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -38,58 +47,159 @@ fn check_config(file: &Path) -> (i32, String, String) {
     )
 }
 
+/// What a corpus file says about itself.
+#[derive(Debug, Default)]
+struct Spec {
+    problems: Option<usize>,
+    expects: Vec<String>,
+    details: Vec<String>,
+    nevers: Vec<String>,
+}
+
+fn spec(text: &str) -> Result<Spec, String> {
+    let mut s = Spec::default();
+    for line in text.lines() {
+        if let Some(n) = line.strip_prefix("# problems: ") {
+            let n = n.trim().parse().map_err(|e| format!("{line:?}: {e}"))?;
+            if s.problems.replace(n).is_some() {
+                return Err("two # problems: lines".into());
+            }
+        } else if let Some(e) = line.strip_prefix("# expect: ") {
+            s.expects.push(e.to_owned());
+        } else if let Some(d) = line.strip_prefix("# detail: ") {
+            s.details.push(d.to_owned());
+        } else if let Some(n) = line.strip_prefix("# never: ") {
+            s.nevers.push(n.to_owned());
+        }
+    }
+    match s.problems {
+        None => Err("no # problems: line".into()),
+        Some(_) if s.expects.is_empty() => Err("no # expect: line".into()),
+        Some(n) if n != s.expects.len() => Err(format!(
+            "{n} problems but {} # expect: lines: expect each problem",
+            s.expects.len()
+        )),
+        Some(_) => Ok(s),
+    }
+}
+
+/// Everything wrong with check-config's report on `file` against `spec`.
+fn judge(
+    name: &str,
+    file: &str,
+    spec: &Spec,
+    code: i32,
+    stdout: &str,
+    stderr: &str,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    let mut fail = |what: String| failures.push(format!("{name}: {what}\n{stderr}"));
+    if code != 1 {
+        fail(format!("exit code {code}, want 1 {stdout}"));
+    }
+    if stderr.contains("panicked") {
+        fail("panicked".into());
+    }
+    let prefix = format!("{file}: ");
+    let summary = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|l| l.strip_suffix(" problem(s) found"))
+        .collect::<Vec<_>>();
+    let mut problems: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter(|l| !l.ends_with(" problem(s) found"))
+        .collect();
+    let want = spec.problems.unwrap_or_default();
+    if summary != [want.to_string()] {
+        fail(format!(
+            "summary {summary:?}, want \"{want} problem(s) found\""
+        ));
+    }
+    if problems.len() != want {
+        fail(format!("{} problem lines, want {want}", problems.len()));
+    }
+    // Each expectation takes the first problem line it begins, once.
+    for e in &spec.expects {
+        match problems.iter().position(|p| p.starts_with(e.as_str())) {
+            Some(i) => {
+                problems.remove(i);
+            }
+            None => fail(format!("no problem begins with {e:?}")),
+        }
+    }
+    for d in &spec.details {
+        if !stderr.contains(d.as_str()) {
+            fail(format!("missing detail {d:?}"));
+        }
+    }
+    for n in &spec.nevers {
+        if stderr.contains(n.as_str()) || stdout.contains(n.as_str()) {
+            fail(format!("shows {n:?}"));
+        }
+    }
+    // Every line names the file, or continues the problem above it.
+    for line in stderr.lines() {
+        if !line.starts_with(&prefix)
+            && !line.starts_with("    ")
+            && !line.starts_with('|')
+            && !line.trim().is_empty()
+        {
+            fail(format!("a line does not name the file: {line:?}"));
+        }
+    }
+    failures
+}
+
 #[test]
 fn every_bad_config_is_refused_with_its_reasons() {
     let files = configs("configs/bad");
     assert!(files.len() >= 20, "the corpus went missing: {files:?}");
     let mut failures = Vec::new();
     for file in &files {
-        let text = String::from_utf8_lossy(&std::fs::read(file).unwrap()).into_owned();
-        let expects: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("# expect: "))
-            .collect();
-        let nevers: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("# never: "))
-            .collect();
-        assert!(
-            !expects.is_empty(),
-            "{} has no # expect: line",
-            file.display()
-        );
-        let (code, stdout, stderr) = check_config(file);
         let name = file.file_name().unwrap().to_string_lossy();
-        if code != 1 {
-            failures.push(format!(
-                "{name}: exit code {code}, want 1\n{stdout}{stderr}"
-            ));
-        }
-        if stderr.contains("panicked") {
-            failures.push(format!("{name}: panicked\n{stderr}"));
-        }
-        for e in &expects {
-            if !stderr.contains(e) {
-                failures.push(format!("{name}: missing {e:?} in:\n{stderr}"));
+        let text = String::from_utf8_lossy(&std::fs::read(file).unwrap()).into_owned();
+        let spec = match spec(&text) {
+            Ok(s) => s,
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                continue;
             }
-        }
-        for n in &nevers {
-            if stderr.contains(n) || stdout.contains(n) {
-                failures.push(format!("{name}: shows {n:?}:\n{stderr}"));
-            }
-        }
-        // Every problem line names the file.
-        for line in stderr.lines() {
-            if !line.starts_with(&*file.to_string_lossy())
-                && !line.starts_with("    ")
-                && !line.starts_with('|')
-                && !line.trim().is_empty()
-            {
-                failures.push(format!("{name}: a line does not name the file: {line:?}"));
-            }
-        }
+        };
+        let (code, stdout, stderr) = check_config(file);
+        failures.extend(judge(
+            &name,
+            &file.to_string_lossy(),
+            &spec,
+            code,
+            &stdout,
+            &stderr,
+        ));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn the_corpus_runner_itself_can_fail() {
+    // A file that expects nothing, or leaves a problem unexpected, is refused.
+    assert!(spec("# problems: 1\n").is_err());
+    assert!(spec("# expect: a: b\n").is_err());
+    assert!(spec("# problems: 2\n# expect: a: b\n").is_err());
+    let s = spec("# problems: 1\n# expect: cluster.join: expected true or false\n").unwrap();
+    let ok =
+        "f.toml: cluster.join: expected true or false, found string\nf.toml: 1 problem(s) found\n";
+    assert!(judge("f", "f.toml", &s, 1, "", ok).is_empty());
+    // "unknown key" does not pass for a precise expectation.
+    let other = "f.toml: cluster.join: unknown key\nf.toml: 1 problem(s) found\n";
+    assert_eq!(judge("f", "f.toml", &s, 1, "", other).len(), 1);
+    // One problem more than declared: both the summary and the lines say so.
+    let more = "f.toml: cluster.join: expected true or false, found string\nf.toml: x: y\nf.toml: 2 problem(s) found\n";
+    assert_eq!(judge("f", "f.toml", &s, 1, "", more).len(), 2);
+    // The same problem twice does not satisfy two expectations.
+    let s = spec("# problems: 2\n# expect: a: b\n# expect: a: b\n").unwrap();
+    let once = "f.toml: a: b\nf.toml: c: d\nf.toml: 2 problem(s) found\n";
+    assert_eq!(judge("f", "f.toml", &s, 1, "", once).len(), 1);
 }
 
 #[test]

@@ -1,13 +1,16 @@
 //! `faxi-watchdog dev` tried as a new user would: start it, then run
 //! `faxictl status` with no flags and see a leader, three zones and the demo
-//! targets' agreed states; `faxictl watch` streams; Ctrl-C stops everything.
+//! targets' agreed states; every node answers on its gRPC and metrics
+//! ports; `faxictl watch` streams a line per change; Ctrl-C stops
+//! everything and all six ports close.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use faxi_tests::{wait_for, workspace_bin};
+use faxi_tests::{http_get, wait_for, workspace_bin};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -67,7 +70,30 @@ async fn dev_mesh_answers_faxictl_with_no_flags() {
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.contains("zone-c cannot reach cache"), "{table}");
 
-    // watch: one JSON document per line, the first at once.
+    // Every node answers on its own ports: gRPC 7401-7403 (each answers as
+    // itself), metrics 9401-9403.
+    for id in 1..=3u64 {
+        let ep = format!("127.0.0.1:{}", 7400 + id);
+        let out = faxictl(&["--endpoints", &ep, "status", "--output", "json"]).await;
+        assert!(
+            out.status.success(),
+            "{ep}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["cluster"]["answered_by"]["id"], id, "{ep}: {v}");
+        let metrics: SocketAddr = ([127, 0, 0, 1], 9400 + id as u16).into();
+        http_get(metrics, "/healthz")
+            .await
+            .unwrap_or_else(|e| panic!("{metrics}/healthz: {e}"));
+        let text = http_get(metrics, "/metrics")
+            .await
+            .unwrap_or_else(|e| panic!("{metrics}/metrics: {e}"));
+        assert!(text.contains("faxi_raft_is_leader"), "{metrics}: {text}");
+    }
+
+    // watch: one JSON document per line, the first at once, then one per
+    // change (the log commits every refresh, so changes keep coming).
     let mut watch = Command::new(workspace_bin("faxictl"))
         .args(["watch", "--output", "json"])
         .env_remove("FAXI_ENDPOINTS")
@@ -77,13 +103,22 @@ async fn dev_mesh_answers_faxictl_with_no_flags() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(DEADLINE, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let doc: serde_json::Value = serde_json::from_str(&first).unwrap();
-    assert!(doc["targets"].as_array().unwrap().len() == 4);
+    let mut docs: Vec<serde_json::Value> = Vec::new();
+    while docs.len() < 3 {
+        let line = tokio::time::timeout(DEADLINE, lines.next_line())
+            .await
+            .expect("a watch line in time")
+            .unwrap()
+            .expect("the watch went on");
+        let doc: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(doc["targets"].as_array().unwrap().len(), 4, "{doc}");
+        if let Some(prev) = docs.last() {
+            assert_ne!(&doc, prev, "a line that is no change");
+            let commit = |d: &serde_json::Value| d["cluster"]["commit_index"].as_u64().unwrap();
+            assert!(commit(&doc) >= commit(prev), "{prev} then {doc}");
+        }
+        docs.push(doc);
+    }
     watch.kill().await.unwrap();
 
     // SIGINT stops the mesh: the nodes go too and the ports close.
@@ -98,10 +133,15 @@ async fn dev_mesh_answers_faxictl_with_no_flags() {
         .unwrap();
     assert!(status.success(), "{status}");
     wait_for("the dev nodes to stop", DEADLINE, || async {
-        match tokio::net::TcpStream::connect("127.0.0.1:7401").await {
-            Ok(_) => Err("7401 still answers".to_owned()),
-            Err(_) => Ok(()),
+        for port in [7401, 7402, 7403, 9401, 9402, 9403] {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Err(format!("{port} still answers"));
+            }
         }
+        Ok(())
     })
     .await;
     let out = faxictl(&["status"]).await;

@@ -249,6 +249,48 @@ async fn a_bad_data_dir_is_refused_with_its_path() {
 }
 
 #[tokio::test]
+async fn a_port_in_use_is_named_and_the_node_exits_1() {
+    for key in ["listen", "metrics_listen"] {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (grpc, metrics) = if key == "listen" {
+            (addr.port(), faxi_tests::free_port())
+        } else {
+            (faxi_tests::free_port(), addr.port())
+        };
+        let config = dir.path().join("node.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[node]\nid = 1\nzone = \"zone-a\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{grpc}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\n",
+                dir.path().join("data").display(),
+            ),
+        )
+        .unwrap();
+        let out = tokio::time::timeout(
+            DEADLINE,
+            tokio::process::Command::new(workspace_bin("faxi-watchdog"))
+                .args(["run", "--config"])
+                .arg(&config)
+                .output(),
+        )
+        .await
+        .expect("the node should exit")
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{key}: {err}");
+        assert!(
+            err.contains(&format!("cannot listen on node.{key} {addr}"))
+                || err.contains(&format!("cannot listen on {key} {addr}")),
+            "{key}: {err}"
+        );
+        assert!(err.contains("Address already in use"), "{key}: {err}");
+        assert!(!err.contains("panicked"), "{key}: {err}");
+    }
+}
+
+#[tokio::test]
 async fn bad_peer_messages_are_refused_and_the_node_goes_on() {
     use faxi_proto::v1::watchdog_client::WatchdogClient;
     use faxi_proto::v1::{RaftBatch, StatusRequest, peer_client::PeerClient};

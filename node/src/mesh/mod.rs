@@ -8,6 +8,10 @@
 //! - `transport`: raft messages to peers over tonic;
 //! - `proposer`: local verdicts to batched observations.
 
+// node/clippy.toml bans sled and protobuf outside the modules that own
+// them; these allowances are the whole list (ARCHITECTURE.md, invariants).
+// The driver decodes raft-rs's conf changes (protobuf) from the log.
+#[allow(clippy::disallowed_types, clippy::disallowed_methods)]
 pub mod driver;
 pub mod guard;
 pub mod proposer;
@@ -15,5 +19,9 @@ mod raftlog;
 #[cfg(test)]
 mod sim;
 pub mod state;
+// The one module that touches sled; it stores raft-rs's protobuf messages.
+#[allow(clippy::disallowed_types, clippy::disallowed_methods)]
 pub mod storage;
+// Peer traffic: raft-rs's messages as protobuf bytes inside our gRPC batch.
+#[allow(clippy::disallowed_types, clippy::disallowed_methods)]
 pub mod transport;

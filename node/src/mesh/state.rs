@@ -3,15 +3,35 @@
 //! Architecture invariant: this module is pure. No I/O, no clock, no
 //! randomness, no hash-ordered iteration: every node that applies the same
 //! committed commands in the same order holds the same state, byte for byte.
-//! Time is *log time*, never the applier's wall clock. Each member's latest
-//! proposer timestamp is kept; log time is the (f+1)-th largest of them (f =
-//! ⌊(members − 1) / 2⌋, the median with three members), and never goes back.
-//! So one node whose clock jumps ahead cannot expire everyone else's
-//! observations, and one whose clock lags cannot hold them fresh; a silent
-//! node's observations still expire while a majority keeps reporting. An
-//! observation is valid for `valid_for_ms` from the log time at which it is
-//! applied. Until (f+1) members have reported, log time is the largest
-//! timestamp seen, so a new cluster agrees at once.
+//! Time is *log time*, never the applier's wall clock. Each member's clock is
+//! the proposer timestamp of its latest observation in log order (not the
+//! largest it ever sent: a node whose clock stepped back counts with its new
+//! clock at once). Log time is the (f+1)-th largest of the members' clocks
+//! (f = ⌊(members − 1) / 2⌋, the median with three members); while fewer
+//! than f+1 members have a clock (a node without targets never reports),
+//! the lower median of those that do. It never goes back, with one
+//! exception below. So one node whose clock jumps ahead cannot expire
+//! everyone else's observations or freeze expiry, and one whose clock lags
+//! cannot hold them fresh; a silent node's observations still expire while
+//! a majority keeps reporting. An observation is valid for `valid_for_ms`
+//! from the log time at which it is applied.
+//!
+//! A new cluster agrees at once, on the clock of the first member to report;
+//! that log time is provisional, as nothing tells whether that one clock is
+//! right. When a second member's clock arrives (or at once, in a one-member
+//! cluster) log time *settles* on the rule above, and every log time recorded
+//! so far (expiries, `since`) moves by the same amount, so each observation
+//! keeps exactly its validity. Without this, a first reporter an hour ahead
+//! would set log time an hour ahead for good, and nothing would expire for
+//! an hour.
+//!
+//! Reports of one node are taken in log order, except that a report stamped
+//! before the view it would replace is a proposal that waited behind a newer
+//! one and is ignored; unless the node's previous report was already stamped
+//! before that view and this one is not older than it: then the node's clock
+//! stepped back, and its reports count again from its second one after the
+//! step. (Two delayed proposals committed in stamp order after a newer one
+//! would pass as such a step, for one refresh.)
 //!
 //! The rules (DESIGN.md §3):
 //! - zone verdict = what a strict majority of that zone's fresh observations
@@ -19,7 +39,9 @@
 //! - the quorum is a majority of the zones that have members, or, with a
 //!   single zone, a majority of its nodes;
 //! - DOWN when DOWN zones (nodes, with one zone) reach the quorum;
-//! - SUSPECT when some zone sees DOWN but not a quorum, naming those zones;
+//! - SUSPECT when some zone sees DOWN but not a quorum, naming those zones
+//!   (with a single zone: some node sees DOWN, but not a majority of nodes;
+//!   the zone is named, and the nodes' own views say which ones);
 //! - STALE when STALE zones reach the quorum, then UP when UP zones do;
 //! - UNKNOWN otherwise.
 
@@ -150,7 +172,11 @@ pub struct Agreed {
     pub since_ms: u64,
     /// Each zone's verdict (zones with members only).
     pub zones: BTreeMap<String, State>,
-    /// The zones that see the target DOWN (non-empty when SUSPECT).
+    /// The zones that see the target DOWN: with several zones, those whose
+    /// verdict is DOWN; with a single zone, that zone when any of its fresh
+    /// observations is DOWN (its verdict may still be UP: one node of three
+    /// seeing DOWN makes the target SUSPECT). Non-empty exactly when the
+    /// state is DOWN or SUSPECT.
     pub down_zones: Vec<String>,
 }
 
@@ -165,7 +191,7 @@ pub struct Transition {
     pub to: State,
     /// Log time of the change.
     pub at_ms: u64,
-    /// Zones seeing it DOWN at that moment.
+    /// Zones seeing it DOWN at that moment (as [`Agreed::down_zones`]).
     pub down_zones: Vec<String>,
 }
 
@@ -191,7 +217,11 @@ pub struct StateMachine {
     cluster_id: String,
     /// Log time: the clock of expiry and `since` (see the module doc).
     log_now_ms: u64,
-    /// Each member's latest proposer timestamp.
+    /// Log time rests on the rule, not (provisionally) on a single clock.
+    /// Snapshots from before this field had settled long ago.
+    #[serde(default = "settled")]
+    log_settled: bool,
+    /// Each member's clock: the stamp of its latest observation in log order.
     #[serde(default)]
     clocks: BTreeMap<NodeId, u64>,
     members: BTreeMap<NodeId, Member>,
@@ -267,9 +297,9 @@ impl StateMachine {
                 if !self.members.contains_key(node) {
                     return Err(Rejected::NotAMember(*node));
                 }
-                let c = self.clocks.entry(*node).or_default();
-                *c = (*c).max(*at_ms);
-                self.log_now_ms = self.log_now_ms.max(self.quorum_clock());
+                // The node's previous report, in log order.
+                let prev = self.clocks.insert(*node, *at_ms);
+                let settled_now = self.advance_log_time();
                 let expires_at_ms = self.log_now_ms.saturating_add(*valid_for_ms);
                 for s in seen {
                     let view = NodeView {
@@ -280,16 +310,17 @@ impl StateMachine {
                         expires_at_ms,
                     };
                     let per_node = self.views.entry(s.target.clone()).or_default();
-                    // An older report never overwrites a newer one.
-                    match per_node.get(node) {
-                        Some(old) if old.at_ms > *at_ms => {}
-                        _ => {
-                            per_node.insert(*node, view);
-                        }
+                    // An older report never overwrites a newer one, unless
+                    // the node's clock visibly stepped back (module doc).
+                    let delayed = per_node.get(node).is_some_and(|old| {
+                        old.at_ms > *at_ms && !prev.is_some_and(|p| p < old.at_ms && p <= *at_ms)
+                    });
+                    if !delayed {
+                        per_node.insert(*node, view);
                     }
                 }
                 self.next_expiry_ms = self.next_expiry_ms.min(expires_at_ms);
-                if self.log_now_ms <= self.next_expiry_ms {
+                if !settled_now && self.log_now_ms <= self.next_expiry_ms {
                     touched = Some(seen.iter().map(|s| s.target.clone()).collect());
                 }
             }
@@ -309,17 +340,46 @@ impl StateMachine {
         Ok(self.recompute(touched))
     }
 
-    /// The (f+1)-th largest member clock; the largest while fewer members
-    /// than that have reported.
-    fn quorum_clock(&self) -> u64 {
+    /// Moves log time on after a member's clock changed (module doc).
+    /// Returns whether log time settled now, moving every recorded log time:
+    /// then every target needs recomputing.
+    fn advance_log_time(&mut self) -> bool {
         let mut stamps: Vec<u64> = self
             .members
             .keys()
             .filter_map(|id| self.clocks.get(id).copied())
             .collect();
         stamps.sort_unstable_by(|a, b| b.cmp(a));
-        let k = (self.members.len().saturating_sub(1)) / 2;
-        stamps.get(k).or(stamps.first()).copied().unwrap_or(0)
+        let (n, r) = (self.members.len(), stamps.len());
+        let f = n.saturating_sub(1) / 2;
+        // The (f+1)-th largest; the lower median while fewer have a clock.
+        let k = if r > f { f } else { r / 2 };
+        let Some(&clock) = stamps.get(k) else {
+            return false;
+        };
+        if self.log_settled || (r < 2 && n > 1) {
+            self.log_now_ms = self.log_now_ms.max(clock);
+            return false;
+        }
+        self.log_settled = true;
+        let delta = i64::try_from(i128::from(clock) - i128::from(self.log_now_ms)).unwrap_or(
+            if clock > self.log_now_ms {
+                i64::MAX
+            } else {
+                i64::MIN
+            },
+        );
+        let shift = |t: u64| t.saturating_add_signed(delta);
+        for per_node in self.views.values_mut() {
+            for v in per_node.values_mut() {
+                v.expires_at_ms = shift(v.expires_at_ms);
+            }
+        }
+        for a in self.agreed.values_mut() {
+            a.since_ms = shift(a.since_ms);
+        }
+        self.log_now_ms = clock;
+        true
     }
 
     /// Recomputes the agreed state of `only` those targets, or of every
@@ -394,6 +454,10 @@ impl StateMachine {
     }
 }
 
+fn settled() -> bool {
+    true
+}
+
 /// The agreed state of one target from the fresh views of members.
 fn agree(
     members: &BTreeMap<NodeId, Member>,
@@ -428,11 +492,18 @@ fn agree(
         quorum
     };
     let count = |s: State| votes.iter().filter(|v| **v == s).count();
-    let down_zones: Vec<String> = zone_states
-        .iter()
-        .filter(|(_, s)| **s == State::Down)
-        .map(|(z, _)| z.clone())
-        .collect();
+    let down_zones: Vec<String> = if zones.len() == 1 {
+        // The single zone sees DOWN when any of its nodes does: a minority
+        // of nodes makes SUSPECT, and SUSPECT must name who sees it.
+        let seen_down = votes.contains(&State::Down);
+        zones.keys().filter(|_| seen_down).cloned().collect()
+    } else {
+        zone_states
+            .iter()
+            .filter(|(_, s)| **s == State::Down)
+            .map(|(z, _)| z.clone())
+            .collect()
+    };
     let state = if votes.is_empty() {
         State::Unknown
     } else if count(State::Down) >= quorum {

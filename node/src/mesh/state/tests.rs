@@ -1,5 +1,8 @@
 //! Unit tests of the agreed-state rules, and a seeded randomized check of
-//! them against a brute-force oracle, with determinism and snapshot checks.
+//! them against an oracle that restates the rules from the commands alone
+//! (its own members, clocks, reports and log time; every target recomputed
+//! after every command), comparing log time, every agreed record in full
+//! and the transitions; with rejection, determinism and snapshot checks.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -164,15 +167,119 @@ fn a_new_cluster_agrees_before_every_member_has_reported() {
     assert_eq!(sm.log_now_ms(), 1_000);
     observe(&mut sm, 2, 1_010, "pg", State::Up);
     assert_eq!(state(&sm, "pg"), State::Up);
+    assert_eq!(sm.log_now_ms(), 1_000);
 }
 
 #[test]
 fn an_older_report_never_overwrites_a_newer_one_and_log_time_never_goes_back() {
     let mut sm = three_zones();
+    observe(&mut sm, 2, 3_000, "pg", State::Down);
     observe(&mut sm, 1, 5_000, "pg", State::Down);
+    assert_eq!(
+        sm.log_now_ms(),
+        3_000,
+        "the second-latest of 5_000 and 3_000"
+    );
+    // A report of node 1's that was taken before its last one (a proposal
+    // that waited behind a newer one) does not replace its view.
     observe(&mut sm, 1, 4_000, "pg", State::Up);
-    assert_eq!(sm.views("pg").unwrap()[&1].verdict, State::Down);
+    let v = &sm.views("pg").unwrap()[&1];
+    assert_eq!((v.verdict, v.at_ms), (State::Down, 5_000));
+    assert_eq!(state(&sm, "pg"), State::Down);
+    // But node 1's clock is now its latest report's, 4_000, not the largest
+    // it ever sent: once node 2 passes it, log time is 4_000.
+    observe(&mut sm, 2, 6_000, "pg", State::Down);
+    assert_eq!(sm.log_now_ms(), 4_000);
+    // Two members join: log time would be the third-latest of the three
+    // clocks (3_000 of 6_000, 4_000, 3_000) if it could go back. It cannot.
+    observe(&mut sm, 3, 3_000, "pg", State::Down);
+    for id in [4, 5] {
+        sm.apply(&Command::SetMember {
+            id,
+            member: Member {
+                zone: "zone-d".into(),
+                addr: "wd-d:7400".into(),
+                instance: 0,
+            },
+        })
+        .unwrap();
+    }
+    observe(&mut sm, 3, 3_001, "pg", State::Down);
+    assert_eq!(sm.log_now_ms(), 4_000);
+}
+
+#[test]
+fn a_first_reporter_an_hour_ahead_does_not_freeze_expiry() {
+    const HOUR: u64 = 3_600_000;
+    let t = 1_000_000;
+    let mut sm = three_zones();
+    // Node 1's clock is an hour ahead, and it reports first: log time follows
+    // it, provisionally.
+    observe(&mut sm, 1, t + HOUR, "pg", State::Up);
+    assert_eq!(sm.log_now_ms(), t + HOUR);
+    // A second clock settles log time: the lower of the two. Node 1's view
+    // moves with it and keeps its 3 s.
+    observe(&mut sm, 2, t, "pg", State::Up);
+    observe(&mut sm, 3, t, "pg", State::Down);
+    assert_eq!(sm.log_now_ms(), t);
+    assert_eq!(sm.views("pg").unwrap()[&1].expires_at_ms, t + 3_000);
+    assert_eq!(state(&sm, "pg"), State::Suspect);
+    assert_eq!(sm.agreed()["pg"].since_ms, t);
+    // Node 3 falls silent; nodes 1 and 2 go on reporting. Its DOWN expires
+    // 3 s later, as it would have with every clock right.
+    for dt in (500..=3_000).step_by(500) {
+        observe(&mut sm, 1, t + HOUR + dt, "pg", State::Up);
+        observe(&mut sm, 2, t + dt, "pg", State::Up);
+    }
+    assert_eq!(sm.log_now_ms(), t + 3_000);
+    assert_eq!(sm.agreed()["pg"].zones["zone-c"], State::Down);
+    let out = observe(&mut sm, 2, t + 3_001, "pg", State::Up);
+    assert_eq!(sm.agreed()["pg"].zones["zone-c"], State::Unknown);
+    assert_eq!(state(&sm, "pg"), State::Up);
+    assert_eq!(out[0].at_ms, t + 3_001);
+    assert_eq!(sm.agreed()["pg"].since_ms, t + 3_001);
+}
+
+#[test]
+fn a_lone_reporter_keeps_log_time_moving() {
+    // Nodes 2 and 3 have no targets, so never report: node 1's clock alone
+    // drives log time, and its own observations expire on it.
+    let mut sm = three_zones();
+    observe(&mut sm, 1, 1_000, "pg", State::Down);
+    observe(&mut sm, 1, 5_000, "redis", State::Up);
     assert_eq!(sm.log_now_ms(), 5_000);
+    assert_eq!(sm.agreed()["pg"].zones["zone-a"], State::Unknown);
+    assert_eq!(state(&sm, "pg"), State::Unknown);
+}
+
+#[test]
+fn a_node_whose_clock_steps_back_counts_again_from_its_second_report() {
+    const HOUR: u64 = 3_600_000;
+    let t = 10 * HOUR;
+    let mut sm = three_zones();
+    for n in 1..=3 {
+        observe(&mut sm, n, t, "pg", State::Up);
+    }
+    // Node 3's clock steps back an hour. Its first report could be a
+    // proposal that waited behind its newer ones: not taken.
+    observe(&mut sm, 3, t - HOUR + 500, "pg", State::Down);
+    assert_eq!(sm.views("pg").unwrap()[&3].verdict, State::Up);
+    // Its second report, later than the first, is: the node's clock went
+    // back. Before, it was ignored until its clock caught up, an hour on.
+    observe(&mut sm, 3, t - HOUR + 1_000, "pg", State::Down);
+    let v = &sm.views("pg").unwrap()[&3];
+    assert_eq!((v.verdict, v.at_ms), (State::Down, t - HOUR + 1_000));
+    assert_eq!(sm.agreed()["pg"].zones["zone-c"], State::Down);
+    assert_eq!(state(&sm, "pg"), State::Suspect);
+    // It stays counted, and neither holds log time back nor drags it.
+    for dt in (1_000..=10_000).step_by(1_000) {
+        observe(&mut sm, 1, t + dt, "pg", State::Up);
+        observe(&mut sm, 2, t + dt, "pg", State::Down);
+        observe(&mut sm, 3, t - HOUR + 1_000 + dt, "pg", State::Down);
+    }
+    assert_eq!(sm.log_now_ms(), t + 10_000);
+    assert_eq!(state(&sm, "pg"), State::Down);
+    assert_eq!(sm.agreed()["pg"].down_zones, ["zone-b", "zone-c"]);
 }
 
 #[test]
@@ -182,24 +289,66 @@ fn single_zone_needs_a_majority_of_nodes() {
     assert_eq!(state(&sm, "app"), State::Suspect);
     observe(&mut sm, 2, 1, "app", State::Down);
     assert_eq!(state(&sm, "app"), State::Down);
+    assert_eq!(sm.agreed()["app"].down_zones, ["dc"]);
 }
 
 #[test]
-fn stale_backups_and_unknown_members() {
+fn single_zone_suspect_names_the_zone_though_its_majority_says_up() {
+    let mut sm = members(&[(1, "dc"), (2, "dc"), (3, "dc")]);
+    for n in 1..=3 {
+        observe(&mut sm, n, 1_000, "app", State::Up);
+    }
+    let t = observe(&mut sm, 3, 1_100, "app", State::Down);
+    let a = &sm.agreed()["app"];
+    assert_eq!(a.state, State::Suspect);
+    assert_eq!(a.zones["dc"], State::Up, "two of three still see it UP");
+    assert_eq!(a.down_zones, ["dc"]);
+    assert_eq!(t.len(), 1);
+    assert_eq!((t[0].from, t[0].to), (State::Up, State::Suspect));
+    assert_eq!(t[0].down_zones, ["dc"]);
+    // Back UP: nobody sees it DOWN, nobody is named.
+    observe(&mut sm, 3, 1_200, "app", State::Up);
+    assert_eq!(state(&sm, "app"), State::Up);
+    assert!(sm.agreed()["app"].down_zones.is_empty());
+}
+
+#[test]
+fn stale_backups_need_a_quorum() {
     let mut sm = three_zones();
     observe(&mut sm, 1, 1, "pg-backups", State::Stale);
     assert_eq!(state(&sm, "pg-backups"), State::Unknown);
     observe(&mut sm, 2, 1, "pg-backups", State::Stale);
     assert_eq!(state(&sm, "pg-backups"), State::Stale);
+}
+
+#[test]
+fn rejected_commands_leave_the_state_unchanged() {
+    let mut sm = three_zones();
+    observe(&mut sm, 1, 1_000, "pg", State::Down);
+    observe(&mut sm, 2, 1_000, "pg", State::Up);
+    let before = sm.clone();
+    // An observation from a non-member: no clock, no view, no log time.
     let err = sm
         .apply(&Command::Observe {
             node: 9,
-            at_ms: 2,
-            valid_for_ms: 1,
-            seen: vec![],
+            at_ms: 9_000_000,
+            valid_for_ms: 3_000,
+            seen: vec![Seen {
+                target: "pg".into(),
+                verdict: State::Down,
+                latency_us: 1,
+                error: None,
+            }],
         })
         .unwrap_err();
     assert_eq!(err, Rejected::NotAMember(9));
+    assert_eq!(sm, before);
+    assert_eq!(
+        sm.apply(&Command::RemoveMember { id: 9 }),
+        Err(Rejected::UnknownMember(9))
+    );
+    assert_eq!(sm, before);
+    assert_eq!(sm.snapshot().unwrap(), before.snapshot().unwrap());
 }
 
 #[test]
@@ -211,81 +360,319 @@ fn removing_a_member_drops_its_zone_and_views() {
     sm.apply(&Command::RemoveMember { id: 2 }).unwrap();
     // Two zones left, one DOWN: no longer a quorum (2 of 2 needed).
     assert_eq!(state(&sm, "app"), State::Suspect);
-    assert_eq!(
-        sm.apply(&Command::RemoveMember { id: 2 }),
-        Err(Rejected::UnknownMember(2))
-    );
+    assert!(!sm.views("app").unwrap().contains_key(&2), "{sm:#?}");
+    let a = &sm.agreed()["app"];
+    assert_eq!(a.zones.keys().collect::<Vec<_>>(), ["zone-a", "zone-c"]);
+    assert_eq!(a.down_zones, ["zone-a"]);
+    assert!(!sm.members().contains_key(&2));
+    // Added back, it starts afresh: its old DOWN does not count again.
+    sm.apply(&Command::SetMember {
+        id: 2,
+        member: Member {
+            zone: "zone-b".into(),
+            addr: "wd-2:7400".into(),
+            instance: 0,
+        },
+    })
+    .unwrap();
+    assert_eq!(state(&sm, "app"), State::Suspect);
+    assert_eq!(sm.agreed()["app"].zones["zone-b"], State::Unknown);
 }
 
-/// The rules restated as plainly as possible, for the randomized check.
-fn oracle(sm: &StateMachine, target: &str) -> State {
-    let now = sm.log_now_ms();
-    let fresh_verdict = |id: &NodeId| {
-        sm.views(target)
-            .and_then(|v| v.get(id))
-            .filter(|v| v.expires_at_ms >= now)
-            .map(|v| v.verdict)
-    };
-    let zones: BTreeSet<&str> = sm.members().values().map(|m| m.zone.as_str()).collect();
-    let votes: Vec<State> = if zones.len() == 1 {
-        sm.members()
-            .keys()
-            .map(|id| fresh_verdict(id).unwrap_or(State::Unknown))
-            .collect()
-    } else {
-        zones
+/// The rules restated from scratch, for the randomized check. It is fed the
+/// same commands as the state machine and keeps its own members, clocks,
+/// reports and log time; after every command it recomputes every target
+/// from those alone (no shortcut, nothing read from the state machine), and
+/// says which transitions the command must have produced. Log times noted
+/// before log time settled are kept as noted and translated when read.
+#[derive(Debug, Clone)]
+struct Oracle {
+    zone_of: BTreeMap<NodeId, String>,
+    /// Each member's clock: the stamp of its latest report, in log order.
+    stamp: BTreeMap<NodeId, u64>,
+    now: u64,
+    /// `None` until log time settles; then how far it moved in doing so.
+    settled: Option<i64>,
+    reports: BTreeMap<(String, NodeId), Report>,
+    records: BTreeMap<String, Record>,
+}
+
+#[derive(Debug, Clone)]
+struct Report {
+    verdict: State,
+    at: u64,
+    /// Log time until which it counts, as noted (see `provisional`).
+    until: u64,
+    /// Noted before log time settled.
+    provisional: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Record {
+    state: State,
+    since: u64,
+    provisional: bool,
+    zones: BTreeMap<String, State>,
+    down_zones: Vec<String>,
+}
+
+impl Oracle {
+    fn new(spec: &[(NodeId, &str)]) -> Self {
+        Oracle {
+            zone_of: spec.iter().map(|(id, z)| (*id, z.to_string())).collect(),
+            stamp: BTreeMap::new(),
+            now: 0,
+            settled: None,
+            reports: BTreeMap::new(),
+            records: BTreeMap::new(),
+        }
+    }
+
+    /// A noted log time, read on today's log time.
+    fn read(&self, t: u64, provisional: bool) -> u64 {
+        match (provisional, self.settled) {
+            (true, Some(moved)) => {
+                (i128::from(t) + i128::from(moved)).clamp(0, i128::from(u64::MAX)) as u64
+            }
+            _ => t,
+        }
+    }
+
+    fn agreed(&self) -> BTreeMap<String, Agreed> {
+        self.records
             .iter()
-            .map(|z| {
-                let vs: Vec<State> = sm
-                    .members()
-                    .iter()
-                    .filter(|(_, m)| m.zone == *z)
-                    .filter_map(|(id, _)| fresh_verdict(id))
-                    .collect();
-                [State::Up, State::Down, State::Stale, State::Unknown]
-                    .into_iter()
-                    .find(|s| vs.iter().filter(|v| *v == s).count() * 2 > vs.len())
-                    .unwrap_or(State::Unknown)
+            .map(|(t, r)| {
+                let a = Agreed {
+                    state: r.state,
+                    since_ms: self.read(r.since, r.provisional),
+                    zones: r.zones.clone(),
+                    down_zones: r.down_zones.clone(),
+                };
+                (t.clone(), a)
             })
             .collect()
-    };
-    let n = |s| votes.iter().filter(|v| **v == s).count();
-    let q = votes.len() / 2 + 1;
-    if n(State::Down) >= q {
-        State::Down
-    } else if n(State::Down) > 0 {
-        State::Suspect
-    } else if n(State::Stale) >= q {
-        State::Stale
-    } else if n(State::Up) >= q {
-        State::Up
-    } else {
-        State::Unknown
+    }
+
+    /// The transitions `cmd` must produce, or `Err` if it must be rejected.
+    fn apply(&mut self, cmd: &Command) -> Result<Vec<Transition>, ()> {
+        match cmd {
+            Command::Observe {
+                node,
+                at_ms,
+                valid_for_ms,
+                seen,
+            } => {
+                if !self.zone_of.contains_key(node) {
+                    return Err(());
+                }
+                let prev = self.stamp.insert(*node, *at_ms);
+                self.move_log_time();
+                for x in seen {
+                    let key = (x.target.clone(), *node);
+                    let replace = match self.reports.get(&key) {
+                        None => true,
+                        // Newer; or the node's clock went back before its
+                        // previous report, and this one follows that one.
+                        Some(old) => {
+                            *at_ms >= old.at || prev.is_some_and(|p| p < old.at && *at_ms >= p)
+                        }
+                    };
+                    let provisional = self.settled.is_none();
+                    if replace {
+                        let r = Report {
+                            verdict: x.verdict,
+                            at: *at_ms,
+                            until: self.now.saturating_add(*valid_for_ms),
+                            provisional,
+                        };
+                        self.reports.insert(key, r);
+                    }
+                    let now = self.now;
+                    self.records.entry(x.target.clone()).or_insert(Record {
+                        state: State::Unknown,
+                        since: now,
+                        provisional,
+                        zones: BTreeMap::new(),
+                        down_zones: Vec::new(),
+                    });
+                }
+            }
+            Command::SetMember { id, member } => {
+                self.zone_of.insert(*id, member.zone.clone());
+            }
+            Command::RemoveMember { id } => {
+                if self.zone_of.remove(id).is_none() {
+                    return Err(());
+                }
+                self.stamp.remove(id);
+                self.reports.retain(|(_, n), _| n != id);
+            }
+        }
+        let mut out = Vec::new();
+        let targets: Vec<String> = self.records.keys().cloned().collect();
+        for t in targets {
+            let (state, zones, down_zones) = self.judge(&t);
+            let (now, provisional) = (self.now, self.settled.is_none());
+            let rec = self.records.get_mut(&t).unwrap();
+            if rec.state != state {
+                out.push(Transition {
+                    target: t.clone(),
+                    from: rec.state,
+                    to: state,
+                    at_ms: now,
+                    down_zones: down_zones.clone(),
+                });
+                rec.state = state;
+                rec.since = now;
+                rec.provisional = provisional;
+            }
+            rec.zones = zones;
+            rec.down_zones = down_zones;
+        }
+        Ok(out)
+    }
+
+    /// Log time: with r member clocks in ascending order, the (f+1)-th
+    /// largest when r > f, else the lower median; only forward, except when
+    /// it settles (two clocks, or the one member's).
+    fn move_log_time(&mut self) {
+        let mut asc: Vec<u64> = self.stamp.values().copied().collect();
+        asc.sort_unstable();
+        let (n, r) = (self.zone_of.len(), asc.len());
+        let f = (n - 1) / 2;
+        let clock = if r > f {
+            asc[r - 1 - f]
+        } else {
+            asc[(r - 1) / 2]
+        };
+        if self.settled.is_none() && (r >= 2 || n == 1) {
+            let moved = i128::from(clock) - i128::from(self.now);
+            self.settled = Some(moved.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64);
+            self.now = clock;
+        } else {
+            self.now = self.now.max(clock);
+        }
+    }
+
+    fn fresh(&self, target: &str, node: NodeId) -> Option<State> {
+        self.reports
+            .get(&(target.to_owned(), node))
+            .filter(|r| self.read(r.until, r.provisional) >= self.now)
+            .map(|r| r.verdict)
+    }
+
+    fn judge(&self, target: &str) -> (State, BTreeMap<String, State>, Vec<String>) {
+        let zone_names: BTreeSet<&String> = self.zone_of.values().collect();
+        let mut zones = BTreeMap::new();
+        for z in &zone_names {
+            let vs: Vec<State> = self
+                .zone_of
+                .iter()
+                .filter(|(_, zz)| zz == z)
+                .filter_map(|(id, _)| self.fresh(target, *id))
+                .collect();
+            let v = [State::Up, State::Down, State::Stale, State::Unknown]
+                .into_iter()
+                .find(|s| vs.iter().filter(|v| *v == s).count() * 2 > vs.len())
+                .unwrap_or(State::Unknown);
+            zones.insert((*z).clone(), v);
+        }
+        let votes: Vec<State> = if zone_names.len() == 1 {
+            self.zone_of
+                .keys()
+                .map(|id| self.fresh(target, *id).unwrap_or(State::Unknown))
+                .collect()
+        } else {
+            zones.values().copied().collect()
+        };
+        let n = |s| votes.iter().filter(|v| **v == s).count();
+        let q = votes.len() / 2 + 1;
+        let state = if n(State::Down) >= q {
+            State::Down
+        } else if n(State::Down) > 0 {
+            State::Suspect
+        } else if n(State::Stale) >= q {
+            State::Stale
+        } else if n(State::Up) >= q {
+            State::Up
+        } else {
+            State::Unknown
+        };
+        // With one zone, the zone is named when any fresh node sees DOWN.
+        let down_zones = zones
+            .iter()
+            .filter(|(z, v)| {
+                if zones.len() == 1 {
+                    self.zone_of.keys().any(|id| {
+                        self.zone_of[id] == **z && self.fresh(target, *id) == Some(State::Down)
+                    })
+                } else {
+                    **v == State::Down
+                }
+            })
+            .map(|(z, _)| z.clone())
+            .collect();
+        (state, zones, down_zones)
     }
 }
 
-fn random_command(rng: &mut StdRng, clock: &mut u64) -> Command {
-    *clock += rng.random_range(0..1_500);
+/// Node clocks for a random run: each node is off by its own offset, which
+/// now and then jumps an hour ahead or back (a bad NTP step).
+struct Clocks {
+    now: u64,
+    offset: BTreeMap<NodeId, i64>,
+}
+
+impl Clocks {
+    fn read(&self, node: NodeId) -> u64 {
+        let off = self.offset.get(&node).copied().unwrap_or(0);
+        u64::try_from(i64::try_from(self.now).unwrap() + off).unwrap_or(0)
+    }
+}
+
+fn random_command(rng: &mut StdRng, clocks: &mut Clocks, zones: usize) -> Command {
+    clocks.now += rng.random_range(0..1_500);
     let targets = ["pg", "redis", "app", "s3"];
     let verdicts = [State::Up, State::Down, State::Stale, State::Unknown];
-    match rng.random_range(0..20) {
-        0 => Command::RemoveMember {
+    let node = rng.random_range(1..=7);
+    match rng.random_range(0..40) {
+        0 | 1 => Command::RemoveMember {
             id: rng.random_range(1..=7),
         },
-        1 => Command::SetMember {
+        2 | 3 => Command::SetMember {
             id: rng.random_range(1..=7),
             member: Member {
-                zone: format!("zone-{}", rng.random_range(0..3)),
+                zone: format!("zone-{}", rng.random_range(0..zones)),
                 addr: "x:1".into(),
                 instance: 0,
             },
         },
-        _ => Command::Observe {
-            node: rng.random_range(1..=7),
-            // Proposer clocks disagree by up to a second either way.
-            at_ms: clock.saturating_sub(rng.random_range(0..1_000)),
-            valid_for_ms: 3_000,
-            seen: (0..rng.random_range(1..4))
+        4 => {
+            // A bad clock step: an hour ahead, or back to where it was.
+            let hour = if rng.random_bool(0.5) {
+                3_600_000
+            } else {
+                -3_600_000
+            };
+            clocks.offset.insert(node, hour);
+            Command::Observe {
+                node,
+                at_ms: clocks.read(node),
+                valid_for_ms: 3_000,
+                seen: vec![],
+            }
+        }
+        n => Command::Observe {
+            node,
+            // A proposal that waited behind newer ones is up to 5 s old;
+            // others disagree with the wall clock by their offset.
+            at_ms: if n == 5 {
+                clocks.read(node).saturating_sub(rng.random_range(0..5_000))
+            } else {
+                clocks.read(node)
+            },
+            valid_for_ms: if n == 6 { 1_000 } else { 3_000 },
+            seen: (0..rng.random_range(0..4))
                 .map(|_| Seen {
                     target: targets[rng.random_range(0..targets.len())].into(),
                     verdict: verdicts[rng.random_range(0..verdicts.len())],
@@ -297,42 +684,80 @@ fn random_command(rng: &mut StdRng, clock: &mut u64) -> Command {
     }
 }
 
+/// Starting memberships: three zones, one zone, two zones (even counts).
+const LAYOUTS: [&[(NodeId, &str)]; 3] = [
+    &[
+        (1, "zone-0"),
+        (2, "zone-1"),
+        (3, "zone-2"),
+        (4, "zone-0"),
+        (5, "zone-1"),
+    ],
+    &[(1, "zone-0"), (2, "zone-0"), (3, "zone-0")],
+    &[(1, "zone-0"), (2, "zone-1"), (3, "zone-0"), (4, "zone-1")],
+];
+
 #[test]
 fn seeded_runs_match_the_oracle_and_replay_identically() {
+    let mut reached: BTreeSet<State> = BTreeSet::new();
+    let (mut rejected, mut transitions) = (0, 0);
     for seed in 0..300u64 {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut clock = 0;
-        let mut sm = members(&[
-            (1, "zone-0"),
-            (2, "zone-1"),
-            (3, "zone-2"),
-            (4, "zone-0"),
-            (5, "zone-1"),
-        ]);
+        let layout = LAYOUTS[seed as usize % LAYOUTS.len()];
+        let zones = [3, 1, 2][seed as usize % LAYOUTS.len()];
+        let mut clocks = Clocks {
+            now: 1_000_000,
+            // In every fourth run node 1's clock starts an hour ahead.
+            offset: (1..=7)
+                .map(|n| match n {
+                    1 if seed % 4 == 0 => (n, 3_600_000),
+                    _ => (n, rng.random_range(-1_000..1_000)),
+                })
+                .collect(),
+        };
+        let mut sm = members(layout);
+        let mut oracle = Oracle::new(layout);
         let initial = sm.clone();
         let mut log = Vec::new();
         for step in 0..200 {
-            let cmd = random_command(&mut rng, &mut clock);
-            let _ = sm.apply(&cmd);
-            log.push(cmd);
-            for (target, agreed) in sm.agreed() {
-                assert_eq!(
-                    agreed.state,
-                    oracle(&sm, target),
-                    "seed {seed} step {step} target {target}: {sm:#?}"
-                );
-            }
-            // DOWN only with a zone quorum of DOWN (the safety property recovery relies on).
-            for a in sm.agreed().values().filter(|a| a.state == State::Down) {
-                let zones = a.zones.len();
-                let down = a.zones.values().filter(|s| **s == State::Down).count();
-                if zones > 1 {
-                    assert!(
-                        down > zones / 2,
-                        "seed {seed} step {step}: DOWN with {down} of {zones} zones"
+            let cmd = random_command(&mut rng, &mut clocks, zones);
+            let before = sm.clone();
+            let got = sm.apply(&cmd);
+            let want = oracle.apply(&cmd);
+            let ctx =
+                || format!("seed {seed} step {step}: {cmd:?}\noracle: {oracle:#?}\nsm: {sm:#?}");
+            match (&got, &want) {
+                (Ok(t), Ok(w)) => {
+                    assert_eq!(t, w, "transitions, {}", ctx());
+                    transitions += t.len();
+                }
+                (Err(_), Err(())) => {
+                    rejected += 1;
+                    assert_eq!(
+                        sm,
+                        before,
+                        "a rejected command changed the state, {}",
+                        ctx()
                     );
                 }
+                _ => panic!("got {got:?}, want {want:?}, {}", ctx()),
             }
+            assert_eq!(sm.log_now_ms(), oracle.now, "log time, {}", ctx());
+            assert_eq!(sm.agreed(), &oracle.agreed(), "agreed records, {}", ctx());
+            // The record agrees with itself: zones named DOWN exactly when
+            // DOWN or SUSPECT, and DOWN only with a quorum of DOWN zones
+            // (of nodes, with one zone): the property recovery relies on.
+            for (t, a) in sm.agreed() {
+                reached.insert(a.state);
+                let named = !a.down_zones.is_empty();
+                let alarmed = matches!(a.state, State::Down | State::Suspect);
+                assert_eq!(named, alarmed, "{t}: {a:?}, {}", ctx());
+                if a.state == State::Down && a.zones.len() > 1 {
+                    let down = a.zones.values().filter(|s| **s == State::Down).count();
+                    assert!(down > a.zones.len() / 2, "{t}: {a:?}, {}", ctx());
+                }
+            }
+            log.push(cmd);
         }
         // Replaying the same log gives the same state; so does a snapshot
         // taken half-way, restored, and fed the second half.
@@ -356,6 +781,26 @@ fn seeded_runs_match_the_oracle_and_replay_identically() {
             "seed {seed}: snapshots differ in bytes"
         );
     }
+    // The runs reached every state, rejected commands and changed states.
+    assert_eq!(reached.len(), 5, "states reached: {reached:?}");
+    assert!(
+        rejected > 100 && transitions > 1_000,
+        "{rejected} rejected, {transitions} transitions"
+    );
+}
+
+#[test]
+fn a_snapshot_written_before_log_time_could_settle_counts_as_settled() {
+    let mut sm = three_zones();
+    observe(&mut sm, 1, 9_000, "pg", State::Up);
+    let mut v: serde_json::Value = serde_json::from_slice(&sm.snapshot().unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("log_settled").unwrap();
+    let mut old = StateMachine::restore(&serde_json::to_vec(&v).unwrap()).unwrap();
+    // Settled: a second, lower clock does not move log time back.
+    observe(&mut old, 2, 1_000, "pg", State::Up);
+    assert_eq!(old.log_now_ms(), 9_000);
+    observe(&mut sm, 2, 1_000, "pg", State::Up);
+    assert_eq!(sm.log_now_ms(), 1_000);
 }
 
 #[test]

@@ -1,0 +1,107 @@
+//! faxictl's exit codes against endpoints that connect but cannot answer:
+//! an endpoint that said UNAVAILABLE (no leader) answered, so faxictl exits
+//! 1 naming it, not 3 ("no endpoint answered"), whether or not a dead
+//! endpoint is tried too.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+
+use faxi_proto::v1 as pb;
+use faxi_proto::v1::watchdog_server::{Watchdog, WatchdogServer};
+use faxi_tests::cluster::Cluster;
+use faxi_tests::free_port;
+use tonic::{Request, Response, Status};
+
+/// A Watchdog endpoint with no leader: every call is UNAVAILABLE.
+struct NoLeader;
+
+fn unavailable<T>() -> Result<Response<T>, Status> {
+    Err(Status::unavailable("no leader: elections in progress"))
+}
+
+#[tonic::async_trait]
+impl Watchdog for NoLeader {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        unavailable()
+    }
+
+    type WatchStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::StatusResponse, Status>> + Send>,
+    >;
+
+    async fn watch(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        unavailable()
+    }
+
+    async fn add_member(
+        &self,
+        _: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        unavailable()
+    }
+
+    async fn remove_member(
+        &self,
+        _: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        unavailable()
+    }
+
+    async fn transfer_leader(
+        &self,
+        _: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        unavailable()
+    }
+}
+
+async fn no_leader() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(WatchdogServer::new(NoLeader))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+            .unwrap();
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connected_but_unavailable_is_exit_1_not_3() {
+    let (a, task_a) = no_leader().await;
+    let (b, task_b) = no_leader().await;
+    let dead: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    for (endpoints, args) in [
+        (format!("{a}"), vec!["status"]),
+        (format!("{dead},{a},{b}"), vec!["status"]),
+        (format!("{a},{dead}"), vec!["members"]),
+        (format!("{dead},{b}"), vec!["members", "remove", "2"]),
+        (format!("{a}"), vec!["transfer-leader", "2"]),
+    ] {
+        let out = Cluster::faxictl(&endpoints, &args).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{endpoints} {args:?}: {err}");
+        assert!(err.contains("no endpoint could answer"), "{err}");
+        assert!(
+            err.contains("unavailable: no leader: elections in progress"),
+            "{err}"
+        );
+        for ep in endpoints.split(',') {
+            assert!(err.contains(ep), "{ep} not named: {err}");
+        }
+    }
+    // Nothing listening at all is still 3.
+    let out = Cluster::faxictl(&dead.to_string(), &["status"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    task_a.abort();
+    task_b.abort();
+}
