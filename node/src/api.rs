@@ -536,9 +536,14 @@ impl Watchdog for Api {
         if id != self.me {
             return self.change_member(MemberChange::Remove(id, force)).await;
         }
-        // Removing the leader: hand leadership to the most caught-up voter
-        // first, then have the new leader remove this node, so the cluster
+        // Removing the leader: check first that the removal would be
+        // accepted (nothing changes if not), then hand leadership to another
+        // voter and have the new leader remove this node, so the cluster
         // never runs on a leader that is no longer a member.
+        self.mesh
+            .change_member(MemberChange::CheckRemove(id, force), WRITE_DEADLINE)
+            .await
+            .map_err(to_status)?;
         let to = {
             let s = self.mesh.read();
             let others: Vec<NodeId> = s

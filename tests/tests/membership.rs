@@ -300,6 +300,36 @@ async fn a_removal_that_would_leave_no_reachable_quorum_is_refused_unless_forced
     assert!(refused.contains("--force"), "{refused}");
     let s = c.status(li).await.unwrap().cluster.unwrap();
     assert_eq!(s.members.len(), 3, "a refused removal changed the members");
+    // Removing the leader itself is refused the same way, before it hands
+    // leadership over: nothing moves.
+    let term = s.term;
+    let out = Cluster::faxictl(
+        &c.endpoints(&[li]),
+        &["members", "remove", &leader.to_string()],
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no quorum"), "{err}");
+    // Moving the live follower to an address where nothing answers could
+    // lose it: refused too.
+    let dead = format!("127.0.0.1:{}", faxi_tests::free_port());
+    let zone = c.nodes[others[1]].zone.clone();
+    let out = Cluster::faxictl(
+        &c.endpoints(&[li]),
+        &["members", "add", &victim, &zone, &dead],
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no quorum"), "{err}");
+    let s = c.status(li).await.unwrap().cluster.unwrap();
+    assert_eq!(
+        (s.leader, s.term),
+        (leader, term),
+        "a refused change moved leadership"
+    );
+    assert!(s.members.iter().all(|m| m.addr != dead));
     // Forced, it is done; the two voters left wait for the dead one, which
     // comes back and the cluster commits again.
     faxictl_ok(

@@ -427,7 +427,14 @@ async fn leadership_moves_on_request() {
     let via = (1..=3u64).find(|i| *i != leader && *i != to).unwrap();
     let out = faxictl_ok(
         &c.endpoints(&[c.index(via)]),
-        &["transfer-leader", &to.to_string(), "--output", "json", "--timeout", "10s"],
+        &[
+            "transfer-leader",
+            &to.to_string(),
+            "--output",
+            "json",
+            "--timeout",
+            "10s",
+        ],
     )
     .await;
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -102,6 +102,10 @@ pub enum MemberChange {
     /// Remove the node; `force`: even if the voters left could not form a
     /// reachable quorum.
     Remove(NodeId, bool),
+    /// Only check that removing the node (this leader included) would be
+    /// accepted; nothing is proposed. The API asks this before it hands
+    /// leadership over to remove the leader.
+    CheckRemove(NodeId, bool),
 }
 
 /// Inputs to the driver thread.
@@ -565,6 +569,16 @@ impl<O: Outbox> Core<O> {
         } else {
             StateMachine::restore(&snap.data).map_err(StartError::Storage)?
         };
+        if applied > 0 {
+            // The committed entries after the snapshot are applied again,
+            // conf changes included: raft must start from the snapshot's
+            // configuration, not the latest one, or each would be applied
+            // twice (and a re-added node would read its old removal).
+            storage
+                .set_conf_state(snap.get_metadata().get_conf_state())
+                .and_then(|()| storage.sync())
+                .map_err(serr)?;
+        }
         let raft_cfg = raft::Config {
             id: cfg.id,
             election_tick: cfg.election_ticks,
@@ -631,9 +645,11 @@ impl<O: Outbox> Core<O> {
         if applied == 0 {
             tracing::warn!(
                 node = core.cfg.id,
-                "this data dir holds no cluster state: waiting to be sent one by a leader \
-                 (run `faxi-watchdog init` on one node to create a new cluster; a node of an \
-                 existing cluster is added with `faxictl members add`)"
+                "this data dir holds no cluster state: waiting to be sent one by a leader. \
+                 A node of an existing cluster is added with `faxictl members add` (if it was a \
+                 member and lost its disk: `faxictl members remove` it, then add it). Only for a \
+                 brand-new cluster, run `faxi-watchdog init` on exactly one node, never on a \
+                 node of a cluster that exists"
             );
         }
         core.refresh_peers();
@@ -914,6 +930,12 @@ impl<O: Outbox> Core<O> {
                     }
                 }
             }
+            Input::Member(MemberChange::CheckRemove(id, force), reply) => {
+                let r = self
+                    .member_change(&MemberChange::CheckRemove(id, force))
+                    .map(|_| 0);
+                let _ = reply.send(r);
+            }
             Input::Member(change, reply) => match self.member_change(&change) {
                 Ok(cc) => {
                     self.seq += 1;
@@ -1014,6 +1036,23 @@ impl<O: Outbox> Core<O> {
                         member.addr
                     )));
                 }
+                let moved = members.get(id).is_some_and(|m| m.addr != member.addr);
+                if moved && *id == self.cfg.id {
+                    return Err(MeshError::Invalid(format!(
+                        "node {id} is the leader: hand leadership to another voter before changing its address"
+                    )));
+                }
+                if moved && voters.contains(*id) {
+                    // The node may not answer at its new address: the
+                    // others must be able to commit without it.
+                    self.quorum_without(*id, &voters.iter().collect::<Vec<_>>())
+                        .map_err(|e| {
+                            MeshError::Invalid(format!(
+                                "{e} (moving node {id} to {} could lose it)",
+                                member.addr
+                            ))
+                        })?;
+                }
                 let mut member = member.clone();
                 // Zone and address may change; the bound data dir may not.
                 member.instance = members.get(id).map_or(0, |m| m.instance);
@@ -1030,11 +1069,12 @@ impl<O: Outbox> Core<O> {
                     .map_err(|e| MeshError::Invalid(e.to_string()))?
                     .into();
             }
-            MemberChange::Remove(id, force) => {
+            MemberChange::Remove(id, force) | MemberChange::CheckRemove(id, force) => {
+                let check_only = matches!(change, MemberChange::CheckRemove(..));
                 if !members.contains_key(id) && !conf.learners().contains(id) {
                     return Err(MeshError::Invalid(format!("node {id} is not a member")));
                 }
-                if *id == self.cfg.id {
+                if *id == self.cfg.id && !check_only {
                     return Err(MeshError::Invalid(format!(
                         "node {id} is the leader: hand leadership to another voter first"
                     )));
@@ -1045,30 +1085,36 @@ impl<O: Outbox> Core<O> {
                     )));
                 }
                 if voters.contains(*id) && !force {
-                    // The voters left must be able to commit: a quorum of
-                    // them that the leader's last message reached (the
-                    // leader counts itself).
-                    let left: Vec<NodeId> = voters.iter().filter(|v| v != id).collect();
-                    let reachable = self.transport.reachable();
-                    let live = left
-                        .iter()
-                        .filter(|v| {
-                            **v == self.cfg.id || reachable.get(*v).copied().unwrap_or(false)
-                        })
-                        .count();
-                    if live < left.len() / 2 + 1 {
-                        return Err(MeshError::Invalid(format!(
-                            "removing node {id} would leave {} voter(s) of which only {live} \
-                             answer: no quorum; bring them back first, or remove with --force",
-                            left.len()
-                        )));
-                    }
+                    self.quorum_without(*id, &voters.iter().collect::<Vec<_>>()).map_err(|e| {
+                        MeshError::Invalid(format!(
+                            "removing node {id} {e}; bring them back first, or remove with --force"
+                        ))
+                    })?;
                 }
                 cc.set_change_type(ConfChangeType::RemoveNode);
                 cc.node_id = *id;
             }
         }
         Ok(cc)
+    }
+
+    /// Whether the voters other than `id` form a quorum that this leader's
+    /// last messages reached (the leader counts itself); the error says
+    /// how many answer.
+    fn quorum_without(&self, id: NodeId, voters: &[NodeId]) -> Result<(), String> {
+        let left: Vec<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
+        let reachable = self.transport.reachable();
+        let live = left
+            .iter()
+            .filter(|v| **v == self.cfg.id || reachable.get(*v).copied().unwrap_or(false))
+            .count();
+        if live < left.len() / 2 + 1 {
+            return Err(format!(
+                "would leave {} voter(s) of which only {live} answer: no quorum",
+                left.len()
+            ));
+        }
+        Ok(())
     }
 
     /// Leader: promotes one caught-up learner whose data dir we know to a
@@ -1280,12 +1326,6 @@ impl<O: Outbox> Core<O> {
             change = ?cc.get_change_type(), voters = ?cs.voters, learners = ?cs.learners,
             "membership changed"
         );
-        if cc.get_change_type() == ConfChangeType::RemoveNode && cc.node_id == self.cfg.id {
-            tracing::warn!(
-                "this node was removed from the cluster: it no longer votes or leads; stop it \
-                 (to bring it back, clear its data dir and `faxictl members add` it)"
-            );
-        }
         Ok(result)
     }
 
@@ -1354,6 +1394,15 @@ impl<O: Outbox> Core<O> {
         if members_changed {
             self.refresh_peers();
             self.step_down_if_removed();
+            let conf = self.raw.raft.prs().conf();
+            let member =
+                conf.voters().contains(self.cfg.id) || conf.learners().contains(&self.cfg.id);
+            if !member && self.raw.raft.raft_log.applied >= self.raw.raft.raft_log.committed {
+                tracing::warn!(
+                    "this node was removed from the cluster: it no longer votes or leads; stop it \
+                     (to bring it back, clear its data dir and `faxictl members add` it)"
+                );
+            }
         }
         for t in &transitions {
             crate::metrics::set_target_state(&t.target, t.to);
