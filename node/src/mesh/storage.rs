@@ -789,7 +789,21 @@ impl Storage for SledStorage {
             .chain(&cs.learners)
             .chain(&cs.voters_outgoing)
             .any(|id| *id == to);
-        if meta.index < request_index || !names_to {
+        // A snapshot made before the latest membership change would hand
+        // the receiver an old configuration (a re-added node could find
+        // itself the only voter of the bootstrap state and elect itself):
+        // only one with the current configuration is sent.
+        let current: ConfState = self.get_msg(K_CONF_STATE, "conf state")?;
+        let same = |a: &[u64], b: &[u64]| {
+            let (mut a, mut b) = (a.to_vec(), b.to_vec());
+            a.sort_unstable();
+            b.sort_unstable();
+            a == b
+        };
+        let current_conf = same(&cs.voters, &current.voters)
+            && same(&cs.learners, &current.learners)
+            && same(&cs.voters_outgoing, &current.voters_outgoing);
+        if meta.index < request_index || !names_to || !current_conf {
             self.snapshot_wanted.store(true, Ordering::Release);
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,

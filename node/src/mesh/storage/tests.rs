@@ -701,6 +701,7 @@ fn a_snapshot_that_does_not_name_the_receiver_is_made_on_demand() {
 
     // One that names it, as a learner, is sent; no request.
     s.append(&entries(6, 8, 2)).unwrap();
+    s.set_conf_state(&conf(vec![1, 2, 3], vec![4])).unwrap();
     s.create_snapshot(8, &conf(vec![1, 2, 3], vec![4]), b"state@8".to_vec())
         .unwrap();
     let snap = s.snapshot(0, 4).unwrap();
@@ -708,4 +709,15 @@ fn a_snapshot_that_does_not_name_the_receiver_is_made_on_demand() {
     assert_eq!(snap.get_data(), b"state@8");
     assert_eq!(s.snapshot(8, 2).unwrap().get_metadata().index, 8);
     assert!(!s.take_snapshot_request());
+
+    // One made before the latest membership change is not sent: it would
+    // hand the receiver an old configuration.
+    s.set_conf_state(&conf(vec![1, 2, 3, 4], vec![])).unwrap();
+    assert!(matches!(
+        s.snapshot(0, 4),
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable
+        ))
+    ));
+    assert!(s.take_snapshot_request());
 }
