@@ -209,7 +209,7 @@ fn run(file: &std::path::Path, log_format: LogFormat, stop_on_stdin_eof: bool) -
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    if let Err(e) = telemetry::init(log_format) {
+    if let Err(e) = telemetry::init(log_format, config.redactor()) {
         eprintln!("faxi-watchdog: {e}");
         return ExitCode::from(EXIT_FAILURE);
     }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use reader::parse_duration;
-pub use secret::{Secret, SecretSource};
+pub use secret::{Redactor, Secret, SecretSource};
 pub use targets::{
     BackupCheck, Check, HttpCheck, PostgresCheck, RECOVERY_PLANS, RedisCheck, S3Check, TargetKind,
     TargetSpec, TcpCheck,
@@ -174,6 +174,12 @@ impl Default for ProbeDefaults {
 }
 
 impl Config {
+    /// Hides every secret of this config (each target's passwords and S3
+    /// keys) in a text: for log lines and probe errors.
+    pub fn redactor(&self) -> Redactor {
+        Redactor::new(self.targets.iter().flat_map(TargetSpec::secrets))
+    }
+
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let fail = |reason: String| ConfigError {

@@ -157,6 +157,17 @@ pub struct TargetSpec {
 }
 
 impl TargetSpec {
+    /// The secrets this target was configured with (passwords, S3 keys).
+    pub fn secrets(&self) -> Vec<&Secret> {
+        match &self.check {
+            Check::Postgres(c) => c.password.iter().collect(),
+            Check::Redis(c) => c.password.iter().collect(),
+            Check::S3(c) => vec![&c.access_key, &c.secret_key],
+            Check::Backup(c) => vec![&c.s3.access_key, &c.s3.secret_key],
+            Check::Http(_) | Check::Tcp(_) => Vec::new(),
+        }
+    }
+
     /// The target's kind.
     pub fn kind(&self) -> TargetKind {
         match &self.check {
