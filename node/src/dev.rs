@@ -9,7 +9,9 @@
 //!   zone had lost its route to it: SUSPECT, "zone-c cannot reach cache";
 //! - `legacy-db` (tcp): a closed port everywhere: DOWN.
 //!
-//! The nodes stop when this process stops (they watch their stdin).
+//! The nodes stop when this process stops (they watch their stdin). When
+//! one node stops on its own, the others are stopped and the error names
+//! the node, its exit status and its log.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -88,31 +90,57 @@ pub async fn run(
         dir.display()
     );
     let mut exited = Box::pin(first_exit(&mut children));
-    tokio::select! {
-        () = shutdown => {}
-        (id, status) = &mut exited => {
-            return Err(format!(
-                "node {id} exited ({status}); see {}",
-                dir.join(format!("node{id}.log")).display()
-            ));
-        }
-    }
+    let stopped = tokio::select! {
+        () = shutdown => None,
+        (id, status) = &mut exited => Some((id, status)),
+    };
     drop(exited);
     // Closing their stdin stops the nodes cleanly; then wait for them.
-    for c in &mut children {
+    stop_all(&mut children).await;
+    match stopped {
+        None => Ok(()),
+        Some((id, status)) => {
+            let log = dir.join(format!("node{id}.log"));
+            let said = last_line(&log)
+                .map(|l| format!("\n  the last line of its log: {l}"))
+                .unwrap_or_default();
+            Err(format!(
+                "node {id} stopped ({status}); the other nodes were stopped too.\n  \
+                 its log: {}{said}",
+                log.display()
+            ))
+        }
+    }
+}
+
+/// How long the nodes may take to stop once told to (a node's own
+/// shutdown takes at most 10 s); then they are killed.
+const STOP_DEADLINE: Duration = Duration::from_secs(12);
+
+/// Stops every node still running: closes their stdin, waits for them
+/// all until [`STOP_DEADLINE`], then kills the ones left.
+async fn stop_all(children: &mut [Child]) {
+    for c in children.iter_mut() {
         drop(c.stdin.take());
     }
-    for c in &mut children {
-        if tokio::time::timeout(Duration::from_secs(5), c.wait())
-            .await
-            .is_err()
-        {
+    let deadline = tokio::time::Instant::now() + STOP_DEADLINE;
+    for c in children.iter_mut() {
+        if tokio::time::timeout_at(deadline, c.wait()).await.is_err() {
             let _ = c.kill().await;
         }
     }
-    Ok(())
 }
 
+/// The last non-empty line of a node's log, if it can be read.
+fn last_line(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+}
+
+/// The first node to exit, by id (1-based), with its exit status.
 async fn first_exit(children: &mut [Child]) -> (usize, String) {
     loop {
         for (i, c) in children.iter_mut().enumerate() {

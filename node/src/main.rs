@@ -55,8 +55,13 @@ enum Command {
     },
 }
 
-/// Exit code for a bad config or a failed start.
+/// Exit code for a bad config, a failed start, or a node that stopped on
+/// an error (a raft log write that failed).
 const EXIT_FAILURE: u8 = 1;
+
+/// How long tasks still running when the work is done may take to finish:
+/// a blocking read of stdin never does, so the runtime is not left to wait.
+const LEFTOVERS: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -84,7 +89,9 @@ fn init(file: &std::path::Path) -> ExitCode {
     let Some(runtime) = runtime(Some(1)) else {
         return ExitCode::from(EXIT_FAILURE);
     };
-    match runtime.block_on(faxi_watchdog::node::init(&config)) {
+    let result = runtime.block_on(faxi_watchdog::node::init(&config));
+    runtime.shutdown_timeout(LEFTOVERS);
+    match result {
         Ok(faxi_watchdog::mesh::driver::Init::Created(id)) => {
             let others: Vec<String> = config
                 .cluster
@@ -177,7 +184,9 @@ fn dev(dir: Option<PathBuf>) -> ExitCode {
     let Some(runtime) = runtime(Some(1)) else {
         return ExitCode::from(EXIT_FAILURE);
     };
-    match runtime.block_on(faxi_watchdog::dev::run(&dir, shutdown_signal())) {
+    let result = runtime.block_on(faxi_watchdog::dev::run(&dir, shutdown_signal()));
+    runtime.shutdown_timeout(LEFTOVERS);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("faxi-watchdog dev: {e}");
@@ -200,7 +209,7 @@ fn run(file: &std::path::Path, log_format: LogFormat, stop_on_stdin_eof: bool) -
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    if let Err(e) = telemetry::init(log_format) {
+    if let Err(e) = telemetry::init(log_format, config.redactor()) {
         eprintln!("faxi-watchdog: {e}");
         return ExitCode::from(EXIT_FAILURE);
     }
@@ -217,7 +226,11 @@ fn run(file: &std::path::Path, log_format: LogFormat, stop_on_stdin_eof: bool) -
             shutdown_signal().await;
         }
     };
-    match runtime.block_on(faxi_watchdog::node::run(config, shutdown)) {
+    let result = runtime.block_on(faxi_watchdog::node::run(config, shutdown));
+    // Whatever still runs (a read of stdin, a write stuck in the kernel) is
+    // left behind: the process exits now.
+    runtime.shutdown_timeout(LEFTOVERS);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "node failed");

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -237,9 +238,54 @@ impl TargetMetrics {
     }
 }
 
+/// What `/healthz` answers, shared by the node's parts: healthy until
+/// [`Health::fail`] (the raft thread stopped, the node is shutting down)
+/// or while [`Health::stall`] holds (the raft loop stopped answering).
+#[derive(Debug, Clone, Default)]
+pub struct Health(Arc<Mutex<HealthState>>);
+
+#[derive(Debug, Default)]
+struct HealthState {
+    /// Why the node is going down; never cleared.
+    failed: Option<String>,
+    /// Why the node cannot work right now; cleared when that passes.
+    stalled: Option<String>,
+}
+
+impl Health {
+    fn state(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        // Plain data: a poisoned lock still holds a whole state.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the node unhealthy for good. The first reason stays.
+    pub fn fail(&self, reason: impl Into<String>) {
+        let mut s = self.state();
+        if s.failed.is_none() {
+            s.failed = Some(reason.into());
+        }
+    }
+
+    /// Marks the node unhealthy until `stall(None)`.
+    pub fn stall(&self, reason: Option<String>) {
+        self.state().stalled = reason;
+    }
+
+    /// `None` when healthy, else why not.
+    pub fn problem(&self) -> Option<String> {
+        let s = self.state();
+        s.failed.clone().or_else(|| s.stalled.clone())
+    }
+}
+
 /// Serves `/metrics` and `/healthz` until the listener's task is dropped.
-pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
-    serve_http(listener, "metrics", move |req| route(req, handle.clone())).await;
+/// `/healthz` is 200 `ok` while `health` has no problem, else 503 with the
+/// reason.
+pub async fn serve(listener: TcpListener, handle: PrometheusHandle, health: Health) {
+    serve_http(listener, "metrics", move |req| {
+        route(req, handle.clone(), health.clone())
+    })
+    .await;
 }
 
 /// A small HTTP/1.1 server: accepts forever, one task per connection,
@@ -276,6 +322,7 @@ where
 async fn route(
     req: Request<Incoming>,
     handle: PrometheusHandle,
+    health: Health,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
@@ -294,7 +341,14 @@ async fn route(
                 ),
             }
         }
-        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
+        (&Method::GET, "/healthz") => match health.problem() {
+            None => (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
+            Some(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                format!("unhealthy: {why}\n"),
+            ),
+        },
         (_, "/metrics" | "/healthz") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain; charset=utf-8",
@@ -319,4 +373,60 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on metrics_listen {addr}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One GET over a fresh connection: the status line and the body.
+    async fn get(addr: SocketAddr, path: &str) -> (String, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        (head.lines().next().unwrap().to_owned(), body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn healthz_is_503_with_the_reason_while_the_node_is_unhealthy() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = PrometheusBuilder::new().build_recorder().handle();
+        let health = Health::default();
+        let server = tokio::spawn(serve(listener, handle, health.clone()));
+
+        assert_eq!(
+            get(addr, "/healthz").await,
+            ("HTTP/1.1 200 OK".into(), "ok\n".into())
+        );
+        health.stall(Some("the raft loop has not answered for 12s".into()));
+        assert_eq!(
+            get(addr, "/healthz").await,
+            (
+                "HTTP/1.1 503 Service Unavailable".into(),
+                "unhealthy: the raft loop has not answered for 12s\n".into()
+            )
+        );
+        // A stall that passes is healthy again.
+        health.stall(None);
+        assert_eq!(get(addr, "/healthz").await.0, "HTTP/1.1 200 OK");
+        // A failure stays, whatever comes after; the first reason is kept.
+        health.fail("the raft log in /data failed: No space left on device");
+        health.fail("shutting down");
+        health.stall(None);
+        assert_eq!(
+            get(addr, "/healthz").await,
+            (
+                "HTTP/1.1 503 Service Unavailable".into(),
+                "unhealthy: the raft log in /data failed: No space left on device\n".into()
+            )
+        );
+        // /metrics still answers: the page is how to see what went wrong.
+        assert_eq!(get(addr, "/metrics").await.0, "HTTP/1.1 200 OK");
+        server.abort();
+    }
 }

@@ -4,6 +4,9 @@
 
 use std::future::Future;
 use std::sync::mpsc::sync_channel;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::mesh::driver::{self, DriverConfig};
@@ -11,6 +14,7 @@ use crate::mesh::proposer::{self, Cadence};
 use crate::mesh::state::Member;
 use crate::mesh::storage::SledStorage;
 use crate::mesh::transport::Transport;
+use crate::metrics::Health;
 use crate::probe::ProbeContext;
 use crate::scheduler::Scheduler;
 
@@ -59,9 +63,28 @@ pub async fn init(config: &Config) -> Result<driver::Init, String> {
     .map_err(|e| format!("initialising the raft log: {e}"))?
 }
 
+/// How long shutting down may take, all steps together; then the process
+/// exits with whatever has not stopped (a write stuck in the kernel).
+pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
+
+/// How often the raft loop is asked whether it still answers.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// Unanswered this long, the raft loop makes `/healthz` unhealthy.
+const STALL_UNHEALTHY: Duration = Duration::from_secs(10);
+
+/// Unanswered this long, the node stops: a log write is stuck for good.
+const STALL_FATAL: Duration = Duration::from_secs(60);
+
 /// Runs a node until `shutdown` resolves. Errors are fatal problems (a port
 /// in use, an unreadable data dir, a probe that cannot be built, a raft log
 /// write that failed), worded for the operator.
+///
+/// Fail-stop: when the raft thread ends on its own (a log write failed, or
+/// raft-rs stopped on a log it could not read) or stops answering for
+/// [`STALL_FATAL`], the node stops with that error. `/healthz` turns 503
+/// the moment it is known, and while the raft loop does not answer.
+/// Shutting down never waits more than [`SHUTDOWN_BUDGET`].
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let handle = crate::metrics::install()?;
     let metrics_listener = crate::metrics::bind(config.node.metrics_listen).await?;
@@ -70,6 +93,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map_err(|e| format!("cannot listen on node.listen {}: {e}", config.node.listen))?;
 
     let storage = open_storage(&config).await?;
+    // The raft thread's end must never wait on sled: the last handle on the
+    // database to drop flushes it, and a flush after a failed write can
+    // block forever. This one is dropped last, under the shutdown deadline.
+    let kept = storage.clone();
+    let data_dir = config.node.data_dir.display().to_string();
     let c = &config.cluster;
     if c.join {
         tracing::info!(
@@ -132,30 +160,138 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         targets = config.targets.len(),
         listen = %config.node.listen,
         metrics = %config.node.metrics_listen,
+        pid = std::process::id(),
         "node started"
     );
-    let server = tokio::spawn(crate::metrics::serve(metrics_listener, handle));
+    let health = Health::default();
+    let server = tokio::spawn(crate::metrics::serve(
+        metrics_listener,
+        handle,
+        health.clone(),
+    ));
+    let mut raft_done = tokio::task::spawn_blocking(move || raft_thread.join());
+    let mut stalled = tokio::spawn(watch_raft_loop(mesh.clone(), health.clone()));
 
-    // A raft thread that stops on its own has hit a log it cannot write.
-    let mut raft_done = tokio::task::spawn_blocking(move || {
-        raft_thread
-            .join()
-            .unwrap_or_else(|_| Err("the raft thread panicked".into()))
-    });
-    let outcome = tokio::select! {
+    // Until told to stop, or until raft cannot go on (the thread ended:
+    // it only does on an error; or it stopped answering).
+    let failed = tokio::select! {
         () = shutdown => None,
-        r = &mut raft_done => Some(r.unwrap_or(Ok(()))),
+        r = &mut raft_done => Some(match r {
+            Ok(Ok(Err(e))) => e,
+            Ok(Ok(Ok(()))) => "the raft thread stopped".to_owned(),
+            Ok(Err(panic)) => format!("the raft thread stopped: {}", panic_message(&*panic)),
+            Err(e) => format!("the raft thread stopped: {e}"),
+        }),
+        r = &mut stalled => Some(r.unwrap_or_else(|e| format!("the raft loop watch stopped: {e}"))),
     };
-    tracing::info!("shutting down");
+    let outcome = failed.map(|e| {
+        let e = format!("the raft log in {data_dir} failed: {e}; the node stopped");
+        // Unhealthy at once: the endpoint answers until the process exits.
+        health.fail(e.clone());
+        tracing::error!(error = %e, "raft stopped: shutting down");
+        Err(e)
+    });
+    if outcome.is_none() {
+        health.fail("shutting down");
+        tracing::info!("shutting down");
+    }
+    let deadline = Instant::now() + SHUTDOWN_BUDGET;
     proposer.abort();
     grpc.abort();
-    server.abort();
-    scheduler.shutdown().await;
+    stalled.abort();
+    if tokio::time::timeout_at(deadline, scheduler.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("probes did not stop in time; exiting without them");
+    }
     mesh.stop();
     let result = match outcome {
         Some(r) => r,
-        None => raft_done.await.unwrap_or(Ok(())),
+        None => match tokio::time::timeout_at(deadline, raft_done).await {
+            Ok(Ok(Ok(r))) => r.map_err(|e| format!("the raft log in {data_dir} failed: {e}")),
+            Ok(Ok(Err(panic))) => Err(format!(
+                "the raft thread stopped: {}",
+                panic_message(&*panic)
+            )),
+            Ok(Err(e)) => Err(format!("the raft thread stopped: {e}")),
+            Err(_) => Err(format!(
+                "the raft thread did not stop within {}: a write to the raft log in {data_dir} may be stuck",
+                humantime::format_duration(SHUTDOWN_BUDGET)
+            )),
+        },
     };
-    tracing::info!("stopped");
+    if result.is_ok() {
+        // The last handle on the log: dropping it flushes, unless that hangs.
+        let flushed = tokio::task::spawn_blocking(move || drop(kept));
+        if tokio::time::timeout_at(deadline, flushed).await.is_err() {
+            tracing::warn!(
+                data_dir,
+                "the raft log did not close in time; exiting without it"
+            );
+        }
+    } else {
+        // A failed log is not flushed again (that may never return); what
+        // it holds unflushed was never acknowledged, so losing it is safe.
+        std::mem::forget(kept);
+    }
+    server.abort();
+    match &result {
+        Ok(()) => tracing::info!("stopped"),
+        Err(e) => tracing::error!(error = %e, "stopped"),
+    }
     result
+}
+
+/// Asks the raft loop every [`PING_EVERY`] for an answer (a leadership
+/// transfer to node 0, which it refuses at once and which changes
+/// nothing). Unanswered for [`STALL_UNHEALTHY`], `/healthz` says so;
+/// for [`STALL_FATAL`], this returns why, and the node stops.
+async fn watch_raft_loop(mesh: crate::mesh::driver::Mesh, health: Health) -> String {
+    use crate::mesh::driver::MeshError;
+    let mut last_answer = Instant::now();
+    let mut every = tokio::time::interval(PING_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let answered = match tokio::time::timeout(PING_EVERY, mesh.transfer_leader(0)).await {
+            // Any answer from the loop itself, refusal included, is an answer.
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => !matches!(e, MeshError::Busy | MeshError::Stopped),
+            Err(_) => false,
+        };
+        if answered {
+            if last_answer.elapsed() >= STALL_UNHEALTHY {
+                tracing::info!("the raft loop answers again");
+            }
+            last_answer = Instant::now();
+            health.stall(None);
+            continue;
+        }
+        let quiet = last_answer.elapsed();
+        let why = format!(
+            "the raft loop has not answered for {}s: a raft log write may be stuck",
+            quiet.as_secs()
+        );
+        if quiet >= STALL_FATAL {
+            return why;
+        }
+        if quiet >= STALL_UNHEALTHY {
+            if health.problem().is_none() {
+                tracing::error!(reason = %why, "unhealthy");
+            }
+            health.stall(Some(why));
+        }
+    }
+}
+
+/// The text of a panic's payload (a `&str` or a `String`, as `panic!` makes).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
 }

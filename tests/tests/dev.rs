@@ -2,7 +2,10 @@
 //! `faxictl status` with no flags and see a leader, three zones and the demo
 //! targets' agreed states; every node answers on its gRPC and metrics
 //! ports; `faxictl watch` streams a line per change; Ctrl-C stops
-//! everything and all six ports close.
+//! everything and all six ports close. A node that dies is reported
+//! (which, how, where its log is) and the others are stopped.
+//!
+//! The mesh listens on fixed ports, so these tests take turns.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,6 +19,25 @@ use tokio::process::Command;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
+/// One dev mesh at a time: they all want ports 7401-7403 and 9401-9403.
+static FIXED_PORTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits until nothing answers on the dev mesh's ports.
+async fn ports_closed() {
+    wait_for("the dev nodes' ports to close", DEADLINE, || async {
+        for port in [7401, 7402, 7403, 9401, 9402, 9403] {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Err(format!("{port} still answers"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+}
+
 async fn faxictl(args: &[&str]) -> std::process::Output {
     Command::new(workspace_bin("faxictl"))
         .args(args)
@@ -27,6 +49,7 @@ async fn faxictl(args: &[&str]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mesh_answers_faxictl_with_no_flags() {
+    let _turn = FIXED_PORTS.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let mut dev = Command::new(workspace_bin("faxi-watchdog"))
         .args(["dev", "--dir"])
@@ -132,18 +155,79 @@ async fn dev_mesh_answers_faxictl_with_no_flags() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status}");
-    wait_for("the dev nodes to stop", DEADLINE, || async {
-        for port in [7401, 7402, 7403, 9401, 9402, 9403] {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Err(format!("{port} still answers"));
-            }
-        }
-        Ok(())
-    })
-    .await;
+    ports_closed().await;
     let out = faxictl(&["status"]).await;
     assert_eq!(out.status.code(), Some(3));
+}
+
+/// A dev node killed from outside: `dev` notices, says which node, how it
+/// ended and where its log is, stops the other two (cleanly: they log
+/// "stopped") and exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dev_node_that_dies_is_reported_and_the_others_stopped() {
+    let _turn = FIXED_PORTS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = dir.path().join("dev.stderr");
+    let mut dev = Command::new(workspace_bin("faxi-watchdog"))
+        .args(["dev", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Node 2's pid, from its log ("node started ... pid=N").
+    let log2 = dir.path().join("node2.log");
+    let pid: u32 = wait_for("node 2 to start", DEADLINE, || async {
+        let text = std::fs::read_to_string(&log2).unwrap_or_default();
+        text.lines()
+            .find(|l| l.contains("node started"))
+            .and_then(|l| {
+                l.split_once(" pid=")?
+                    .1
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .ok_or(text)
+    })
+    .await;
+    // Every node up, so that the others have something to stop.
+    wait_for("the dev mesh's leader", DEADLINE, || async {
+        let out = faxictl(&["status", "--output", "json"]).await;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|_| String::from_utf8_lossy(&out.stderr).into_owned())?;
+        if v["cluster"]["leader"].as_u64().is_some_and(|l| l > 0) {
+            Ok(())
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
+
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(DEADLINE, dev.wait())
+        .await
+        .expect("dev exits once a node died")
+        .unwrap();
+    let said = std::fs::read_to_string(&stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{status}: {said}");
+    assert!(
+        said.contains("faxi-watchdog dev: node 2 stopped (signal: 9 (SIGKILL))"),
+        "{said}"
+    );
+    assert!(said.contains(&log2.display().to_string()), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
+    for other in ["node1.log", "node3.log"] {
+        let text = std::fs::read_to_string(dir.path().join(other)).unwrap();
+        let last = text.lines().last().unwrap_or_default();
+        assert!(last.contains("stopped"), "{other}: {last}");
+    }
+    ports_closed().await;
 }

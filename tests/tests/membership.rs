@@ -142,6 +142,16 @@ async fn removing_the_leader_hands_over_first_and_the_survivors_keep_committing(
     let (leader, term) = c.wait_leader(&[0, 1, 2], LONG).await;
     let li = c.index(leader);
     let rest: Vec<usize> = (0..3).filter(|i| *i != li).collect();
+    // As an operator would see it first: every member answers.
+    wait_for("every member reachable from the leader", LONG, || async {
+        let cl = c.status(li).await?.cluster.unwrap_or_default();
+        if cl.members.len() == 3 && cl.members.iter().all(|m| m.reachable) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", cl.members))
+        }
+    })
+    .await;
     // Asked of the leader itself.
     faxictl_ok(
         &c.endpoints(&[li]),

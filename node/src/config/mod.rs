@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use reader::parse_duration;
-pub use secret::{Secret, SecretSource};
+pub use secret::{Redactor, Secret, SecretSource};
 pub use targets::{
     BackupCheck, Check, HttpCheck, PostgresCheck, RECOVERY_PLANS, RedisCheck, S3Check, TargetKind,
     TargetSpec, TcpCheck,
@@ -174,6 +174,12 @@ impl Default for ProbeDefaults {
 }
 
 impl Config {
+    /// Hides every secret of this config (each target's passwords and S3
+    /// keys) in a text: for log lines and probe errors.
+    pub fn redactor(&self) -> Redactor {
+        Redactor::new(self.targets.iter().flat_map(TargetSpec::secrets))
+    }
+
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let fail = |reason: String| ConfigError {
@@ -287,6 +293,11 @@ fn socket_addr(
         return None;
     }
     let v = v.unwrap_or_else(|| default.to_owned());
+    if v.contains('@') {
+        // Not echoed: it may hold a user and password.
+        p.push(Problem::new(s.key(key), CREDENTIALS_IN_ADDRESS));
+        return None;
+    }
     match v.parse() {
         Ok(a) => Some(a),
         Err(_) => {
@@ -480,8 +491,25 @@ pub(crate) fn check_name(key: &str, name: &str, p: &mut Vec<Problem>) {
     }
 }
 
+/// The problem with an address that holds a `user:password@` part (the
+/// value itself is never shown).
+pub(crate) const CREDENTIALS_IN_ADDRESS: &str =
+    "must not carry credentials (a user:password@ part): give host:port only";
+
+/// Whether a URL's authority (between `scheme://` and the path) holds a
+/// `user[:password]@` part. Checked on the raw text, so a URL too broken
+/// to parse is caught as well, and never echoed.
+pub(crate) fn url_has_userinfo(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.contains('@')
+}
+
 /// `host:port`, the port a number from 1 to 65535.
 pub(crate) fn check_host_port(addr: &str) -> Result<(), String> {
+    if addr.contains('@') {
+        return Err(CREDENTIALS_IN_ADDRESS.to_owned());
+    }
     let Some((host, port)) = addr.rsplit_once(':') else {
         return Err(format!("\"{addr}\" is not host:port"));
     };

@@ -27,6 +27,62 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Replaces every occurrence of a set of secrets in a text with `***`: the
+/// last line of defence for text from elsewhere (a driver's error, a
+/// dependency's log line) that could quote a credential.
+///
+/// Each secret is matched as written and as JSON and Rust's `Debug` escape
+/// it (so a log line in either format is covered); longer secrets first,
+/// so one that contains another is hidden whole.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    needles: std::sync::Arc<Vec<String>>,
+}
+
+impl Redactor {
+    /// A redactor for `secrets`.
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> Self {
+        let mut needles = Vec::new();
+        for s in secrets {
+            let raw = s.expose();
+            needles.push(raw.to_owned());
+            if let Ok(json) = serde_json::to_string(raw) {
+                needles.push(json[1..json.len() - 1].to_owned());
+            }
+            let debug = format!("{raw:?}");
+            needles.push(debug[1..debug.len() - 1].to_owned());
+        }
+        needles.retain(|n| !n.is_empty());
+        needles.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        needles.dedup();
+        Self {
+            needles: std::sync::Arc::new(needles),
+        }
+    }
+
+    /// Whether there is nothing to hide.
+    pub fn is_empty(&self) -> bool {
+        self.needles.is_empty()
+    }
+
+    /// `text` with every secret replaced by `***` (borrowed when none occurs).
+    pub fn redact<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        let mut out = std::borrow::Cow::Borrowed(text);
+        for n in self.needles.iter() {
+            if out.contains(n.as_str()) {
+                out = std::borrow::Cow::Owned(out.replace(n.as_str(), "***"));
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Redactor({} patterns)", self.needles.len())
+    }
+}
+
 /// Where a secret comes from, as named in the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
@@ -75,6 +131,29 @@ mod tests {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s:?}"), "Secret(***)");
         assert!(!format!("{:?}", Some(&s)).contains("hunter2"));
+    }
+
+    #[test]
+    fn the_redactor_hides_each_secret_as_written_and_as_escaped() {
+        let (a, b, c) = (
+            Secret::new("hunter2"),
+            Secret::new("hunter2-longer"),
+            Secret::new("q\"uote\\d"),
+        );
+        let r = Redactor::new([&a, &b, &c]);
+        assert_eq!(
+            r.redact("pw=hunter2-longer, old=hunter2, not hunter"),
+            "pw=***, old=***, not hunter"
+        );
+        // As JSON and Debug print it: q\"uote\\d.
+        assert_eq!(r.redact(r#"{"e":"q\"uote\\d"}"#), r#"{"e":"***"}"#);
+        assert_eq!(r.redact("raw q\"uote\\d"), "raw ***");
+        assert!(matches!(
+            r.redact("nothing here"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert!(Redactor::new([]).is_empty());
+        assert!(!format!("{r:?}").contains("hunter2"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use toml::Table;
 
 use super::reader::Section;
 use super::secret::{Secret, SecretSource};
-use super::{ProbeDefaults, Problem, check_host_port, check_name, check_timing};
+use super::{ProbeDefaults, Problem, check_host_port, check_name, check_timing, url_has_userinfo};
 
 /// The recovery plans a target may name (DESIGN.md §2).
 pub const RECOVERY_PLANS: &[&str] = &["postgres", "redis", "app"];
@@ -157,6 +157,17 @@ pub struct TargetSpec {
 }
 
 impl TargetSpec {
+    /// The secrets this target was configured with (passwords, S3 keys).
+    pub fn secrets(&self) -> Vec<&Secret> {
+        match &self.check {
+            Check::Postgres(c) => c.password.iter().collect(),
+            Check::Redis(c) => c.password.iter().collect(),
+            Check::S3(c) => vec![&c.access_key, &c.secret_key],
+            Check::Backup(c) => vec![&c.s3.access_key, &c.s3.secret_key],
+            Check::Http(_) | Check::Tcp(_) => Vec::new(),
+        }
+    }
+
     /// The target's kind.
     pub fn kind(&self) -> TargetKind {
         match &self.check {
@@ -584,6 +595,9 @@ fn parse_check(kind: TargetKind, s: &mut Section<'_>, p: &mut Vec<Problem>) -> O
                 .map_or(200, |v| v as u16);
             if let Some(u) = &url {
                 match u.parse::<hyper::Uri>() {
+                    _ if url_has_userinfo(u) => {
+                        p.push(Problem::new(s.key("url"), "must not carry credentials"));
+                    }
                     Ok(uri) => {
                         if !matches!(uri.scheme_str(), Some("http" | "https")) {
                             p.push(Problem::new(
@@ -592,8 +606,6 @@ fn parse_check(kind: TargetKind, s: &mut Section<'_>, p: &mut Vec<Problem>) -> O
                             ));
                         } else if uri.host().is_none_or(str::is_empty) {
                             p.push(Problem::new(s.key("url"), "names no host"));
-                        } else if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-                            p.push(Problem::new(s.key("url"), "must not carry credentials"));
                         }
                     }
                     Err(e) => p.push(Problem::new(
@@ -640,12 +652,22 @@ fn parse_s3(s: &mut Section<'_>, canary_allowed: bool, p: &mut Vec<Problem>) -> 
     let bucket = required(s, "bucket", "the bucket name", p);
     let endpoint = s.string("endpoint", p);
     if let Some(e) = &endpoint {
-        match e.parse::<hyper::Uri>() {
-            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
-            _ => p.push(Problem::new(
+        if url_has_userinfo(e) {
+            // Not echoed: it holds an access key and perhaps its secret.
+            p.push(Problem::new(
                 s.key("endpoint"),
-                format!("\"{e}\" is not an http(s):// URL"),
-            )),
+                "must not carry credentials (a user:password@ part): \
+                 use access_key_env or access_key_file, and secret_key_env or secret_key_file",
+            ));
+        } else {
+            match e.parse::<hyper::Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
+                }
+                _ => p.push(Problem::new(
+                    s.key("endpoint"),
+                    format!("\"{e}\" is not an http(s):// URL"),
+                )),
+            }
         }
     }
     let region = s.string("region", p).unwrap_or_else(|| "us-east-1".into());

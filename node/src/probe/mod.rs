@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{Check, TargetSpec};
+use crate::config::{Check, Redactor, TargetSpec};
 use crate::verdict::Outcome;
 
 pub use http::HttpClient;
@@ -176,16 +176,47 @@ impl ProbeContext {
     }
 }
 
-/// Builds the probe for a validated target.
+/// Builds the probe for a validated target. A target with secrets gets its
+/// answers (error and detail) stripped of them, whatever its driver says.
 pub fn build(spec: &TargetSpec, ctx: &ProbeContext) -> Result<Arc<dyn Probe>, String> {
-    Ok(match &spec.check {
+    let probe: Arc<dyn Probe> = match &spec.check {
         Check::Postgres(c) => Arc::new(postgres::PostgresProbe::new(c)?),
         Check::Redis(c) => Arc::new(redis::RedisProbe::new(c)?),
         Check::Http(c) => Arc::new(http::HttpProbe::new(c, ctx.http())?),
         Check::Tcp(c) => Arc::new(tcp::TcpProbe::new(c)),
         Check::S3(c) => Arc::new(s3::S3Probe::new(c, &spec.name, ctx)),
         Check::Backup(c) => Arc::new(s3::BackupProbe::new(c, ctx)),
+    };
+    let redactor = Redactor::new(spec.secrets());
+    Ok(if redactor.is_empty() {
+        probe
+    } else {
+        Arc::new(Redacted {
+            inner: probe,
+            redactor,
+        })
     })
+}
+
+/// A probe whose answers never quote its target's secrets: its error and
+/// detail go to logs, `faxictl status` and the replicated log.
+struct Redacted {
+    inner: Arc<dyn Probe>,
+    redactor: Redactor,
+}
+
+impl Probe for Redacted {
+    fn check(&self) -> ProbeFuture<'_> {
+        Box::pin(async move {
+            match self.inner.check().await {
+                Ok(mut h) => {
+                    h.detail = self.redactor.redact(&h.detail).into_owned();
+                    Ok(h)
+                }
+                Err(e) => Err(ProbeError::new(self.redactor.redact(&e.message))),
+            }
+        })
+    }
 }
 
 #[cfg(test)]
@@ -221,6 +252,25 @@ mod tests {
         assert_eq!(r.outcome, Outcome::Failure);
         assert!(!r.timed_out);
         assert_eq!(r.error.as_deref(), Some("connection refused"));
+    }
+
+    /// A driver that quotes the password it was given.
+    struct Quotes;
+    impl Probe for Quotes {
+        fn check(&self) -> ProbeFuture<'_> {
+            Box::pin(async { Err(ProbeError::new("auth failed for password \"s3cr3t-pw\"")) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_probe_with_secrets_never_answers_with_them() {
+        let secret = crate::config::Secret::new("s3cr3t-pw");
+        let probe = Redacted {
+            inner: Arc::new(Quotes),
+            redactor: Redactor::new([&secret]),
+        };
+        let r = run(&probe, Duration::from_secs(1)).await;
+        assert_eq!(r.error.as_deref(), Some("auth failed for password \"***\""));
     }
 
     #[test]
