@@ -1296,6 +1296,18 @@ impl<O: Outbox> Core<O> {
                 }
             },
         };
+        if cc.get_change_type() == ConfChangeType::RemoveNode
+            && cc.node_id == self.cfg.id
+            && self.raw.raft.state == StateRole::Leader
+        {
+            // Leadership moved back to this node after its removal was
+            // proposed. raft-rs would keep a leader without its own progress
+            // and panic on its next append: step down first (always safe);
+            // the voters left elect a leader among themselves.
+            tracing::warn!("this leader's own removal was committed: stepping down");
+            let term = self.raw.raft.term;
+            self.raw.raft.become_follower(term, raft::INVALID_ID);
+        }
         let cs = match self.raw.apply_conf_change(&cc) {
             Ok(cs) => cs,
             Err(err) => {

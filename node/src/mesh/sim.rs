@@ -1129,7 +1129,21 @@ fn seeded_fault_runs_keep_raft_and_agreement_safe_and_converge() {
 fn campaign(seeds: &[u64]) -> Tally {
     let mut total = Tally::default();
     for seed in seeds {
-        let mut sim = run(*seed, 1_500);
+        // A panic inside raft-rs or the driver names its seed too.
+        let outcome = std::panic::catch_unwind(|| run(*seed, 1_500));
+        let mut sim = match outcome {
+            Ok(sim) => sim,
+            Err(e) => {
+                let what = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default();
+                panic!(
+                    "seed {seed}: {what} (rerun: FAXI_SIM_SEED={seed} cargo test -p faxi-watchdog sim::)"
+                );
+            }
+        };
         sim.tally.elections = sim.leaders.len();
         sim.tally.commits = sim.committed.len();
         sim.tally.promoted = sim
