@@ -16,6 +16,14 @@ use faxi_tests::{http::AppStub, wait_for};
 
 const LONG: Duration = Duration::from_secs(30);
 
+/// What the targets point at: the app stub every node can reach.
+fn ctx(app: &AppStub) -> Ctx {
+    Ctx {
+        service: Some(app.addr),
+        closed: None,
+    }
+}
+
 /// Default cluster settings; one http target every node can reach.
 fn spec(n: usize) -> Spec {
     let mut spec = Spec::zones(n);
@@ -70,10 +78,7 @@ async fn commits_past(c: &Cluster, i: usize, past: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_added_at_runtime_catches_up_by_a_fresh_snapshot_and_becomes_a_voter() {
     let app = AppStub::start().await;
-    let ctx = Ctx {
-        service: Some(app.addr),
-        closed: None,
-    };
+    let ctx = ctx(&app);
     let mut c = Cluster::start_some(&spec(4), &ctx, 3, &[3], None).await;
     let (leader, _) = c.wait_leader(&[0, 1, 2], LONG).await;
     c.wait_state(&[0, 1, 2], "app", "UP", LONG).await;
@@ -134,10 +139,7 @@ async fn a_node_added_at_runtime_catches_up_by_a_fresh_snapshot_and_becomes_a_vo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_the_leader_hands_over_first_and_the_survivors_keep_committing() {
     let app = AppStub::start().await;
-    let ctx = Ctx {
-        service: Some(app.addr),
-        closed: None,
-    };
+    let ctx = ctx(&app);
     let c = Cluster::start(&spec(3), &ctx).await;
     let (leader, term) = c.wait_leader(&[0, 1, 2], LONG).await;
     let li = c.index(leader);
@@ -186,10 +188,7 @@ async fn removing_the_leader_hands_over_first_and_the_survivors_keep_committing(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_node_is_refused_until_removed_and_added_back() {
     let app = AppStub::start().await;
-    let ctx = Ctx {
-        service: Some(app.addr),
-        closed: None,
-    };
+    let ctx = ctx(&app);
     let mut c = Cluster::start(&spec(3), &ctx).await;
     let (leader, _) = c.wait_leader(&[0, 1, 2], LONG).await;
     // Wipe a follower's disk; restart it with its unchanged config.
@@ -244,10 +243,7 @@ async fn a_wiped_node_is_refused_until_removed_and_added_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_that_disagrees_with_the_membership_is_reported_not_used() {
     let app = AppStub::start().await;
-    let ctx = Ctx {
-        service: Some(app.addr),
-        closed: None,
-    };
+    let ctx = ctx(&app);
     let mut c = Cluster::start(&spec(3), &ctx).await;
     c.wait_leader(&[0, 1, 2], LONG).await;
     // Node 3's config gets a typo in node 2's zone; restarted, it keeps the
@@ -275,10 +271,7 @@ async fn a_config_that_disagrees_with_the_membership_is_reported_not_used() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removal_that_would_leave_no_reachable_quorum_is_refused_unless_forced() {
     let app = AppStub::start().await;
-    let ctx = Ctx {
-        service: Some(app.addr),
-        closed: None,
-    };
+    let ctx = ctx(&app);
     let mut c = Cluster::start(&spec(3), &ctx).await;
     let (leader, _) = c.wait_leader(&[0, 1, 2], LONG).await;
     let li = c.index(leader);
