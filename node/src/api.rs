@@ -668,10 +668,12 @@ impl Peer for Api {
             from_instance: batch.from_instance,
             to: batch.to,
             to_instance: batch.to_instance,
+            from_bound_at: batch.from_bound_at,
         };
         let unbound = {
             let s = self.mesh.read();
-            guard::check_envelope(&env, self.me, s.info.instance, &s.sm).map_err(|r| refuse(&r))?;
+            guard::check_envelope(&env, self.me, s.info.instance, s.info.applied, &s.sm)
+                .map_err(|r| refuse(&r))?;
             s.sm.members()
                 .get(&env.from)
                 .is_some_and(|m| m.instance == 0)

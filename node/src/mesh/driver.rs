@@ -159,6 +159,16 @@ pub struct RaftInfo {
     pub instance: u64,
 }
 
+impl RaftInfo {
+    /// Voters and learners from a conf state, sorted.
+    fn set_conf(&mut self, cs: &ConfState) {
+        self.voters = cs.voters.clone();
+        self.voters.sort_unstable();
+        self.learners = cs.learners.clone();
+        self.learners.sort_unstable();
+    }
+}
+
 /// State readers share: the applied state machine and raft status.
 #[derive(Debug, Default)]
 pub struct Shared {
@@ -296,6 +306,10 @@ pub struct Identity {
     pub id: NodeId,
     /// Its data dir.
     pub instance: u64,
+    /// The applied index at which this node's own member record named
+    /// `instance` (0 while it does not): lets a receiver with an older view
+    /// tell a re-added member from the data dir it replaced.
+    pub bound_at: u64,
 }
 
 /// Where the driver's outgoing raft messages go: the tonic transport in a
@@ -1262,6 +1276,7 @@ impl<O: Outbox> Core<O> {
             let mut s = self.shared.write().unwrap_or_else(|p| p.into_inner());
             s.sm = sm;
             s.info.applied = index;
+            s.info.set_conf(snap.get_metadata().get_conf_state());
         }
         self.last_snapshot = index;
         self.refresh_peers();
@@ -1333,6 +1348,8 @@ impl<O: Outbox> Core<O> {
             }
             Err(r) => Err(r.to_string()),
         };
+        // Readers see the members and their roles change together.
+        shared.info.set_conf(&cs);
         tracing::info!(
             index = e.index, node = cc.node_id,
             change = ?cc.get_change_type(), voters = ?cs.voters, learners = ?cs.learners,
@@ -1536,6 +1553,10 @@ impl<O: Outbox> Core<O> {
                     cluster_id,
                     id: self.cfg.id,
                     instance: self.instance,
+                    bound_at: match s.sm.members().get(&self.cfg.id) {
+                        Some(m) if m.instance == self.instance => s.info.applied,
+                        _ => 0,
+                    },
                 },
                 book,
                 mismatch,

@@ -22,6 +22,9 @@ pub struct Envelope {
     pub to: NodeId,
     /// The receiver's data dir as the sender knows it (0: not bound yet).
     pub to_instance: u64,
+    /// The sender's applied index when its own member record names
+    /// `from_instance` (0 otherwise).
+    pub from_bound_at: u64,
 }
 
 /// Why a batch was refused.
@@ -111,17 +114,26 @@ impl Refusal {
 }
 
 /// Checks a batch's envelope against this node (`me`, running from data dir
-/// `instance`) and its applied state.
+/// `instance`) and its state, applied up to `applied`.
 pub fn check_envelope(
     env: &Envelope,
     me: NodeId,
     instance: u64,
+    applied: u64,
     sm: &StateMachine,
 ) -> Result<(), Refusal> {
     if env.to != me {
         return Err(Refusal::WrongNode { me, to: env.to });
     }
-    if env.to_instance != 0 && env.to_instance != instance {
+    // A sender whose view predates this node's re-adding addresses the data
+    // dir it replaced; this node takes it once its own applied record names
+    // this data dir (otherwise the lagging sender could never learn of the
+    // change). A node that lost its state has no such record: refused.
+    let bound_here = sm
+        .members()
+        .get(&me)
+        .is_some_and(|m| m.instance == instance);
+    if env.to_instance != 0 && env.to_instance != instance && !bound_here {
         return Err(Refusal::ReplacedHere {
             me,
             expected: env.to_instance,
@@ -158,7 +170,13 @@ pub fn check_envelope(
             theirs: env.cluster_id.clone(),
         });
     }
-    if member.instance != 0 && member.instance != env.from_instance {
+    // A sender whose own applied state binds it to its data dir at an index
+    // this node has not applied yet was re-added after this node's view:
+    // refusing it would leave a lagging node unable ever to learn of it
+    // (found by the simulator campaign, seed 1632). A data dir that was
+    // replaced and never re-added has no such record, so it stays refused.
+    let rebound_since = env.from_bound_at > applied;
+    if member.instance != 0 && member.instance != env.from_instance && !rebound_since {
         return Err(Refusal::ReplacedThere {
             from: env.from,
             got: env.from_instance,
@@ -198,5 +216,84 @@ pub fn check_message(env: &Envelope, m: &Message) -> Result<(), Refusal> {
         // one without as its own local message).
         _ if m.term == 0 => Err(Refusal::BadTerm(m.get_msg_type())),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::state::Member;
+
+    fn member(instance: u64) -> Member {
+        Member {
+            zone: "zone-a".into(),
+            addr: "127.0.0.1:1".into(),
+            instance,
+        }
+    }
+
+    /// Node 3 bound to data dir `i3` in this view; nodes 1 and 2 to 11, 12.
+    fn view(i3: u64) -> StateMachine {
+        StateMachine::bootstrap(
+            "c1".into(),
+            [(1, member(11)), (2, member(12)), (3, member(i3))],
+        )
+    }
+
+    fn env(from: NodeId, from_instance: u64, to: NodeId, to_instance: u64) -> Envelope {
+        Envelope {
+            cluster_id: "c1".into(),
+            from,
+            from_instance,
+            to,
+            to_instance,
+            from_bound_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_replaced_data_dir_is_refused_both_ways_until_it_is_re_added() {
+        // Node 3 lost its disk (33 → 34) and was not re-added.
+        let sm = view(33);
+        assert_eq!(
+            check_envelope(&env(3, 34, 1, 11), 1, 11, 100, &sm)
+                .unwrap_err()
+                .label(),
+            "replaced_there"
+        );
+        // Its own state (none, or the old record) does not name 34.
+        let empty = StateMachine::default();
+        assert_eq!(
+            check_envelope(&env(1, 11, 3, 33), 3, 34, 0, &empty)
+                .unwrap_err()
+                .label(),
+            "replaced_here"
+        );
+        assert_eq!(
+            check_envelope(&env(1, 11, 3, 33), 3, 34, 100, &sm)
+                .unwrap_err()
+                .label(),
+            "replaced_here"
+        );
+        // A claim of a binding this node has already applied past is no excuse.
+        let mut e = env(3, 34, 1, 11);
+        e.from_bound_at = 90;
+        assert!(check_envelope(&e, 1, 11, 100, &sm).is_err());
+    }
+
+    #[test]
+    fn a_lagging_node_and_a_re_added_node_still_hear_each_other() {
+        // Node 3 was re-added with data dir 34 at index 200; node 1 has
+        // applied only up to 100 and still names 33 (simulator seed 1632).
+        let stale = view(33);
+        let current = view(34);
+        let mut from_readded = env(3, 34, 1, 11);
+        from_readded.from_bound_at = 200;
+        assert_eq!(check_envelope(&from_readded, 1, 11, 100, &stale), Ok(()));
+        // And node 3 takes the lagging node's messages, addressed to 33.
+        assert_eq!(
+            check_envelope(&env(1, 11, 3, 33), 3, 34, 200, &current),
+            Ok(())
+        );
     }
 }

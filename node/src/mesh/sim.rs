@@ -100,6 +100,7 @@ impl Outbox for SimOutbox {
                 from_instance: self.me.instance,
                 to: m.to,
                 to_instance: self.book.get(&m.to).map_or(0, |p| p.instance),
+                from_bound_at: self.me.bound_at,
             };
             self.out.push((env, m));
         }
@@ -414,8 +415,14 @@ impl Sim {
             return Vec::new();
         };
         let s = core.shared();
-        let checked = guard::check_envelope(env, self.nodes[to].id, s.info.instance, &s.sm)
-            .and_then(|()| guard::check_message(env, &m));
+        let checked = guard::check_envelope(
+            env,
+            self.nodes[to].id,
+            s.info.instance,
+            s.info.applied,
+            &s.sm,
+        )
+        .and_then(|()| guard::check_message(env, &m));
         let unbound =
             s.sm.members()
                 .get(&env.from)
@@ -956,13 +963,30 @@ impl Sim {
                     v.sort_unstable();
                     let mut l: Vec<NodeId> = r.prs().conf().learners().iter().copied().collect();
                     l.sort_unstable();
+                    let mut progress = String::new();
+                    if r.state == StateRole::Leader {
+                        let mut prs: Vec<_> = r.prs().iter().collect();
+                        prs.sort_unstable_by_key(|(id, _)| **id);
+                        for (id, p) in prs {
+                            progress.push_str(&format!(
+                                " [{id}: {:?} match {} next {} paused {} pending_snapshot {} active {}]",
+                                p.state,
+                                p.matched,
+                                p.next_idx,
+                                p.is_paused(),
+                                p.pending_snapshot,
+                                p.recent_active
+                            ));
+                        }
+                    }
                     format!(
-                        "{:?} term {} leader {} commit {} applied {} voters {v:?} learners {l:?} members {:?}",
+                        "{:?} term {} leader {} commit {} applied {} first {} voters {v:?} learners {l:?} members {:?}{progress}",
                         r.state,
                         r.term,
                         r.leader_id,
                         r.raft_log.committed,
                         r.raft_log.applied,
+                        r.raft_log.first_index(),
                         c.shared().sm.members().keys().collect::<Vec<_>>()
                     )
                 }
@@ -1415,6 +1439,7 @@ fn hostile_messages_from_a_member_never_panic_a_node_and_the_cluster_goes_on() {
                 from_instance: sim.nodes[from_i].storage.instance(),
                 to: to_id,
                 to_instance: 0,
+                from_bound_at: 0,
             };
             let inputs = sim.admit(to, &env, m);
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

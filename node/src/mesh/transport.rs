@@ -251,6 +251,7 @@ async fn run_link(
             cluster_id: me.cluster_id.clone(),
             from_instance: me.instance,
             to_instance: peer.instance,
+            from_bound_at: me.bound_at,
         });
         req.set_timeout(deadline);
         let result = tokio::time::timeout(deadline, client.step(req)).await;
