@@ -4,6 +4,7 @@
 //! leader, a change that did not commit, no node able to answer fresh); 2
 //! bad usage; 3 no endpoint answered.
 
+mod client_config;
 mod output;
 
 use std::process::ExitCode;
@@ -13,7 +14,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use faxi_proto::v1 as pb;
 use faxi_proto::v1::watchdog_client::WatchdogClient;
 use tokio::time::Instant;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// The DNS name every node certificate holds (see the node's `tls`
+/// module): faxictl does not know which node it reaches, only the cluster.
+const ANY_NODE: &str = "faxi-watchdog";
 
 /// faxictl's default endpoints: the nodes of `faxi-watchdog dev`.
 const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403";
@@ -37,16 +42,26 @@ const NO_TARGET: &str = "/";
 #[derive(Debug, Parser)]
 #[command(name = "faxictl", version, about, long_about = None)]
 struct Cli {
-    /// Nodes to ask (host:port or http://host:port, comma-separated); the
-    /// first that answers (fresh, for reads) is used.
-    #[arg(
-        long,
-        global = true,
-        env = "FAXI_ENDPOINTS",
-        default_value = DEFAULT_ENDPOINTS,
-        value_delimiter = ','
-    )]
+    /// Nodes to ask (host:port, https://host:port or http://host:port,
+    /// comma-separated); the first that answers (fresh, for reads) is used.
+    /// Default: the client config's, else 127.0.0.1:7401-7403. host:port
+    /// means TLS when a CA, certificate and key are known.
+    #[arg(long, global = true, env = "FAXI_ENDPOINTS", value_delimiter = ',')]
     endpoints: Vec<String>,
+    /// The client config file (endpoints, CA, certificate, key). Default:
+    /// $XDG_CONFIG_HOME/faxictl/config.toml (~/.config/faxictl/config.toml)
+    /// when it exists.
+    #[arg(long, global = true, env = "FAXICTL_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// The cluster CA certificate (PEM), overriding the client config's.
+    #[arg(long, global = true, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM), overriding the client config's.
+    #[arg(long, global = true, value_name = "FILE")]
+    cert: Option<std::path::PathBuf>,
+    /// This client's private key (PEM), overriding the client config's.
+    #[arg(long, global = true, value_name = "FILE")]
+    key: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
     output: Output,
@@ -184,19 +199,23 @@ fn parse_pattern(s: &str) -> Result<String, String> {
     }
 }
 
-/// An endpoint as given, checked: where to connect.
-fn endpoint_uri(e: &str) -> Result<String, String> {
-    let rest = match e.split_once("://") {
-        None => e,
-        Some(("http", rest)) => rest,
+/// An endpoint as given, checked: where to connect. host:port is TLS when
+/// `tls` (a CA, certificate and key are known), plaintext otherwise.
+fn endpoint_uri(e: &str, tls: bool) -> Result<String, String> {
+    let (scheme, rest) = match e.split_once("://") {
+        None if tls => ("https", e),
+        None => ("http", e),
+        Some(("http", rest)) => ("http", rest),
+        Some(("https", rest)) if tls => ("https", rest),
         Some(("https", _)) => {
             return Err(format!(
-                "{e}: TLS (https://) is not supported yet; this build speaks plaintext gRPC only (host:port or http://host:port)"
+                "{e}: https:// needs the cluster CA and a client certificate and key \
+                 (--ca, --cert and --key, or a client config: FAXICTL_CONFIG)"
             ));
         }
         Some((scheme, _)) => {
             return Err(format!(
-                "{e}: unknown scheme {scheme}:// (use host:port or http://host:port)"
+                "{e}: unknown scheme {scheme}:// (use host:port, https://host:port or http://host:port)"
             ));
         }
     };
@@ -210,7 +229,7 @@ fn endpoint_uri(e: &str) -> Result<String, String> {
         Ok(p) if p > 0 && host_ok => {}
         _ => return Err(bad()),
     }
-    let uri = format!("http://{rest}");
+    let uri = format!("{scheme}://{rest}");
     tonic::transport::Endpoint::from_shared(uri.clone()).map_err(|_| bad())?;
     Ok(uri)
 }
@@ -270,26 +289,87 @@ fn main() -> ExitCode {
     }
 }
 
+/// The client config in effect: the one named, else the default one when
+/// it exists, else none.
+fn client_config(cli: &Cli) -> Result<client_config::ClientConfig, Failure> {
+    let path = match &cli.config {
+        Some(p) => p.clone(),
+        None => match client_config::default_path() {
+            Some(p) if p.exists() => p,
+            _ => return Ok(client_config::ClientConfig::default()),
+        },
+    };
+    client_config::load(&path).map_err(Failure::usage)
+}
+
+/// TLS to the cluster, from the flags or the client config; `None` when
+/// none of CA, certificate and key is known.
+fn client_tls(
+    cli: &Cli,
+    cfg: &client_config::ClientConfig,
+) -> Result<Option<ClientTlsConfig>, Failure> {
+    let ca = cli.ca.clone().or_else(|| cfg.ca.clone());
+    let cert = cli.cert.clone().or_else(|| cfg.cert.clone());
+    let key = cli.key.clone().or_else(|| cfg.key.clone());
+    let (ca, cert, key) = match (ca, cert, key) {
+        (None, None, None) => return Ok(None),
+        (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
+        (ca, cert, key) => {
+            let missing: Vec<&str> = [
+                ("--ca", ca.is_none()),
+                ("--cert", cert.is_none()),
+                ("--key", key.is_none()),
+            ]
+            .iter()
+            .filter(|(_, m)| *m)
+            .map(|(f, _)| *f)
+            .collect();
+            return Err(Failure::usage(format!(
+                "TLS needs the CA, a client certificate and its key; missing {}",
+                missing.join(", ")
+            )));
+        }
+    };
+    let read = |what: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| Failure::usage(format!("{what} {}: {e}", p.display())))
+    };
+    let ca = read("CA", &ca)?;
+    let cert = read("certificate", &cert)?;
+    let key = read("key", &key)?;
+    Ok(Some(
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .identity(Identity::from_pem(cert, key))
+            .domain_name(ANY_NODE)
+            .timeout(Duration::from_secs(5)),
+    ))
+}
+
 async fn run(cli: Cli) -> Result<(), Failure> {
+    let cfg = client_config(&cli)?;
+    let tls = client_tls(&cli, &cfg)?;
+    let given: Vec<String> = if cli.endpoints.iter().any(|e| !e.trim().is_empty()) {
+        cli.endpoints.clone()
+    } else if !cfg.endpoints.is_empty() {
+        cfg.endpoints.clone()
+    } else {
+        DEFAULT_ENDPOINTS.split(',').map(str::to_owned).collect()
+    };
     let mut endpoints = Vec::new();
-    for e in cli
-        .endpoints
-        .iter()
-        .map(|e| e.trim())
-        .filter(|e| !e.is_empty())
-    {
-        let uri = endpoint_uri(e).map_err(Failure::usage)?;
+    for e in given.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        let uri = endpoint_uri(e, tls.is_some()).map_err(Failure::usage)?;
         endpoints.push((e.to_owned(), uri));
     }
     if endpoints.is_empty() {
         return Err(Failure::usage(
-            "no endpoints given (--endpoints or FAXI_ENDPOINTS)".into(),
+            "no endpoints given (--endpoints, FAXI_ENDPOINTS or the client config)".into(),
         ));
     }
     let conn = Conn {
         endpoints,
         timeout: cli.timeout,
         allow_stale: cli.allow_stale,
+        tls,
     };
     match cli.command {
         Command::Status(sel) => {
@@ -431,13 +511,24 @@ struct Conn {
     endpoints: Vec<(String, String)>,
     timeout: Duration,
     allow_stale: bool,
+    /// TLS for https:// endpoints.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Conn {
-    async fn connect(uri: &str, within: Duration) -> Result<WatchdogClient<Channel>, String> {
-        let ep = tonic::transport::Endpoint::from_shared(uri.to_owned())
+    async fn connect(
+        &self,
+        uri: &str,
+        within: Duration,
+    ) -> Result<WatchdogClient<Channel>, String> {
+        let mut ep = tonic::transport::Endpoint::from_shared(uri.to_owned())
             .map_err(|e| format!("not a valid endpoint: {e}"))?
             .connect_timeout(within);
+        if let (Some(tls), true) = (&self.tls, uri.starts_with("https://")) {
+            ep = ep
+                .tls_config(tls.clone())
+                .map_err(|e| format!("TLS: {}", error_chain(&e)))?;
+        }
         let channel = tokio::time::timeout(within, ep.connect())
             .await
             .map_err(|_| format!("no connection within {}", ms(within)))?
@@ -467,7 +558,7 @@ impl Conn {
                 continue;
             }
             let started = Instant::now();
-            let client = match Self::connect(uri, share).await {
+            let client = match self.connect(uri, share).await {
                 Ok(c) => c,
                 Err(e) => {
                     tried.push(format!("{ep}: {e}"));

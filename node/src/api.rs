@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use faxi_proto::v1 as pb;
@@ -30,6 +31,7 @@ use crate::mesh::driver::{Input, MemberChange, Mesh, MeshError, Shared};
 use crate::mesh::guard::{self, Envelope, Refusal};
 use crate::mesh::state::{Member, NodeId, State};
 use crate::mesh::transport::MAX_MESSAGE_BYTES;
+use crate::tls::{Caller, Role, Tls, caller_of};
 
 /// Deadline for a membership change to commit.
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
@@ -54,6 +56,8 @@ pub struct Api {
     zone: String,
     /// Target kinds from this node's config (the log carries names only).
     kinds: BTreeMap<String, &'static str>,
+    /// Mutual TLS (None: `insecure = true`, nobody is authenticated).
+    tls: Option<Arc<Tls>>,
 }
 
 impl Api {
@@ -63,12 +67,59 @@ impl Api {
         me: NodeId,
         zone: String,
         kinds: BTreeMap<String, &'static str>,
+        tls: Option<Arc<Tls>>,
     ) -> Self {
         Self {
             mesh,
             me,
             zone,
             kinds,
+            tls,
+        }
+    }
+
+    /// Who sent `request`: read from the client certificate the TLS layer
+    /// verified against the cluster CA.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        if self.tls.is_none() {
+            return Ok(Caller::Insecure);
+        }
+        let certs = request.peer_certs().ok_or_else(|| {
+            Status::unauthenticated("no client certificate: connect with one from the cluster CA")
+        })?;
+        caller_of(&certs).ok_or_else(|| {
+            Status::unauthenticated(
+                "the client certificate names no faxi-watchdog node or operator \
+                 (make one with `faxi-watchdog certs --operator NAME:ROLE`)",
+            )
+        })
+    }
+
+    /// The caller, when it holds `role`; else a refusal that says what
+    /// was missing. Nothing has happened yet when this refuses.
+    fn authorize<T>(&self, request: &Request<T>, role: Role, what: &str) -> Result<Caller, Status> {
+        let caller = self.caller(request)?;
+        if caller.may(role) {
+            Ok(caller)
+        } else {
+            metrics::counter!(crate::metrics::API_DENIED, "role" => role.as_str()).increment(1);
+            tracing::warn!(caller = %caller.describe(), what, needs = role.as_str(), "request refused: role");
+            Err(Status::permission_denied(format!(
+                "{} may not {what}: that needs the {} role",
+                caller.describe(),
+                role.as_str()
+            )))
+        }
+    }
+
+    /// Records a mutation: who asked for what, and how it ended.
+    fn audit<R>(&self, caller: &Caller, what: &str, result: &Result<R, Status>) {
+        match result {
+            Ok(_) => tracing::info!(audit = true, caller = %caller.describe(), what, "done"),
+            Err(e) => tracing::info!(
+                audit = true, caller = %caller.describe(), what,
+                code = ?e.code(), error = e.message(), "failed"
+            ),
         }
     }
 
@@ -381,17 +432,24 @@ fn to_status(e: MeshError) -> Status {
 
 /// A client for the leader's API, for requests only the leader may decide.
 async fn leader_client(
+    tls: Option<&Tls>,
     leader: NodeId,
     addr: Option<String>,
     deadline: Duration,
 ) -> Result<WatchdogClient<tonic::transport::Channel>, Status> {
     let addr =
         addr.ok_or_else(|| Status::unavailable(format!("leader {leader} has no known address")))?;
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|e| Status::internal(format!("leader address {addr}: {e}")))?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .timeout(deadline);
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls.client(&crate::tls::node_dns(leader)))
+            .map_err(|e| Status::internal(format!("TLS to leader {leader}: {e}")))?;
+    }
     let channel = endpoint
         .connect()
         .await
@@ -424,6 +482,7 @@ impl Watchdog for Api {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.authorize(&request, Role::Read, "read the status")?;
         let deadline = call_deadline(request.metadata());
         let r = request.into_inner();
         let filter = Filter::from_request(&r)?;
@@ -437,6 +496,7 @@ impl Watchdog for Api {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.authorize(&request, Role::Read, "watch the status")?;
         let deadline = call_deadline(request.metadata());
         let r = request.into_inner();
         let filter = Filter::from_request(&r)?;
@@ -490,6 +550,48 @@ impl Watchdog for Api {
         &self,
         request: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        let caller = self.authorize(&request, Role::Admin, "change the membership")?;
+        let r = request.get_ref();
+        let what = format!("members add {} {} {}", r.id, r.zone, r.addr);
+        let result = self.add_member_inner(request).await;
+        self.audit(&caller, &what, &result);
+        result
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        let caller = self.authorize(&request, Role::Admin, "change the membership")?;
+        let r = request.get_ref();
+        let what = format!(
+            "members remove {}{}",
+            r.id,
+            if r.force { " --force" } else { "" }
+        );
+        let result = self.remove_member_inner(request).await;
+        self.audit(&caller, &what, &result);
+        result
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let caller = self.authorize(&request, Role::Operate, "move leadership")?;
+        let what = format!("transfer-leader {}", request.get_ref().to);
+        let result = self.transfer_leader_inner(request).await;
+        self.audit(&caller, &what, &result);
+        result
+    }
+}
+
+/// The mutations, once the caller is authorised.
+impl Api {
+    async fn add_member_inner(
+        &self,
+        request: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         let r = request.get_ref().clone();
         if r.id == 0 {
             return Err(Status::invalid_argument("id: must be 1 or more"));
@@ -506,10 +608,15 @@ impl Watchdog for Api {
             return Err(Status::invalid_argument(format!("addr: {reason}")));
         }
         if let Some((leader, addr)) = self.leader_elsewhere(&request)? {
-            return leader_client(leader, addr, WRITE_DEADLINE + Duration::from_secs(1))
-                .await?
-                .add_member(mark_forwarded(Request::new(r)))
-                .await;
+            return leader_client(
+                self.tls.as_deref(),
+                leader,
+                addr,
+                WRITE_DEADLINE + Duration::from_secs(1),
+            )
+            .await?
+            .add_member(mark_forwarded(Request::new(r)))
+            .await;
         }
         let member = Member {
             zone: r.zone,
@@ -519,19 +626,24 @@ impl Watchdog for Api {
         self.change_member(MemberChange::Set(r.id, member)).await
     }
 
-    async fn remove_member(
+    async fn remove_member_inner(
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         let pb::RemoveMemberRequest { id, force } = *request.get_ref();
         if let Some((leader, addr)) = self.leader_elsewhere(&request)? {
-            return leader_client(leader, addr, WRITE_DEADLINE + TRANSFER_DEADLINE)
-                .await?
-                .remove_member(mark_forwarded(Request::new(pb::RemoveMemberRequest {
-                    id,
-                    force,
-                })))
-                .await;
+            return leader_client(
+                self.tls.as_deref(),
+                leader,
+                addr,
+                WRITE_DEADLINE + TRANSFER_DEADLINE,
+            )
+            .await?
+            .remove_member(mark_forwarded(Request::new(pb::RemoveMemberRequest {
+                id,
+                force,
+            })))
+            .await;
         }
         if id != self.me {
             return self.change_member(MemberChange::Remove(id, force)).await;
@@ -571,16 +683,21 @@ impl Watchdog for Api {
             let l = s.info.leader;
             (l, s.sm.members().get(&l).map(|m| m.addr.clone()))
         };
-        leader_client(leader, addr, WRITE_DEADLINE + Duration::from_secs(1))
-            .await?
-            .remove_member(mark_forwarded(Request::new(pb::RemoveMemberRequest {
-                id,
-                force,
-            })))
-            .await
+        leader_client(
+            self.tls.as_deref(),
+            leader,
+            addr,
+            WRITE_DEADLINE + Duration::from_secs(1),
+        )
+        .await?
+        .remove_member(mark_forwarded(Request::new(pb::RemoveMemberRequest {
+            id,
+            force,
+        })))
+        .await
     }
 
-    async fn transfer_leader(
+    async fn transfer_leader_inner(
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
@@ -589,12 +706,17 @@ impl Watchdog for Api {
             return Err(Status::not_found(format!("node {to} is not a member")));
         }
         if let Some((leader, addr)) = self.leader_elsewhere(&request)? {
-            return leader_client(leader, addr, TRANSFER_DEADLINE + Duration::from_secs(1))
-                .await?
-                .transfer_leader(mark_forwarded(Request::new(pb::TransferLeaderRequest {
-                    to,
-                })))
-                .await;
+            return leader_client(
+                self.tls.as_deref(),
+                leader,
+                addr,
+                TRANSFER_DEADLINE + Duration::from_secs(1),
+            )
+            .await?
+            .transfer_leader(mark_forwarded(Request::new(pb::TransferLeaderRequest {
+                to,
+            })))
+            .await;
         }
         let term = self.transfer_to(to).await?;
         Ok(Response::new(pb::TransferLeaderResponse {
@@ -661,6 +783,26 @@ impl Api {
 #[tonic::async_trait]
 impl Peer for Api {
     async fn step(&self, request: Request<pb::RaftBatch>) -> Result<Response<pb::RaftAck>, Status> {
+        // With TLS, the batch's sender is the node its certificate names,
+        // nobody else: an operator's certificate, or node 2's claiming to
+        // be node 3, is refused before anything is read.
+        if self.tls.is_some() {
+            let claimed = request.get_ref().from;
+            match self.caller(&request) {
+                Ok(Caller::Node(id)) if id == claimed => {}
+                Ok(other) => {
+                    return Err(refuse(&Refusal::NotThisIdentity {
+                        claimed,
+                        certificate: other.describe(),
+                    }));
+                }
+                Err(status) => {
+                    metrics::counter!(crate::metrics::RAFT_REFUSED, "reason" => "unauthenticated")
+                        .increment(1);
+                    return Err(status);
+                }
+            }
+        }
         let batch = request.into_inner();
         let env = Envelope {
             cluster_id: batch.cluster_id,

@@ -45,11 +45,15 @@ pub async fn run(
     tokio::spawn(serve_demo_app(app));
     let closed = closed_port().await?;
 
+    let tls_dir = dir.join("tls");
+    make_tls(&tls_dir)?;
+    let client = write_client_config(dir, &tls_dir)?;
+
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
     let mut children: Vec<Child> = Vec::new();
     for (i, zone) in ZONES.iter().enumerate() {
         let id = i + 1;
-        let config = node_config(id, zone, dir, app_addr, closed);
+        let config = node_config(id, zone, dir, app_addr, closed, &tls_dir);
         let path = dir.join(format!("node{id}.toml"));
         tokio::fs::write(&path, config)
             .await
@@ -85,9 +89,12 @@ pub async fn run(
          gRPC    127.0.0.1:7401 127.0.0.1:7402 127.0.0.1:7403\n  \
          metrics http://127.0.0.1:9401/metrics (9402, 9403)\n  \
          logs, configs and raft logs in {}\n  \
-         demo app at http://{app_addr}/health\n\
+         demo app at http://{app_addr}/health\n  \
+         mutual TLS: CA and certificates in {}\n  \
+         faxictl's client config: {client}\n\
          try: faxictl status    (Ctrl-C here stops the mesh)",
-        dir.display()
+        dir.display(),
+        tls_dir.display()
     );
     let mut exited = Box::pin(first_exit(&mut children));
     let stopped = tokio::select! {
@@ -161,7 +168,105 @@ async fn closed_port() -> Result<SocketAddr, String> {
         .map_err(|e| format!("cannot find a free port: {e}"))
 }
 
-fn node_config(id: usize, zone: &str, dir: &Path, app: SocketAddr, closed: SocketAddr) -> String {
+/// The operator certificate `dev` makes for faxictl.
+const DEV_OPERATOR: &str = "dev";
+/// The first line of a faxictl config that `dev` wrote (and may rewrite).
+const DEV_MARK: &str = "# Written by `faxi-watchdog dev`";
+
+/// The cluster CA (kept across runs), a certificate per node and one for
+/// faxictl (admin), in `tls`.
+fn make_tls(tls: &Path) -> Result<(), String> {
+    let have = |f: &str| tls.join(f).exists();
+    let complete = have("ca.pem")
+        && have("ca.key")
+        && (1..=ZONES.len()).all(|id| have(&format!("node-{id}.pem")))
+        && have(&format!("client-{DEV_OPERATOR}.pem"));
+    if complete {
+        return Ok(());
+    }
+    crate::tls::make_certs(&crate::tls::CertRequest {
+        dir: tls.to_owned(),
+        nodes: (1..=ZONES.len() as u64).collect(),
+        operators: vec![(DEV_OPERATOR.to_owned(), crate::tls::Role::Admin)],
+        replace: true,
+    })
+    .map(|_| ())
+}
+
+/// Writes faxictl's client config for this mesh in `dir`, and at faxictl's
+/// default path too unless a config that `dev` did not write is there.
+/// Returns where faxictl will find it.
+fn write_client_config(dir: &Path, tls: &Path) -> Result<String, String> {
+    let mut c = String::new();
+    let _ = writeln!(c, "{DEV_MARK}: the nodes of the dev mesh, over mutual TLS.");
+    let _ = writeln!(
+        c,
+        "endpoints = [\"127.0.0.1:7401\", \"127.0.0.1:7402\", \"127.0.0.1:7403\"]"
+    );
+    let _ = writeln!(c, "ca = {:?}", tls.join("ca.pem").display().to_string());
+    let _ = writeln!(
+        c,
+        "cert = {:?}\nkey = {:?}",
+        tls.join(format!("client-{DEV_OPERATOR}.pem"))
+            .display()
+            .to_string(),
+        tls.join(format!("client-{DEV_OPERATOR}.key"))
+            .display()
+            .to_string()
+    );
+    let here = dir.join("faxictl.toml");
+    std::fs::write(&here, &c).map_err(|e| format!("cannot write {}: {e}", here.display()))?;
+    let Some(default) = default_client_config() else {
+        return Ok(format!("{} (set FAXICTL_CONFIG to it)", here.display()));
+    };
+    let ours = match std::fs::read_to_string(&default) {
+        Ok(text) => text.starts_with(DEV_MARK),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(_) => false,
+    };
+    if !ours {
+        return Ok(format!(
+            "{} ({} is another config, left alone: set FAXICTL_CONFIG={})",
+            here.display(),
+            default.display(),
+            here.display()
+        ));
+    }
+    if let Some(parent) = default.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    match std::fs::write(&default, &c) {
+        Ok(()) => Ok(default.display().to_string()),
+        Err(_) => Ok(format!(
+            "{} (cannot write {}: set FAXICTL_CONFIG={})",
+            here.display(),
+            default.display(),
+            here.display()
+        )),
+    }
+}
+
+/// faxictl's default client config path (as faxictl finds it).
+fn default_client_config() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".config"))
+        })?;
+    Some(base.join("faxictl").join("config.toml"))
+}
+
+fn node_config(
+    id: usize,
+    zone: &str,
+    dir: &Path,
+    app: SocketAddr,
+    closed: SocketAddr,
+    tls: &Path,
+) -> String {
     let mut c = String::new();
     let _ = writeln!(c, "# Written by `faxi-watchdog dev`.");
     let _ = writeln!(c, "[node]\nid = {id}\nzone = \"{zone}\"");
@@ -175,6 +280,13 @@ fn node_config(id: usize, zone: &str, dir: &Path, app: SocketAddr, closed: Socke
         "listen = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{}\"\n",
         7400 + id,
         9400 + id
+    );
+    let _ = writeln!(
+        c,
+        "[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        tls.join("ca.pem").display().to_string(),
+        tls.join(format!("node-{id}.pem")).display().to_string(),
+        tls.join(format!("node-{id}.key")).display().to_string()
     );
     let _ = writeln!(c, "[cluster]\nrefresh = \"2s\"\npeers = [");
     for (i, z) in ZONES.iter().enumerate() {

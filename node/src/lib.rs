@@ -13,4 +13,5 @@ pub mod node;
 pub mod probe;
 pub mod scheduler;
 pub mod telemetry;
+pub mod tls;
 pub mod verdict;

@@ -46,6 +46,26 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Make the cluster's TLS files in DIR: a CA (made once, then reused),
+    /// a certificate and key per node (`node-<id>.pem`, naming its id) and
+    /// per operator (`client-<name>.pem`, naming who and which role). Keys
+    /// are written readable by their owner only.
+    Certs {
+        /// Where the files go.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Node ids, like `1,2,3`.
+        #[arg(long, value_delimiter = ',', value_name = "IDS")]
+        nodes: Vec<u64>,
+        /// An operator as NAME:ROLE, ROLE one of read, operate, admin;
+        /// repeat for more.
+        #[arg(long = "operator", value_name = "NAME:ROLE")]
+        operators: Vec<String>,
+        /// Replace node or operator certificates that exist (rotation:
+        /// the CA is kept, so the others still trust the new ones).
+        #[arg(long)]
+        replace: bool,
+    },
     /// Validate a config file: exit 0 when it is good, else print every
     /// problem (file, key, reason) and exit 1.
     CheckConfig {
@@ -74,6 +94,50 @@ fn main() -> ExitCode {
         } => run(&config, log_format, stop_on_stdin_eof),
         Command::Dev { dir } => dev(dir),
         Command::Init { config } => init(&config),
+        Command::Certs {
+            dir,
+            nodes,
+            operators,
+            replace,
+        } => certs(dir, nodes, &operators, replace),
+    }
+}
+
+fn certs(dir: PathBuf, nodes: Vec<u64>, operators: &[String], replace: bool) -> ExitCode {
+    use faxi_watchdog::tls::{CertRequest, Role, make_certs};
+    let mut ops = Vec::new();
+    for o in operators {
+        match o
+            .rsplit_once(':')
+            .and_then(|(n, r)| Some((n, Role::parse(r)?)))
+        {
+            Some((name, role)) => ops.push((name.to_owned(), role)),
+            None => {
+                eprintln!(
+                    "faxi-watchdog certs: --operator {o:?}: write NAME:ROLE, ROLE one of read, operate, admin"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let req = CertRequest {
+        dir,
+        nodes,
+        operators: ops,
+        replace,
+    };
+    match make_certs(&req) {
+        Ok(files) => {
+            #[allow(clippy::print_stdout)]
+            for f in files {
+                println!("{}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("faxi-watchdog certs: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 

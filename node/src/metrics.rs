@@ -48,6 +48,8 @@ pub const RAFT_DROPPED: &str = "faxi_raft_messages_dropped_total";
 /// Peer batches refused before raft saw them, by reason (another
 /// cluster, not a member, a replaced data dir, malformed).
 pub const RAFT_REFUSED: &str = "faxi_raft_messages_refused_total";
+/// API requests refused because the caller's role does not allow them.
+pub const API_DENIED: &str = "faxi_api_requests_denied_total";
 /// 1 when this node's last message to the peer got through.
 pub const RAFT_PEER_REACHABLE: &str = "faxi_raft_peer_reachable";
 
@@ -117,6 +119,10 @@ fn describe() {
     metrics::describe_counter!(
         RAFT_REFUSED,
         "Peer raft batches refused before raft saw them, by reason."
+    );
+    metrics::describe_counter!(
+        API_DENIED,
+        "API requests refused because the caller's certificate lacks the role, by role needed."
     );
     metrics::describe_gauge!(
         RAFT_PEER_REACHABLE,

@@ -3,12 +3,13 @@
 //! until told to stop.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::mpsc::sync_channel;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::config::{Config, TlsConfig};
 use crate::mesh::driver::{self, DriverConfig};
 use crate::mesh::proposer::{self, Cadence};
 use crate::mesh::state::Member;
@@ -17,6 +18,7 @@ use crate::mesh::transport::Transport;
 use crate::metrics::Health;
 use crate::probe::ProbeContext;
 use crate::scheduler::Scheduler;
+use crate::tls::Tls;
 
 /// The configured peers as the driver takes them.
 fn peers(config: &Config) -> Vec<(crate::mesh::state::NodeId, Member)> {
@@ -77,7 +79,7 @@ const STALL_UNHEALTHY: Duration = Duration::from_secs(10);
 const STALL_FATAL: Duration = Duration::from_secs(60);
 
 /// Runs a node until `shutdown` resolves. Errors are fatal problems (a port
-/// in use, an unreadable data dir, a probe that cannot be built, a raft log
+/// in use, unreadable TLS files, an unreadable data dir, a probe that cannot be built, a raft log
 /// write that failed), worded for the operator.
 ///
 /// Fail-stop: when the raft thread ends on its own (a log write failed, or
@@ -86,6 +88,7 @@ const STALL_FATAL: Duration = Duration::from_secs(60);
 /// the moment it is known, and while the raft loop does not answer.
 /// Shutting down never waits more than [`SHUTDOWN_BUDGET`].
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    let tls = load_tls(&config)?;
     let handle = crate::metrics::install()?;
     let metrics_listener = crate::metrics::bind(config.node.metrics_listen).await?;
     let grpc_listener = tokio::net::TcpListener::bind(config.node.listen)
@@ -118,6 +121,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.node.id,
         tokio::runtime::Handle::current(),
         tx.clone(),
+        tls.clone(),
     );
     // Opening replays the log from sled: off the async workers.
     let (mesh, raft_thread) =
@@ -145,10 +149,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.node.id,
         config.node.zone.clone(),
         kinds,
+        tls.clone(),
     );
     let (watchdog_svc, peer_svc) = api.services();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        builder = builder
+            .tls_config(tls.server())
+            .map_err(|e| format!("TLS: {e}"))?;
+    }
     let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .add_service(watchdog_svc)
             .add_service(peer_svc)
             .serve_with_incoming(crate::api::incoming(grpc_listener)),
@@ -293,5 +304,26 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "a panic without a message".to_owned()
+    }
+}
+
+/// Reads this node's TLS files and checks that its certificate names it;
+/// `None` with `insecure = true`, said loudly.
+fn load_tls(config: &Config) -> Result<Option<Arc<Tls>>, String> {
+    match &config.tls {
+        TlsConfig::Files { ca, cert, key } => {
+            let tls = Tls::load(ca, cert, key)?;
+            tls.check_node(config.node.id, cert)?;
+            Ok(Some(tls))
+        }
+        TlsConfig::Insecure => {
+            tracing::warn!(
+                listen = %config.node.listen,
+                "tls.insecure = true: gRPC runs WITHOUT TLS or authentication; anyone who reaches \
+                 this port can read the state, send raft messages and change the membership. \
+                 For a laptop or a lab only"
+            );
+            Ok(None)
+        }
     }
 }

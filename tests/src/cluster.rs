@@ -145,10 +145,11 @@ impl Cluster {
                 })
                 .collect();
             let text = format!(
-                "[node]\nid = {id}\nzone = \"{zone}\"\ndata_dir = \"{}\"\nlisten = \"{}\"\nmetrics_listen = \"{}\"\n\n[cluster]\n{}peers = [\n{}\n]\n\n[probe_defaults]\n{}\n{}",
+                "[node]\nid = {id}\nzone = \"{zone}\"\ndata_dir = \"{}\"\nlisten = \"{}\"\nmetrics_listen = \"{}\"\n\n{}[cluster]\n{}peers = [\n{}\n]\n\n[probe_defaults]\n{}\n{}",
                 dir.path().join(format!("data{id}")).display(),
                 addrs[i].0,
                 addrs[i].1,
+                crate::tls::shared().node_section(id),
                 spec.cluster,
                 peers.join("\n"),
                 spec.probe_defaults,
@@ -164,10 +165,7 @@ impl Cluster {
                 config,
                 log: dir.path().join(format!("node{id}.log")),
                 ns: net.as_ref().map(|n| n.ns(i)),
-                channel: tonic::transport::Endpoint::from_shared(format!("http://{}", addrs[i].0))
-                    .unwrap()
-                    .connect_timeout(Duration::from_secs(1))
-                    .connect_lazy(),
+                channel: crate::tls::shared().channel(addrs[i].0, "admin"),
                 child: None,
             });
         }
@@ -367,9 +365,16 @@ impl Cluster {
 
     /// Runs faxictl against `endpoints` with `args`.
     pub async fn faxictl(endpoints: &str, args: &[&str]) -> std::process::Output {
+        Self::faxictl_as("admin", endpoints, args).await
+    }
+
+    /// faxictl as operator `who` (admin, operator or reader), over mutual
+    /// TLS with that operator's certificate.
+    pub async fn faxictl_as(who: &str, endpoints: &str, args: &[&str]) -> std::process::Output {
         Command::new(workspace_bin("faxictl"))
             .args(args)
             .env("FAXI_ENDPOINTS", endpoints)
+            .env("FAXICTL_CONFIG", crate::tls::shared().client_config(who))
             .output()
             .await
             .unwrap()

@@ -14,6 +14,7 @@ pub mod postgres;
 pub mod proxy;
 pub mod redis;
 pub mod s3;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -34,7 +34,7 @@ pub fn node_section(
     let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let text = format!(
-        "[node]\nid = {id}\nzone = \"{zone}\"\ndata_dir = \"{}\"\nlisten = \"{grpc}\"\nmetrics_listen = \"{metrics}\"\n\n",
+        "[node]\nid = {id}\nzone = \"{zone}\"\ndata_dir = \"{}\"\nlisten = \"{grpc}\"\nmetrics_listen = \"{metrics}\"\n\n[tls]\ninsecure = true\n\n",
         dir.join("data").display(),
     );
     (text, metrics, grpc)

@@ -210,7 +210,7 @@ async fn refused_data_dir(data_dir: &std::path::Path) -> String {
     std::fs::write(
         &config,
         format!(
-            "[node]\nid = 1\nzone = \"zone-a\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{}\"\n",
+            "[node]\nid = 1\nzone = \"zone-a\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{}\"\n[tls]\ninsecure = true\n",
             data_dir.display(),
             faxi_tests::free_port(),
             faxi_tests::free_port()
@@ -263,7 +263,7 @@ async fn a_port_in_use_is_named_and_the_node_exits_1() {
         std::fs::write(
             &config,
             format!(
-                "[node]\nid = 1\nzone = \"zone-a\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{grpc}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\n",
+                "[node]\nid = 1\nzone = \"zone-a\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{grpc}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\n[tls]\ninsecure = true\n",
                 dir.path().join("data").display(),
             ),
         )
@@ -323,6 +323,7 @@ async fn bad_peer_messages_are_refused_and_the_node_goes_on() {
         cluster_id: cluster.to_owned(),
         from_instance: 0,
         to_instance: 0,
+        from_bound_at: 0,
     };
     // Another cluster's message is refused before anything reads it.
     let e = peer

@@ -100,6 +100,27 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// What to probe.
     pub targets: Vec<TargetSpec>,
+    /// How gRPC connections are secured.
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: mutual TLS on every gRPC connection (peers and faxictl), or
+/// plaintext by an explicit `insecure = true`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsConfig {
+    /// The cluster CA, this node's certificate (naming its id) and key;
+    /// relative paths are read from the config file's directory.
+    Files {
+        /// The cluster CA certificate (PEM).
+        ca: PathBuf,
+        /// This node's certificate (PEM).
+        cert: PathBuf,
+        /// Its private key (PEM).
+        key: PathBuf,
+    },
+    /// No TLS, no authentication: anyone who reaches the port can steer
+    /// the cluster. For a laptop or a lab only; logged loudly.
+    Insecure,
 }
 
 /// `[node]`: who this node is and where it listens.
@@ -188,10 +209,18 @@ impl Config {
         };
         let text = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
         let text = String::from_utf8(text).map_err(|_| fail("is not valid UTF-8".into()))?;
-        Self::parse(&text).map_err(|problems| ConfigError {
+        let mut config = Self::parse(&text).map_err(|problems| ConfigError {
             file: path.to_owned(),
             problems,
-        })
+        })?;
+        if let (TlsConfig::Files { ca, cert, key }, Some(dir)) = (&mut config.tls, path.parent()) {
+            for f in [ca, cert, key] {
+                if f.is_relative() {
+                    *f = dir.join(&*f);
+                }
+            }
+        }
+        Ok(config)
     }
 
     /// Parses and validates TOML text; every problem found is returned.
@@ -220,10 +249,13 @@ impl Config {
             None => ProbeDefaults::default(),
         };
         let cluster_table = top.table("cluster", &mut p);
+        let tls_table = top.table("tls", &mut p);
+        let tls_present = top.has("tls");
         let target_tables = top.tables("targets", &mut p).unwrap_or_default();
         top.finish(&mut p);
 
         let cluster = parse_cluster(cluster_table, node.as_ref(), &mut p);
+        let tls = parse_tls(tls_table, tls_present, &mut p);
         let targets = targets::parse_targets(&target_tables, &defaults, &mut p);
 
         match node {
@@ -231,6 +263,7 @@ impl Config {
                 node,
                 cluster,
                 targets,
+                tls: tls.unwrap_or(TlsConfig::Insecure),
             }),
             _ => Err(p),
         }
@@ -308,6 +341,76 @@ fn socket_addr(
             None
         }
     }
+}
+
+fn parse_tls(t: Option<&toml::Table>, present: bool, p: &mut Vec<Problem>) -> Option<TlsConfig> {
+    let Some(t) = t else {
+        if !present {
+            p.push(Problem::new(
+                "tls",
+                "missing section [tls]: give ca, cert and key (`faxi-watchdog certs` makes them), \
+                 or insecure = true to run without TLS (then anyone who reaches the port can steer the cluster)",
+            ));
+        }
+        return None;
+    };
+    let mut s = Section::new(t, "tls");
+    let insecure = s.boolean("insecure", p).unwrap_or(false);
+    let mut files = Vec::new();
+    for key in ["ca", "cert", "key"] {
+        let v = s.string(key, p);
+        if let Some(v) = &v
+            && v.is_empty()
+        {
+            p.push(Problem::new(s.key(key), "must not be empty"));
+        }
+        files.push((key, v.filter(|v| !v.is_empty())));
+    }
+    s.finish(p);
+    if insecure {
+        let given: Vec<&str> = files
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        if !given.is_empty() {
+            p.push(Problem::new(
+                "tls.insecure",
+                format!(
+                    "insecure = true turns TLS off, yet {} {} given: remove one or the other",
+                    given.join(", "),
+                    if given.len() == 1 { "is" } else { "are" }
+                ),
+            ));
+            return None;
+        }
+        return Some(TlsConfig::Insecure);
+    }
+    let mut missing = false;
+    for (key, v) in &files {
+        if v.is_none() {
+            missing = true;
+            p.push(Problem::new(
+                format!("tls.{key}"),
+                match *key {
+                    "ca" => "missing: the cluster CA certificate (PEM)",
+                    "cert" => "missing: this node's certificate (PEM), naming its id",
+                    _ => "missing: this node's private key (PEM)",
+                },
+            ));
+        }
+    }
+    if missing {
+        return None;
+    }
+    let mut it = files
+        .into_iter()
+        .map(|(_, v)| PathBuf::from(v.unwrap_or_default()));
+    Some(TlsConfig::Files {
+        ca: it.next()?,
+        cert: it.next()?,
+        key: it.next()?,
+    })
 }
 
 fn parse_defaults(t: &toml::Table, p: &mut Vec<Problem>) -> ProbeDefaults {

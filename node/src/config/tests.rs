@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::*;
 
-const NODE: &str = "[node]\nid = 1\nzone = \"zone-a\"\n";
+const NODE: &str = "tls = { insecure = true }\n[node]\nid = 1\nzone = \"zone-a\"\n";
 
 fn problems(text: &str) -> Vec<String> {
     match Config::parse(text) {
@@ -168,5 +168,54 @@ fn a_broken_target_still_counts_for_depends_on() {
     assert_eq!(
         p,
         vec!["targets[0].password_env: environment variable FAXI_SURELY_UNSET_VAR_2 is not set"]
+    );
+}
+
+#[test]
+fn tls_is_required_unless_insecure_is_said_and_not_both() {
+    let node = "[node]\nid = 1\nzone = \"zone-a\"\n";
+    let p = problems(node);
+    assert!(
+        p.iter()
+            .any(|p| p.starts_with("tls: missing section [tls]") && p.contains("insecure = true")),
+        "{p:?}"
+    );
+    assert_eq!(
+        problems(&format!("{node}[tls]\nca = \"ca.pem\"\n")),
+        vec![
+            "tls.cert: missing: this node's certificate (PEM), naming its id",
+            "tls.key: missing: this node's private key (PEM)"
+        ]
+    );
+    let p = problems(&format!("{node}[tls]\ninsecure = true\ncert = \"n.pem\"\n"));
+    assert!(p[0].starts_with("tls.insecure: insecure = true turns TLS off, yet cert is given"));
+    let c = Config::parse(&format!(
+        "{node}[tls]\nca = \"ca.pem\"\ncert = \"/etc/n.pem\"\nkey = \"n.key\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.tls,
+        TlsConfig::Files {
+            ca: "ca.pem".into(),
+            cert: "/etc/n.pem".into(),
+            key: "n.key".into()
+        }
+    );
+    // Relative paths are read from the config file's directory.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("node.toml");
+    std::fs::write(
+        &f,
+        format!("{node}[tls]\nca = \"ca.pem\"\ncert = \"/etc/n.pem\"\nkey = \"n.key\"\n"),
+    )
+    .unwrap();
+    let c = Config::load(&f).unwrap();
+    assert_eq!(
+        c.tls,
+        TlsConfig::Files {
+            ca: dir.path().join("ca.pem"),
+            cert: "/etc/n.pem".into(),
+            key: dir.path().join("n.key")
+        }
     );
 }

@@ -480,6 +480,10 @@ pub struct Core<O: Outbox> {
     snapshot_since: BTreeMap<NodeId, u64>,
     /// The last config/membership disagreement reported.
     last_mismatch: Vec<String>,
+    /// The applied index at which this node first saw its own member record
+    /// name its data dir (0 while it does not); kept stable so peer links
+    /// are not rebuilt at every membership change.
+    bound_at: u64,
     /// Test-only switches that plant known bugs, to show the checks catch them.
     #[cfg(test)]
     pub bugs: Bugs,
@@ -650,6 +654,7 @@ impl<O: Outbox> Core<O> {
             ticks: 0,
             snapshot_since: BTreeMap::new(),
             last_mismatch: Vec::new(),
+            bound_at: 0,
             #[cfg(test)]
             bugs: Bugs::default(),
             #[cfg(test)]
@@ -1554,7 +1559,10 @@ impl<O: Outbox> Core<O> {
                     id: self.cfg.id,
                     instance: self.instance,
                     bound_at: match s.sm.members().get(&self.cfg.id) {
-                        Some(m) if m.instance == self.instance => s.info.applied,
+                        Some(m) if m.instance == self.instance && self.bound_at > 0 => {
+                            self.bound_at
+                        }
+                        Some(m) if m.instance == self.instance => s.info.applied.max(1),
                         _ => 0,
                     },
                 },
@@ -1568,6 +1576,7 @@ impl<O: Outbox> Core<O> {
             }
             self.last_mismatch = mismatch;
         }
+        self.bound_at = me.bound_at;
         let mut book = book;
         book.remove(&self.cfg.id);
         for id in self.transport.set_peers(&me, book) {

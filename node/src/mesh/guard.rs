@@ -95,6 +95,14 @@ pub enum Refusal {
     /// A term where raft-rs expects none, or none where it expects one.
     #[error("a {0:?} with an impossible term")]
     BadTerm(MessageType),
+    /// The batch claims a sender its TLS certificate does not name.
+    #[error("a batch from node {claimed} over a connection authenticated as {certificate}")]
+    NotThisIdentity {
+        /// The sender the batch names.
+        claimed: NodeId,
+        /// Who the certificate names.
+        certificate: String,
+    },
 }
 
 impl Refusal {
@@ -109,6 +117,7 @@ impl Refusal {
             Refusal::Mismatch { .. } => "mismatch",
             Refusal::Forbidden(_) => "forbidden",
             Refusal::BadTerm(_) => "bad_term",
+            Refusal::NotThisIdentity { .. } => "wrong_identity",
         }
     }
 }

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use super::driver::{Identity, Input, PeerAddr};
 use super::state::NodeId;
+use crate::tls::Tls;
 
 /// Messages queued per peer before new ones are dropped.
 const QUEUE: usize = 4096;
@@ -51,6 +52,8 @@ pub struct Transport {
     rt: tokio::runtime::Handle,
     links: BTreeMap<NodeId, Link>,
     feedback: SyncSender<Input>,
+    /// Mutual TLS to every peer (None: `insecure = true`).
+    tls: Option<Arc<Tls>>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -63,13 +66,20 @@ impl std::fmt::Debug for Transport {
 }
 
 impl Transport {
-    /// A transport for node `me`; link tasks run on `rt`.
-    pub fn new(me: NodeId, rt: tokio::runtime::Handle, feedback: SyncSender<Input>) -> Self {
+    /// A transport for node `me`; link tasks run on `rt`; with `tls`,
+    /// each link checks that its peer's certificate names that peer.
+    pub fn new(
+        me: NodeId,
+        rt: tokio::runtime::Handle,
+        feedback: SyncSender<Input>,
+        tls: Option<Arc<Tls>>,
+    ) -> Self {
         Self {
             me,
             rt,
             links: BTreeMap::new(),
             feedback,
+            tls,
         }
     }
 
@@ -104,6 +114,7 @@ impl Transport {
                     reachable: reachable.clone(),
                     snapshot_pending: snapshot_pending.clone(),
                     feedback: self.feedback.clone(),
+                    tls: self.tls.clone(),
                 },
             ));
             self.links.insert(
@@ -174,6 +185,7 @@ struct LinkState {
     reachable: Arc<AtomicBool>,
     snapshot_pending: Arc<AtomicBool>,
     feedback: SyncSender<Input>,
+    tls: Option<Arc<Tls>>,
 }
 
 impl LinkState {
@@ -197,9 +209,11 @@ async fn run_link(
     let LinkState {
         reachable,
         feedback,
+        tls,
         ..
     } = &state;
-    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = match tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}")) {
         Ok(e) => e
             .connect_timeout(CALL_DEADLINE)
             .tcp_nodelay(true)
@@ -209,6 +223,17 @@ async fn run_link(
             tracing::error!(peer = to, %addr, error = %e, "bad peer address; no messages will reach it");
             return;
         }
+    };
+    // With TLS the peer must hold node `to`'s certificate from the CA.
+    let endpoint = match tls {
+        Some(tls) => match endpoint.tls_config(tls.client(&crate::tls::node_dns(to))) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(peer = to, error = %e, "cannot set up TLS to this peer; no messages will reach it");
+                return;
+            }
+        },
+        None => endpoint,
     };
     let mut client = PeerClient::new(endpoint.connect_lazy())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

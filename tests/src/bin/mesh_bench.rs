@@ -128,7 +128,7 @@ async fn in_process_mesh(dir: &std::path::Path) -> Vec<Mesh> {
             driver::init(&storage, 1, &peers, driver::new_cluster_id()).unwrap();
         }
         let (tx, rx) = sync_channel(driver::INBOX);
-        let transport = Transport::new(id, tokio::runtime::Handle::current(), tx.clone());
+        let transport = Transport::new(id, tokio::runtime::Handle::current(), tx.clone(), None);
         let cfg = DriverConfig {
             id,
             peers: peers.clone(),
@@ -139,7 +139,13 @@ async fn in_process_mesh(dir: &std::path::Path) -> Vec<Mesh> {
             nonce: rand::random(),
         };
         let (mesh, _thread) = driver::start(cfg, storage, transport, (tx, rx)).unwrap();
-        let api = Api::new(mesh.clone(), id, peers[i].1.zone.clone(), BTreeMap::new());
+        let api = Api::new(
+            mesh.clone(),
+            id,
+            peers[i].1.zone.clone(),
+            BTreeMap::new(),
+            None,
+        );
         let (_, peer_svc) = api.services();
         tokio::spawn(
             tonic::transport::Server::builder()

@@ -124,7 +124,7 @@ async fn run_one(kind: &str, n: usize, args: &Args, server: SocketAddr) -> Row {
     let dir = tempfile::tempdir().unwrap();
     let metrics: SocketAddr = ([127, 0, 0, 1], faxi_tests::free_port()).into();
     let mut cfg = format!(
-        "[node]\nid = 1\nzone = \"bench\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"{metrics}\"\n\n\
+        "[node]\nid = 1\nzone = \"bench\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"{metrics}\"\n\n[tls]\ninsecure = true\n\n\
          [probe_defaults]\ninterval = \"{}\"\n\n",
         dir.path().display(),
         faxi_tests::free_port(),
