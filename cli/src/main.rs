@@ -348,7 +348,7 @@ fn client_tls(
 async fn run(cli: Cli) -> Result<(), Failure> {
     let cfg = client_config(&cli)?;
     let tls = client_tls(&cli, &cfg)?;
-    let given: Vec<String> = if cli.endpoints.iter().any(|e| !e.trim().is_empty()) {
+    let given: Vec<String> = if !cli.endpoints.is_empty() {
         cli.endpoints.clone()
     } else if !cfg.endpoints.is_empty() {
         cfg.endpoints.clone()
@@ -763,7 +763,23 @@ fn error_chain(e: &tonic::transport::Error) -> String {
         msg = format!("{msg}: {s}");
         src = s.source();
     }
-    msg
+    tls_hint(msg)
+}
+
+/// Says what a TLS failure means for the operator.
+fn tls_hint(msg: String) -> String {
+    if msg.contains("InvalidContentType") {
+        format!(
+            "no gRPC answer over TLS: it answered in plaintext (a node with insecure = true takes \
+             http://host:port; or it is not a node) ({msg})"
+        )
+    } else if msg.contains("UnknownIssuer") || msg.contains("BadSignature") {
+        format!("its certificate is not from this cluster's CA ({msg})")
+    } else if msg.contains("NotValidForName") {
+        format!("its certificate is not a faxi-watchdog node's ({msg})")
+    } else {
+        msg
+    }
 }
 
 async fn watch(conn: &Conn, out: Output) -> Result<(), Failure> {

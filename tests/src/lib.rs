@@ -246,7 +246,9 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 /// A validated target from the body of one `[[targets]]` table, through the
 /// same parser `faxi-watchdog run` uses.
 pub fn target(body: &str) -> faxi_watchdog::config::TargetSpec {
-    let text = format!("[node]\nid = 1\nzone = \"zone-a\"\n\n[[targets]]\n{body}");
+    let text = format!(
+        "[node]\nid = 1\nzone = \"zone-a\"\n\n[tls]\ninsecure = true\n\n[[targets]]\n{body}"
+    );
     match faxi_watchdog::config::Config::parse(&text) {
         Ok(mut c) => c.targets.remove(0),
         Err(problems) => panic!("test target does not parse: {problems:?}"),

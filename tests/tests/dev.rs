@@ -38,10 +38,19 @@ async fn ports_closed() {
     .await;
 }
 
+/// A config home of this test process's own, where `dev` writes faxictl's
+/// default client config and faxictl finds it (as in a user's home).
+fn config_home() -> &'static std::path::Path {
+    static HOME: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    HOME.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
 async fn faxictl(args: &[&str]) -> std::process::Output {
     Command::new(workspace_bin("faxictl"))
         .args(args)
         .env_remove("FAXI_ENDPOINTS")
+        .env_remove("FAXICTL_CONFIG")
+        .env("XDG_CONFIG_HOME", config_home())
         .output()
         .await
         .unwrap()
@@ -54,6 +63,7 @@ async fn dev_mesh_answers_faxictl_with_no_flags() {
     let mut dev = Command::new(workspace_bin("faxi-watchdog"))
         .args(["dev", "--dir"])
         .arg(dir.path())
+        .env("XDG_CONFIG_HOME", config_home())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -92,6 +102,10 @@ async fn dev_mesh_answers_faxictl_with_no_flags() {
     assert!(out.status.success());
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.contains("zone-c cannot reach cache"), "{table}");
+    // It speaks mutual TLS only: without the certificate dev wrote into
+    // faxictl's config, no node answers.
+    let out = faxictl(&["--config", "/dev/null", "status"]).await;
+    assert_eq!(out.status.code(), Some(3), "{:?}", out);
 
     // Every node answers on its own ports: gRPC 7401-7403 (each answers as
     // itself), metrics 9401-9403.
@@ -120,6 +134,8 @@ async fn dev_mesh_answers_faxictl_with_no_flags() {
     let mut watch = Command::new(workspace_bin("faxictl"))
         .args(["watch", "--output", "json"])
         .env_remove("FAXI_ENDPOINTS")
+        .env_remove("FAXICTL_CONFIG")
+        .env("XDG_CONFIG_HOME", config_home())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -171,6 +187,7 @@ async fn a_dev_node_that_dies_is_reported_and_the_others_stopped() {
     let mut dev = Command::new(workspace_bin("faxi-watchdog"))
         .args(["dev", "--dir"])
         .arg(dir.path())
+        .env("XDG_CONFIG_HOME", config_home())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr).unwrap())
         .kill_on_drop(true)

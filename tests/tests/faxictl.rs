@@ -208,6 +208,10 @@ async fn endpoints_that_hang_or_do_not_speak_grpc_are_skipped() {
     let mut watch = tokio::process::Command::new(faxi_tests::workspace_bin("faxictl"))
         .args(["watch", "--output", "json"])
         .env("FAXI_ENDPOINTS", &eps)
+        .env(
+            "FAXICTL_CONFIG",
+            faxi_tests::tls::shared().client_config("admin"),
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -246,8 +250,10 @@ async fn endpoints_that_hang_or_do_not_speak_grpc_are_skipped() {
     assert_eq!(code, Some(3), "{err}");
     assert!(err.contains(&silent.addr.to_string()), "{err}");
     assert!(err.contains(&http1.addr.to_string()), "{err}");
-    assert!(err.contains("no answer within"), "{err}");
-    assert!(err.contains("no gRPC answer"), "{err}");
+    // Over TLS the silent one never finishes the handshake; the HTTP/1
+    // one answers in plaintext.
+    assert!(err.contains("no connection within"), "{err}");
+    assert!(err.contains("no gRPC answer over TLS"), "{err}");
     let (code, _, err) = run(&bad, &["members", "remove", "3"]).await;
     assert_eq!(code, Some(3), "{err}");
     // The members are untouched.
@@ -267,9 +273,34 @@ async fn nonsensical_flags_are_usage_errors() {
         (vec!["--timeout", "0s", "status"], "at least"),
         (vec!["--timeout", "2h", "status"], "at most"),
         (vec!["--timeout", "soon", "status"], "timeout"),
+        // https:// with no CA and certificate known (an empty client config).
         (
-            vec!["--endpoints", "https://127.0.0.1:7401", "status"],
-            "TLS",
+            vec![
+                "--config",
+                "/dev/null",
+                "--endpoints",
+                "https://127.0.0.1:7401",
+                "status",
+            ],
+            "https:// needs the cluster CA",
+        ),
+        (
+            vec![
+                "--config",
+                "/dev/null",
+                "--ca",
+                "/nonexistent/ca.pem",
+                "status",
+            ],
+            "missing --cert, --key",
+        ),
+        (
+            vec!["--ca", "/nonexistent/ca.pem", "status"],
+            "CA /nonexistent/ca.pem",
+        ),
+        (
+            vec!["--config", "/nonexistent/faxictl.toml", "status"],
+            "client config /nonexistent",
         ),
         (
             vec!["--endpoints", "ftp://127.0.0.1:7401", "status"],

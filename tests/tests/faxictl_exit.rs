@@ -81,11 +81,18 @@ async fn connected_but_unavailable_is_exit_1_not_3() {
     let (b, task_b) = no_leader().await;
     let dead: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     for (endpoints, args) in [
-        (format!("{a}"), vec!["status"]),
-        (format!("{dead},{a},{b}"), vec!["status"]),
-        (format!("{a},{dead}"), vec!["members"]),
-        (format!("{dead},{b}"), vec!["members", "remove", "2"]),
-        (format!("{a}"), vec!["transfer-leader", "2"]),
+        // The stub speaks plaintext gRPC, as a node with insecure = true.
+        (format!("http://{a}"), vec!["status"]),
+        (
+            format!("http://{dead},http://{a},http://{b}"),
+            vec!["status"],
+        ),
+        (format!("http://{a},http://{dead}"), vec!["members"]),
+        (
+            format!("http://{dead},http://{b}"),
+            vec!["members", "remove", "2"],
+        ),
+        (format!("http://{a}"), vec!["transfer-leader", "2"]),
     ] {
         let out = Cluster::faxictl(&endpoints, &args).await;
         let err = String::from_utf8_lossy(&out.stderr);

@@ -317,6 +317,10 @@ async fn a_cut_off_node_answers_stale_and_faxictl_moves_on_to_a_fresh_one() {
     let mut early_watch = tokio::process::Command::new(faxi_tests::workspace_bin("faxictl"))
         .args(["watch", "--output", "json"])
         .env("FAXI_ENDPOINTS", &eps)
+        .env(
+            "FAXICTL_CONFIG",
+            faxi_tests::tls::shared().client_config("admin"),
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -437,6 +441,10 @@ async fn a_cut_off_node_answers_stale_and_faxictl_moves_on_to_a_fresh_one() {
     let mut watch = tokio::process::Command::new(faxi_tests::workspace_bin("faxictl"))
         .args(["watch", "--output", "json"])
         .env("FAXI_ENDPOINTS", &eps)
+        .env(
+            "FAXICTL_CONFIG",
+            faxi_tests::tls::shared().client_config("admin"),
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)

@@ -69,7 +69,10 @@ async fn start(format: &str, targets: &str, env: &[(&str, &str)]) -> Node {
 
 async fn faxictl(node: &Node, args: &[&str]) -> String {
     let out = Command::new(workspace_bin("faxictl"))
-        .args(["--endpoints", &node.grpc.to_string()])
+        // The node runs with insecure = true: plaintext, and no client
+        // config from this machine's user.
+        .args(["--config", "/dev/null"])
+        .args(["--endpoints", &format!("http://{}", node.grpc)])
         .args(args)
         .output()
         .await

@@ -1,0 +1,269 @@
+//! Trust on real node processes over mutual TLS, at the default cluster
+//! settings: who may talk to a node is decided by the certificate it
+//! presents. A plaintext client, a certificate from another CA (another
+//! cluster), node 2's certificate claiming to be node 3, and an operator's
+//! certificate sending raft messages are all refused and counted, with no
+//! state change, and the cluster goes on committing; a read-only operator
+//! may read but not change anything; a node restarted with a new
+//! certificate from the same CA keeps its place (rotation).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use faxi_proto::v1::peer_client::PeerClient;
+use faxi_proto::v1::watchdog_client::WatchdogClient;
+use faxi_proto::v1::{RaftBatch, StatusRequest};
+use faxi_tests::cluster::{Cluster, Ctx, Spec};
+use faxi_tests::tls::shared;
+use faxi_tests::{http::AppStub, http_get, metric, wait_for};
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn spec() -> Spec {
+    let mut spec = Spec::zones(3);
+    spec.cluster = String::new();
+    spec.probe_defaults = String::new();
+    spec.targets = |_, _, ctx| {
+        format!(
+            "[[targets]]\nname = \"app\"\nkind = \"http\"\nurl = \"http://{}/health\"\n",
+            ctx.service.unwrap()
+        )
+    };
+    spec
+}
+
+fn ctx(app: &AppStub) -> Ctx {
+    Ctx {
+        service: Some(app.addr),
+        closed: None,
+    }
+}
+
+/// A cluster's commit index as node `i` sees it.
+async fn commit(c: &Cluster, i: usize) -> u64 {
+    c.status(i)
+        .await
+        .unwrap()
+        .cluster
+        .unwrap_or_default()
+        .commit_index
+}
+
+/// `faxi_raft_messages_refused_total{reason}` on node `i`.
+async fn refused(c: &Cluster, i: usize, reason: &str) -> f64 {
+    let text = http_get(c.nodes[i].metrics, "/metrics").await.unwrap();
+    metric(
+        &text,
+        "faxi_raft_messages_refused_total",
+        &[("reason", reason)],
+    )
+    .unwrap_or(0.0)
+}
+
+/// Bytes in a raft message's place: refused batches are never read.
+fn message(from: u64, to: u64, term: u64) -> Vec<u8> {
+    format!("heartbeat {from}->{to} term {term}").into_bytes()
+}
+
+/// The TLS handshake failed: the call never reached the service.
+fn refused_at_handshake(e: &tonic::Status) -> bool {
+    // How the refusal surfaces depends on when the server's alert arrives:
+    // during the handshake, or as the first request's stream is closed.
+    matches!(
+        e.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    ) && (e.message().contains("transport error") || e.message().contains("canceled"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_and_impostors_are_refused_and_the_cluster_goes_on() {
+    let app = AppStub::start().await;
+    let c = Cluster::start(&spec(), &ctx(&app)).await;
+    let (leader, term) = c.wait_leader(&[0, 1, 2], LONG).await;
+    let before = commit(&c, 0).await;
+    let tls = shared();
+
+    // Plaintext to a TLS port: no answer.
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", c.nodes[0].grpc))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .connect_lazy();
+    assert!(
+        WatchdogClient::new(plain)
+            .status(StatusRequest::default())
+            .await
+            .is_err()
+    );
+
+    // Another cluster's CA: the handshake fails, as a client and as a peer.
+    let other = tempfile::tempdir().unwrap();
+    faxi_watchdog::tls::make_certs(&faxi_watchdog::tls::CertRequest {
+        dir: other.path().to_owned(),
+        nodes: vec![2],
+        operators: vec![("mallory".into(), faxi_watchdog::tls::Role::Admin)],
+        replace: false,
+    })
+    .unwrap();
+    let foreign = |file: &str| {
+        tls.channel_with(
+            c.nodes[0].grpc,
+            tls.client_files(
+                &other.path().join(format!("{file}.pem")),
+                &other.path().join(format!("{file}.key")),
+            ),
+        )
+    };
+    let e = WatchdogClient::new(foreign("client-mallory"))
+        .status(StatusRequest::default())
+        .await
+        .unwrap_err();
+    assert!(refused_at_handshake(&e), "{e}");
+    let e = PeerClient::new(foreign("node-2"))
+        .step(RaftBatch {
+            from: 2,
+            to: 1,
+            messages: vec![message(2, 1, u64::MAX)],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(refused_at_handshake(&e), "{e}");
+
+    // Node 2's own certificate, claiming to be node 3: refused and counted.
+    let wrong_before = refused(&c, 0, "wrong_identity").await;
+    let as_node2 = tls.channel_with(
+        c.nodes[0].grpc,
+        tls.client_files(&tls.dir.join("node-2.pem"), &tls.dir.join("node-2.key")),
+    );
+    let e = PeerClient::new(as_node2)
+        .step(RaftBatch {
+            from: 3,
+            to: 1,
+            messages: vec![message(3, 1, u64::MAX)],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("authenticated as node 2"), "{e}");
+    // An operator's certificate cannot speak raft either.
+    let e = PeerClient::new(tls.channel(c.nodes[0].grpc, "admin"))
+        .step(RaftBatch {
+            from: 2,
+            to: 1,
+            messages: vec![message(2, 1, u64::MAX)],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("admin (admin)"), "{e}");
+    assert_eq!(refused(&c, 0, "wrong_identity").await, wrong_before + 2.0);
+
+    // A read-only operator reads, and changes nothing.
+    let eps = c.endpoints(&[0, 1, 2]);
+    let out = Cluster::faxictl_as("reader", &eps, &["status"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for args in [
+        vec!["members", "remove", "3"],
+        vec!["members", "add", "4", "zone-d", "127.0.0.1:9"],
+        vec!["transfer-leader", "2"],
+    ] {
+        let out = Cluster::faxictl_as("reader", &eps, &args).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("reader (read) may not") && err.contains("role"),
+            "{args:?}: {err}"
+        );
+    }
+    // An operator may move leadership but not change the membership.
+    let out = Cluster::faxictl_as("operator", &eps, &["members", "remove", "3"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("needs the admin role"), "{err}");
+
+    // Nothing changed: the same leader and term, three members, and the
+    // cluster still commits.
+    let s = c.status(0).await.unwrap().cluster.unwrap();
+    assert_eq!((s.leader, s.term), (leader, term));
+    assert_eq!(s.members.len(), 3);
+    wait_for("the cluster to commit on", LONG, || async {
+        let now = commit(&c, 0).await;
+        if now > before {
+            Ok(())
+        } else {
+            Err(format!("commit {now}"))
+        }
+    })
+    .await;
+    // Each refusal left a line in the log saying why.
+    assert!(
+        c.log_lines(0).iter().any(|l| l["fields"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("authenticated as")))
+            || c.log_lines(0).iter().any(|l| l["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("authenticated as"))),
+        "no log line for the refused batch"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_with_a_new_certificate_from_the_same_ca_keeps_its_place() {
+    let app = AppStub::start().await;
+    let mut c = Cluster::start(&spec(), &ctx(&app)).await;
+    c.wait_leader(&[0, 1, 2], LONG).await;
+    // A new certificate and key for node 2 from the same CA, in a new place.
+    let tls = shared();
+    let new = tempfile::tempdir().unwrap();
+    for f in ["ca.pem", "ca.key"] {
+        std::fs::copy(tls.dir.join(f), new.path().join(f)).unwrap();
+    }
+    faxi_watchdog::tls::make_certs(&faxi_watchdog::tls::CertRequest {
+        dir: new.path().to_owned(),
+        nodes: vec![2],
+        operators: vec![],
+        replace: false,
+    })
+    .unwrap();
+    assert_ne!(
+        std::fs::read(new.path().join("node-2.pem")).unwrap(),
+        std::fs::read(tls.dir.join("node-2.pem")).unwrap()
+    );
+    c.kill(1).await;
+    let config = std::fs::read_to_string(&c.nodes[1].config).unwrap();
+    let rotated = config
+        .replace(
+            &tls.dir.join("node-2.pem").display().to_string(),
+            &new.path().join("node-2.pem").display().to_string(),
+        )
+        .replace(
+            &tls.dir.join("node-2.key").display().to_string(),
+            &new.path().join("node-2.key").display().to_string(),
+        );
+    assert_ne!(config, rotated);
+    std::fs::write(&c.nodes[1].config, rotated).unwrap();
+    let before = commit(&c, 0).await;
+    c.restart(1).await;
+    // Node 2 catches up past what was committed while it was down, and the
+    // leader reaches it again.
+    wait_for("node 2 back in the cluster", LONG, || async {
+        let s = c.status(1).await?.cluster.unwrap_or_default();
+        let l = c.status(0).await?.cluster.unwrap_or_default();
+        let reached = l.members.iter().all(|m| m.reachable);
+        if s.applied_index > before && s.leader != 0 && reached {
+            Ok(())
+        } else {
+            Err(format!(
+                "node 2 applied {} leader {}; members {:?}",
+                s.applied_index, s.leader, l.members
+            ))
+        }
+    })
+    .await;
+}
