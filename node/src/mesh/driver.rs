@@ -453,7 +453,7 @@ const MAX_TERM_LEAP: u64 = 1 << 20;
 /// How long a peer may stay in raft's snapshot state before the driver
 /// calls the snapshot failed (a lost report must not stall the peer
 /// forever): longer than the transport's deadline for a snapshot call.
-const SNAPSHOT_STUCK: Duration = Duration::from_secs(40);
+pub(crate) const SNAPSHOT_STUCK: Duration = Duration::from_secs(40);
 
 /// The driver's state: the raft node, its log, the state machine and our
 /// pending proposals. The thread runs it; the simulator steps it by hand.
