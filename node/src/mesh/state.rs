@@ -49,8 +49,8 @@
 //! forged proposal), it cannot make the state grow without bound, overflow
 //! its arithmetic or keep a verdict fresh for long: an entry past a limit
 //! is rejected ([`Rejected`], the same on every node) and changes nothing.
-//! - target names: 1 to [`MAX_NAME_BYTES`] bytes of printable
-//!   ASCII (no space, no control character);
+//! - target names and member zones: 1 to [`MAX_NAME_BYTES`] bytes of
+//!   printable ASCII (no space, no control character);
 //! - at most [`MAX_SEEN_PER_OBSERVE`] verdicts per observation, and at most
 //!   [`MAX_TARGETS`] distinct targets in the state (an observation that
 //!   would add targets past it is refused; known targets are still taken);
@@ -64,6 +64,12 @@
 //!   of the only member with targets) every honest report is far ahead of
 //!   it, and such a bound would refuse them all, for good. One clock far
 //!   ahead cannot move log time anyway (the (f+1)-th largest clock).
+//! - member addresses: `host:port`, at most [`MAX_ADDR_BYTES`] bytes of
+//!   printable ASCII, the port a number from 1 to 65535, and no two members
+//!   at the same address (host compared case-insensitively, port as a
+//!   number). The driver asks before it applies a conf change to raft, and
+//!   skips one the state machine refuses, so raft's members and these stay
+//!   the same; the leader asks before it proposes one.
 //!
 //! A probe error longer than [`MAX_ERROR_BYTES`] is not refused (a genuine
 //! error can be long) but cut at a character boundary and marked with `…`.
@@ -78,8 +84,10 @@ use serde::{Deserialize, Serialize};
 /// A Raft node id.
 pub type NodeId = u64;
 
-/// Longest target name, in bytes (config allows 63).
+/// Longest target name or member zone, in bytes (config allows 63).
 pub const MAX_NAME_BYTES: usize = 128;
+/// Longest member address (`host:port`), in bytes: a DNS name's length.
+pub const MAX_ADDR_BYTES: usize = 255;
 /// Longest probe error kept, in bytes; a longer one is cut (module doc).
 pub const MAX_ERROR_BYTES: usize = 1024;
 /// Most verdicts in one observation (a node's whole refresh).
@@ -267,6 +275,20 @@ pub enum Rejected {
     /// A stamp past [`MAX_STAMP_MS`].
     #[error("at_ms {0} is past the end of the year 9999 ({MAX_STAMP_MS})")]
     StampTooLate(u64),
+    /// A member zone that is empty, too long or not printable ASCII.
+    #[error("zone {0}: {1}")]
+    Zone(Shown, String),
+    /// A member address that is not a valid `host:port`.
+    #[error("addr {0}: {1}")]
+    Addr(Shown, String),
+    /// A member address that another member has.
+    #[error("addr {addr} is already node {other}'s address")]
+    DuplicateAddr {
+        /// The address asked for.
+        addr: Shown,
+        /// The member that has it.
+        other: NodeId,
+    },
 }
 
 /// Refused text as a message shows it: quoted and escaped, and cut after
@@ -291,7 +313,7 @@ impl std::fmt::Display for Shown {
     }
 }
 
-/// Why `name` is not a valid target name, if it is not.
+/// Why `name` is not a valid target name or zone, if it is not.
 fn bad_name(name: &str) -> Option<String> {
     if name.is_empty() {
         Some("is empty".into())
@@ -304,6 +326,35 @@ fn bad_name(name: &str) -> Option<String> {
         Some("holds a space, a control or a non-ASCII character: printable ASCII only".into())
     } else {
         None
+    }
+}
+
+/// A member address in the form two addresses are compared in: the host in
+/// lower case, the port as a number (`WD-A:07400` is `wd-a:7400`); or why
+/// the address is not valid (module doc).
+pub fn normalized_addr(addr: &str) -> Result<String, String> {
+    if addr.len() > MAX_ADDR_BYTES {
+        return Err(format!(
+            "is {} bytes long: at most {MAX_ADDR_BYTES}",
+            addr.len()
+        ));
+    }
+    if !addr.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "holds a space, a control or a non-ASCII character: printable ASCII only".into(),
+        );
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err("is not host:port".into());
+    };
+    if host.is_empty() {
+        return Err("has no host".into());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(format!("{}:{p}", host.to_ascii_lowercase()))
+        }
+        _ => Err("has no valid port (a number from 1 to 65535)".into()),
     }
 }
 
@@ -438,7 +489,22 @@ impl StateMachine {
                     });
                 }
             }
-            Command::SetMember { .. } => {}
+            Command::SetMember { id, member } => {
+                if let Some(why) = bad_name(&member.zone) {
+                    return Err(Rejected::Zone(Shown::new(&member.zone), why));
+                }
+                let addr = normalized_addr(&member.addr)
+                    .map_err(|why| Rejected::Addr(Shown::new(&member.addr), why))?;
+                if let Some(other) = self.members.iter().find_map(|(other, m)| {
+                    (other != id && normalized_addr(&m.addr).is_ok_and(|a| a == addr))
+                        .then_some(*other)
+                }) {
+                    return Err(Rejected::DuplicateAddr {
+                        addr: Shown::new(&member.addr),
+                        other,
+                    });
+                }
+            }
             Command::RemoveMember { id } => {
                 if !self.members.contains_key(id) {
                     return Err(Rejected::UnknownMember(*id));

@@ -233,7 +233,7 @@ fn an_older_report_never_overwrites_a_newer_one_and_log_time_never_goes_back() {
             id,
             member: Member {
                 zone: "zone-d".into(),
-                addr: "wd-d:7400".into(),
+                addr: format!("wd-{id}:7400"),
                 instance: 0,
             },
         })
@@ -600,6 +600,90 @@ fn a_long_probe_error_is_cut_at_a_character_boundary() {
     assert_eq!(cut.len(), MAX_ERROR_BYTES);
 }
 
+fn set_member(id: NodeId, zone: &str, addr: &str) -> Command {
+    Command::SetMember {
+        id,
+        member: Member {
+            zone: zone.into(),
+            addr: addr.into(),
+            instance: 0,
+        },
+    }
+}
+
+#[test]
+fn a_member_zone_is_1_to_128_bytes_of_printable_ascii() {
+    let mut sm = three_zones();
+    let long = "z".repeat(MAX_NAME_BYTES + 1);
+    for (zone, why) in [
+        ("", "zone \"\": is empty"),
+        (long.as_str(), "is 129 bytes long: at most 128"),
+        ("zone a", "printable ASCII only"),
+        ("zone-a\r", "printable ASCII only"),
+        ("zône", "printable ASCII only"),
+    ] {
+        let err = refused(&mut sm, &set_member(4, zone, "wd-4:7400"), why);
+        assert!(matches!(err, Rejected::Zone(..)), "{err:?}");
+    }
+    let at_limit = "z".repeat(MAX_NAME_BYTES);
+    sm.apply(&set_member(4, &at_limit, "wd-4:7400")).unwrap();
+    assert_eq!(sm.members()[&4].zone, at_limit);
+}
+
+#[test]
+fn a_member_address_is_host_port_in_at_most_255_printable_bytes() {
+    let mut sm = three_zones();
+    let host = |n: usize| "h".repeat(n);
+    let too_long = format!("{}:7400", host(MAX_ADDR_BYTES - 4));
+    for (addr, why) in [
+        ("wd-4", "is not host:port"),
+        (":7400", "has no host"),
+        ("wd-4:", "no valid port"),
+        ("wd-4:0", "no valid port (a number from 1 to 65535)"),
+        ("wd-4:65536", "no valid port"),
+        ("wd-4:+7400", "no valid port"),
+        ("wd-4:http", "no valid port"),
+        ("wd 4:7400", "printable ASCII only"),
+        ("wd-4:7400\n", "printable ASCII only"),
+        ("\u{1b}]8;;wd-4:7400", "printable ASCII only"),
+        ("wd-ä:7400", "printable ASCII only"),
+        (too_long.as_str(), "is 256 bytes long: at most 255"),
+    ] {
+        let err = refused(&mut sm, &set_member(4, "zone-d", addr), why);
+        assert!(matches!(err, Rejected::Addr(..)), "{err:?}");
+    }
+    // At the limits: taken. IPv6 in brackets too.
+    let at_limit = format!("{}:65535", host(MAX_ADDR_BYTES - 6));
+    sm.apply(&set_member(4, "zone-d", &at_limit)).unwrap();
+    sm.apply(&set_member(5, "zone-d", "[::1]:1")).unwrap();
+    assert_eq!(sm.members()[&4].addr, at_limit);
+    assert_eq!(sm.members()[&4].addr.len(), 255);
+}
+
+#[test]
+fn two_members_never_share_an_address() {
+    let mut sm = three_zones();
+    // Node 2 is at wd-2:7400: the same host in any case, the same port
+    // however written, is refused to anyone else.
+    for addr in ["wd-2:7400", "WD-2:7400", "Wd-2:007400"] {
+        for id in [1, 4] {
+            let err = refused(
+                &mut sm,
+                &set_member(id, "zone-d", addr),
+                &format!("addr \"{addr}\" is already node 2's address"),
+            );
+            assert!(matches!(err, Rejected::DuplicateAddr { other: 2, .. }));
+        }
+    }
+    // A member keeps its own address (a zone change), or takes a new one;
+    // another port of the same host is another address.
+    sm.apply(&set_member(2, "zone-d", "WD-2:7400")).unwrap();
+    sm.apply(&set_member(4, "zone-d", "wd-2:7401")).unwrap();
+    // Once node 2 is removed, its address is free.
+    sm.apply(&Command::RemoveMember { id: 2 }).unwrap();
+    sm.apply(&set_member(5, "zone-b", "wd-2:7400")).unwrap();
+}
+
 /// The rules restated from scratch, for the randomized check. It is fed the
 /// same commands as the state machine and keeps its own members, clocks,
 /// reports and log time; after every command it recomputes every target
@@ -609,6 +693,7 @@ fn a_long_probe_error_is_cut_at_a_character_boundary() {
 #[derive(Debug, Clone)]
 struct Oracle {
     zone_of: BTreeMap<NodeId, String>,
+    addr_of: BTreeMap<NodeId, String>,
     /// Each member's clock: the stamp of its latest report, in log order.
     stamp: BTreeMap<NodeId, u64>,
     now: u64,
@@ -641,6 +726,10 @@ impl Oracle {
     fn new(spec: &[(NodeId, &str)]) -> Self {
         Oracle {
             zone_of: spec.iter().map(|(id, z)| (*id, z.to_string())).collect(),
+            addr_of: spec
+                .iter()
+                .map(|(id, _)| (*id, format!("wd-{id}:7400")))
+                .collect(),
             stamp: BTreeMap::new(),
             now: 0,
             settled: None,
@@ -738,12 +827,41 @@ impl Oracle {
                 }
             }
             Command::SetMember { id, member } => {
+                // Zone as a name; address host:port of at most 255
+                // printable ASCII bytes, port 1 to 65535, and no other
+                // member's (host in any case, port as a number).
+                let z = &member.zone;
+                if z.is_empty() || z.len() > 128 || z.chars().any(|c| !c.is_ascii_graphic()) {
+                    return Err(());
+                }
+                let key = |a: &str| -> Option<(String, u16)> {
+                    let (host, port) = a.rsplit_once(':')?;
+                    let ok = a.len() <= 255
+                        && a.chars().all(|c| c.is_ascii_graphic())
+                        && !host.is_empty()
+                        && !port.is_empty()
+                        && port.chars().all(|c| c.is_ascii_digit());
+                    let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+                    ok.then(|| (host.to_lowercase(), port))
+                };
+                let Some(mine) = key(&member.addr) else {
+                    return Err(());
+                };
+                if self
+                    .addr_of
+                    .iter()
+                    .any(|(other, a)| other != id && key(a).as_ref() == Some(&mine))
+                {
+                    return Err(());
+                }
                 self.zone_of.insert(*id, member.zone.clone());
+                self.addr_of.insert(*id, member.addr.clone());
             }
             Command::RemoveMember { id } => {
                 if self.zone_of.remove(id).is_none() {
                     return Err(());
                 }
+                self.addr_of.remove(id);
                 self.stamp.remove(id);
                 self.reports.retain(|(_, n), _| n != id);
             }
@@ -889,14 +1007,36 @@ fn random_command(rng: &mut StdRng, clocks: &mut Clocks, zones: usize) -> Comman
         0 | 1 => Command::RemoveMember {
             id: rng.random_range(1..=7),
         },
-        2 | 3 => Command::SetMember {
-            id: rng.random_range(1..=7),
-            member: Member {
-                zone: format!("zone-{}", rng.random_range(0..zones)),
-                addr: "x:1".into(),
-                instance: 0,
-            },
-        },
+        2 | 3 => {
+            // Mostly its own address; now and then another's (as written,
+            // or in other case and with a padded port), or a bad one; now
+            // and then a bad zone.
+            let id = rng.random_range(1..=7);
+            let other = rng.random_range(1..=7);
+            let addr = match rng.random_range(0..12) {
+                0 => format!("wd-{other}:7400"),
+                1 => format!("WD-{other}:07400"),
+                2 => [
+                    "wd", "wd:0", "wd:65536", "wd:+1", ":7400", "w d:1", "wd:1\n",
+                ][rng.random_range(0..7)]
+                .to_owned(),
+                3 => format!("{}:{id}", "h".repeat(rng.random_range(252..256))),
+                _ => format!("wd-{id}:7400"),
+            };
+            let zone = if rng.random_ratio(1, 12) {
+                ["", "zone a", "zone-é"][rng.random_range(0..3)].to_owned()
+            } else {
+                format!("zone-{}", rng.random_range(0..zones))
+            };
+            Command::SetMember {
+                id,
+                member: Member {
+                    zone,
+                    addr,
+                    instance: 0,
+                },
+            }
+        }
         4 => {
             // A bad clock step: an hour ahead, or back to where it was.
             let hour = if rng.random_bool(0.5) {
@@ -1064,6 +1204,9 @@ fn seeded_runs_match_the_oracle_and_replay_identically() {
         "TargetName",
         "ValidTooLong",
         "StampTooLate",
+        "Zone",
+        "Addr",
+        "DuplicateAddr",
     ];
     assert!(
         want.iter().all(|w| reasons.contains(*w)),
