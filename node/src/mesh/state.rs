@@ -62,8 +62,10 @@
 //!   relative to log time: log time stands still while no member reports,
 //!   so after a pause of the whole cluster (or of a one-member cluster, or
 //!   of the only member with targets) every honest report is far ahead of
-//!   it, and such a bound would refuse them all, for good. One clock far
-//!   ahead cannot move log time anyway (the (f+1)-th largest clock).
+//!   it, and such a bound would refuse them all, for good. With three
+//!   members or more, one clock far ahead cannot move log time anyway (the
+//!   (f+1)-th largest clock); with one or two, log time follows the
+//!   latest clock by design.
 //! - member addresses: `host:port`, at most [`MAX_ADDR_BYTES`] bytes of
 //!   printable ASCII, the port a number from 1 to 65535, and no two members
 //!   at the same address (host compared case-insensitively, port as a
