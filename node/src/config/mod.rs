@@ -37,6 +37,12 @@ pub const DEFAULT_ELECTION_TICKS: u32 = 10;
 pub const DEFAULT_HEARTBEAT_TICKS: u32 = 1;
 /// Default observation refresh.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(5);
+/// Longest observation refresh: observations stay fresh for three
+/// refreshes, and the state machine refuses a validity over an hour.
+pub const MAX_REFRESH: Duration = Duration::from_millis(crate::mesh::state::MAX_VALID_FOR_MS / 3);
+/// Most targets one node probes: a refresh carries them all in one
+/// observation, which the state machine refuses past this.
+pub const MAX_TARGETS: usize = crate::mesh::state::MAX_SEEN_PER_OBSERVE;
 /// Default applied entries between snapshots.
 pub const DEFAULT_SNAPSHOT_ENTRIES: u64 = 10_000;
 /// Default probe interval.
@@ -257,6 +263,15 @@ impl Config {
         let cluster = parse_cluster(cluster_table, node.as_ref(), &mut p);
         let tls = parse_tls(tls_table, tls_present, &mut p);
         let targets = targets::parse_targets(&target_tables, &defaults, &mut p);
+        if target_tables.len() > MAX_TARGETS {
+            p.push(Problem::new(
+                "targets",
+                format!(
+                    "{} targets: at most {MAX_TARGETS} (a refresh carries every target in one observation)",
+                    target_tables.len()
+                ),
+            ));
+        }
 
         match node {
             Some(node) if p.is_empty() => Ok(Config {
@@ -479,6 +494,15 @@ fn parse_cluster(
             format!("{refresh:?} is too short: the minimum is 100ms"),
         ));
     }
+    if refresh > MAX_REFRESH {
+        p.push(Problem::new(
+            "cluster.refresh",
+            format!(
+                "{refresh:?} is too long: the maximum is 20m (observations stay fresh for three \
+                 refreshes, at most an hour)"
+            ),
+        ));
+    }
     let snapshot_entries = s
         .int("snapshot_entries", 10, 100_000_000, p)
         .map_or(DEFAULT_SNAPSHOT_ENTRIES, |v| v as u64);
@@ -520,6 +544,22 @@ fn parse_cluster(
             p.push(Problem::new(
                 format!("cluster.peers[{i}].id"),
                 format!("id {} is also cluster.peers[{j}].id", peer.id),
+            ));
+        }
+    }
+    // Two members at one address, as the state machine compares them (an
+    // address with credentials is never compared, so never echoed).
+    let mut seen = std::collections::BTreeMap::new();
+    for (i, peer) in peers.iter().enumerate() {
+        let Ok(addr) = check_host_port(&peer.addr)
+            .and_then(|()| crate::mesh::state::normalized_addr(&peer.addr))
+        else {
+            continue;
+        };
+        if let Some(j) = seen.insert(addr, i) {
+            p.push(Problem::new(
+                format!("cluster.peers[{i}].addr"),
+                format!("\"{}\" is also cluster.peers[{j}].addr", peer.addr),
             ));
         }
     }
@@ -565,10 +605,14 @@ fn parse_peer(t: &toml::Table, i: usize, p: &mut Vec<Problem>) -> Option<Peer> {
     if let Some(z) = &zone {
         check_name(&s.key("zone"), z, p);
     }
-    if let Some(a) = &addr
-        && let Err(reason) = check_host_port(a)
-    {
-        p.push(Problem::new(s.key("addr"), reason));
+    if let Some(a) = &addr {
+        // What the API takes, then what the state machine takes from a
+        // member (its rules are stricter: length, printable ASCII, digits).
+        if let Err(reason) = check_host_port(a) {
+            p.push(Problem::new(s.key("addr"), reason));
+        } else if let Err(reason) = crate::mesh::state::normalized_addr(a) {
+            p.push(Problem::new(s.key("addr"), format!("\"{a}\" {reason}")));
+        }
     }
     s.finish(p);
     Some(Peer {

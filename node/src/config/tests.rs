@@ -219,3 +219,71 @@ fn tls_is_required_unless_insecure_is_said_and_not_both() {
         }
     );
 }
+
+#[test]
+fn the_refresh_is_at_most_20_minutes() {
+    let refresh = |r: &str| problems(&format!("{NODE}\n[cluster]\nrefresh = \"{r}\"\n"));
+    assert_eq!(refresh("20m"), Vec::<String>::new());
+    assert_eq!(
+        refresh("21m"),
+        [
+            "cluster.refresh: 1260s is too long: the maximum is 20m (observations stay fresh for \
+          three refreshes, at most an hour)"
+        ]
+    );
+    assert_eq!(
+        MAX_REFRESH * 3,
+        Duration::from_millis(crate::mesh::state::MAX_VALID_FOR_MS)
+    );
+}
+
+#[test]
+fn a_node_probes_at_most_10_000_targets() {
+    let config = |n: usize| {
+        let mut text = NODE.to_owned();
+        for i in 0..n {
+            text.push_str(&format!(
+                "[[targets]]\nname = \"t{i}\"\nkind = \"tcp\"\naddr = \"h:1\"\n"
+            ));
+        }
+        problems(&text)
+    };
+    assert_eq!(config(10_000), Vec::<String>::new());
+    assert_eq!(
+        config(10_001),
+        [
+            "targets: 10001 targets: at most 10000 (a refresh carries every target in one \
+          observation)"
+        ]
+    );
+}
+
+#[test]
+fn peer_addresses_are_what_the_state_machine_takes_and_differ() {
+    let peers = |a: &str, b: &str| {
+        problems(&format!(
+            "{NODE}\n[cluster]\npeers = [\n {{ id = 1, zone = \"zone-a\", addr = \"{a}\" }},\n \
+             {{ id = 2, zone = \"zone-b\", addr = \"{b}\" }},\n]\n"
+        ))
+    };
+    assert_eq!(peers("wd-a:7400", "wd-b:7400"), Vec::<String>::new());
+    assert_eq!(
+        peers("wd-a:7400", "WD-A:07400"),
+        ["cluster.peers[1].addr: \"WD-A:07400\" is also cluster.peers[0].addr"]
+    );
+    assert_eq!(
+        peers("wd-a:7400", "wd-b:+7400"),
+        ["cluster.peers[1].addr: \"wd-b:+7400\" has no valid port (a number from 1 to 65535)"]
+    );
+    let long = format!("{}:7400", "h".repeat(251));
+    assert_eq!(
+        peers("wd-a:7400", &long),
+        [format!(
+            "cluster.peers[1].addr: \"{long}\" is 256 bytes long: at most 255"
+        )]
+    );
+    // The same address with credentials: refused once each, never echoed.
+    let p = peers("u:secret@wd-a:7400", "u:secret@wd-a:7400");
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(p.iter().all(|x| !x.contains("secret")), "{p:?}");
+}

@@ -1046,15 +1046,13 @@ impl<O: Outbox> Core<O> {
                 if *id == 0 {
                     return Err(MeshError::Invalid("id: must be 1 or more".into()));
                 }
-                if let Some((other, _)) = members
-                    .iter()
-                    .find(|(other, m)| **other != *id && m.addr == member.addr)
-                {
-                    return Err(MeshError::Invalid(format!(
-                        "addr: {} is already node {other}'s address",
-                        member.addr
-                    )));
-                }
+                // The state machine's own rules (zone, address, an address
+                // no other member has), refused here before any proposal.
+                s.sm.check(&Command::SetMember {
+                    id: *id,
+                    member: member.clone(),
+                })
+                .map_err(|e| MeshError::Invalid(e.to_string()))?;
                 let moved = members.get(id).is_some_and(|m| m.addr != member.addr);
                 if moved && *id == self.cfg.id {
                     return Err(MeshError::Invalid(format!(
@@ -1316,6 +1314,19 @@ impl<O: Outbox> Core<O> {
                 }
             },
         };
+        if let Some(member) = &member {
+            // A member the state machine refuses (a bad zone or address, an
+            // address another member has) is refused by raft too: the two
+            // keep the same members.
+            let cmd = Command::SetMember {
+                id: cc.node_id,
+                member: member.clone(),
+            };
+            if let Err(r) = shared.sm.check(&cmd) {
+                tracing::error!(index = e.index, node = cc.node_id, reason = %r, "skipping a conf change the state machine refuses");
+                return Ok(Err(r.to_string()));
+            }
+        }
         if cc.get_change_type() == ConfChangeType::RemoveNode
             && cc.node_id == self.cfg.id
             && self.raw.raft.state == StateRole::Leader

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use super::driver::Mesh;
-use super::state::{Command, NodeId, Seen, State};
+use super::state::{Command, NodeId, Seen, State, clip_error};
 use crate::scheduler::LocalView;
 
 /// How long to wait for a proposal to commit before trying again.
@@ -62,7 +62,9 @@ pub async fn run(node: NodeId, mesh: Mesh, view: Arc<LocalView>, cadence: Cadenc
                     latency_us: v
                         .latency
                         .map_or(0, |l| u64::try_from(l.as_micros()).unwrap_or(u64::MAX)),
-                    error: v.error,
+                    // Cut as the state machine keeps it: no bigger entry
+                    // than needed.
+                    error: v.error.as_deref().map(clip_error),
                 })
             })
             .collect();

@@ -719,7 +719,7 @@ impl Sim {
                 let id = live[self.rng.random_range(0..live.len())];
                 if let Some(i) = self.index(id) {
                     let mut m = member(id, self.nodes[i].zone);
-                    m.addr = format!("sim:{id}:{}", self.now_ms);
+                    m.addr = format!("sim-{}:{id}", self.now_ms);
                     self.propose_member(MemberChange::Set(id, m));
                 }
             }
@@ -1281,6 +1281,88 @@ impl Sim {
                 v
             })
             .unwrap_or_default()
+    }
+}
+
+#[test]
+fn a_member_the_state_machine_refuses_is_refused_by_raft_too() {
+    use raft::eraftpb::{ConfChange, ConfChangeType};
+    let mut sim = Sim::new(5);
+    sim.faults = Faults {
+        loss: 0.0,
+        max_delay_ms: 5,
+        partition_rate: 0.0,
+        crash_rate: 0.0,
+        member_rate: 0.0,
+        max_skew_ms: 0,
+        lost_report: 0.0,
+    };
+    for _ in 0..3_000 {
+        if sim.converged().is_ok() && sim.nodes.len() == sim.voters().len() {
+            break;
+        }
+        sim.step(false);
+    }
+    sim.converge();
+    let l = sim.leader().unwrap();
+    // Node 1's address in other case and with a padded port.
+    let twin = Member {
+        zone: ZONE_NAMES[0].into(),
+        addr: "SIM:01".into(),
+        instance: 0,
+    };
+    // The leader refuses it before proposing, with the state machine's
+    // reason.
+    let (tx, mut rx) = oneshot::channel();
+    sim.run_core(
+        l,
+        vec![Input::Member(MemberChange::Set(9, twin.clone()), tx)],
+        false,
+    );
+    match rx.try_recv() {
+        Ok(Err(MeshError::Invalid(e))) => {
+            assert_eq!(e, "addr \"SIM:01\" is already node 1's address");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A leader that proposes it anyway: committed, then skipped by raft
+    // and the state machine alike, on every node.
+    let mut cc = ConfChange::default();
+    cc.set_change_type(ConfChangeType::AddLearnerNode);
+    cc.node_id = 9;
+    cc.context = serde_json::to_vec(&twin).unwrap().into();
+    let core = sim.nodes[l].core.as_mut().unwrap();
+    let index = core.raw.raft.raft_log.last_index() + 1;
+    core.raw.propose_conf_change(Vec::new(), cc).unwrap();
+    for _ in 0..1_000 {
+        sim.step(false);
+        if sim.converged().is_ok() && sim.commit(sim.nodes[l].id) >= index {
+            break;
+        }
+    }
+    sim.converge();
+    assert!(sim.commit(sim.nodes[l].id) >= index, "{}", sim.describe());
+    for n in &sim.nodes {
+        let core = n.core.as_ref().unwrap();
+        let conf = core.raw.raft.prs().conf();
+        assert!(
+            !conf.learners().contains(&9) && !conf.voters().contains(9),
+            "node {}: raft took node 9",
+            n.id
+        );
+        assert!(!core.shared().sm.members().contains_key(&9));
+    }
+    // Membership goes on: the next change is taken (node 2 moves).
+    let mut moved = member(2, sim.nodes[sim.index(2).unwrap()].zone);
+    moved.addr = "sim-moved:2".into();
+    sim.propose_member(MemberChange::Set(2, moved));
+    for _ in 0..1_000 {
+        sim.step(false);
+    }
+    sim.converge();
+    for n in &sim.nodes {
+        let core = n.core.as_ref().unwrap();
+        assert_eq!(core.shared().sm.members()[&2].addr, "sim-moved:2");
     }
 }
 

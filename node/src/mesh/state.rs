@@ -44,6 +44,40 @@
 //!   the zone is named, and the nodes' own views say which ones);
 //! - STALE when STALE zones reach the quorum, then UP when UP zones do;
 //! - UNKNOWN otherwise.
+//!
+//! Limits. However an entry was crafted (by a compromised member, or a
+//! forged proposal), it cannot make the state grow without bound, overflow
+//! its arithmetic or keep a verdict fresh for long: an entry past a limit
+//! is rejected ([`Rejected`], the same on every node) and changes nothing.
+//! - target names and member zones: 1 to [`MAX_NAME_BYTES`] bytes of
+//!   printable ASCII (no space, no control character);
+//! - at most [`MAX_SEEN_PER_OBSERVE`] verdicts per observation, and at most
+//!   [`MAX_TARGETS`] distinct targets in the state (an observation that
+//!   would add targets past it is refused; known targets are still taken);
+//! - `valid_for_ms` at most [`MAX_VALID_FOR_MS`], so no entry keeps a
+//!   verdict fresh for long without refreshes;
+//! - `at_ms` at most [`MAX_STAMP_MS`], the end of the year 9999: nothing
+//!   real is stamped later, and log time, expiries and `since` stay far
+//!   from overflow and within what readers can print. There is no bound
+//!   relative to log time: log time stands still while no member reports,
+//!   so after a pause of the whole cluster (or of a one-member cluster, or
+//!   of the only member with targets) every honest report is far ahead of
+//!   it, and such a bound would refuse them all, for good. With three
+//!   members or more, one clock far ahead cannot move log time anyway (the
+//!   (f+1)-th largest clock); with one or two, log time follows the
+//!   latest clock by design.
+//! - member addresses: `host:port`, at most [`MAX_ADDR_BYTES`] bytes of
+//!   printable ASCII, the port a number from 1 to 65535, and no two members
+//!   at the same address (host compared case-insensitively, port as a
+//!   number). The driver asks before it applies a conf change to raft, and
+//!   skips one the state machine refuses, so raft's members and these stay
+//!   the same; the leader asks before it proposes one.
+//!
+//! A probe error longer than [`MAX_ERROR_BYTES`] is not refused (a genuine
+//! error can be long) but cut at a character boundary and marked with `…`.
+//! The limits are part of the replicated rules: every node must apply the
+//! same ones, or a crafted entry could be taken by some nodes and refused by
+//! others.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -51,6 +85,23 @@ use serde::{Deserialize, Serialize};
 
 /// A Raft node id.
 pub type NodeId = u64;
+
+/// Longest target name or member zone, in bytes (config allows 63).
+pub const MAX_NAME_BYTES: usize = 128;
+/// Longest member address (`host:port`), in bytes: a DNS name's length.
+pub const MAX_ADDR_BYTES: usize = 255;
+/// Longest probe error kept, in bytes; a longer one is cut (module doc).
+pub const MAX_ERROR_BYTES: usize = 1024;
+/// Most verdicts in one observation (a node's whole refresh).
+pub const MAX_SEEN_PER_OBSERVE: usize = 10_000;
+/// Most distinct targets the state holds.
+pub const MAX_TARGETS: usize = 20_000;
+/// Longest validity of an observation: an hour (the proposer asks for three
+/// refreshes, 15 s by default; config caps the refresh at a third of this).
+pub const MAX_VALID_FOR_MS: u64 = 60 * 60 * 1000;
+/// Latest stamp an observation may carry: 9999-12-31T23:59:59.999Z, in
+/// Unix milliseconds.
+pub const MAX_STAMP_MS: u64 = 253_402_300_799_999;
 
 /// A node's verdict or a target's agreed state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -196,7 +247,8 @@ pub struct Transition {
 }
 
 /// Why a command was not applied. Never fatal: a bad entry is skipped on
-/// every node alike, so state stays identical.
+/// every node alike, so state stays identical. The text it names is shown
+/// cut short ([`Shown`]), so a huge refused entry makes no huge message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejected {
     /// An observation from a node that is not a member.
@@ -205,6 +257,121 @@ pub enum Rejected {
     /// Removing a node that is not a member.
     #[error("node {0} is not a member")]
     UnknownMember(NodeId),
+    /// A target name that is empty, too long or not printable ASCII.
+    #[error("target name {0}: {1}")]
+    TargetName(Shown, String),
+    /// More verdicts in one observation than [`MAX_SEEN_PER_OBSERVE`].
+    #[error("{0} verdicts in one observation: at most {MAX_SEEN_PER_OBSERVE}")]
+    TooManySeen(usize),
+    /// An observation that would take the state past [`MAX_TARGETS`].
+    #[error("{new} new target(s) on top of {known}: at most {MAX_TARGETS} targets")]
+    TooManyTargets {
+        /// Targets this observation would add.
+        new: usize,
+        /// Targets the state holds.
+        known: usize,
+    },
+    /// A validity longer than [`MAX_VALID_FOR_MS`].
+    #[error("valid_for_ms {0} is longer than the maximum, {MAX_VALID_FOR_MS} ms")]
+    ValidTooLong(u64),
+    /// A stamp past [`MAX_STAMP_MS`].
+    #[error("at_ms {0} is past the end of the year 9999 ({MAX_STAMP_MS})")]
+    StampTooLate(u64),
+    /// A member zone that is empty, too long or not printable ASCII.
+    #[error("zone {0}: {1}")]
+    Zone(Shown, String),
+    /// A member address that is not a valid `host:port`.
+    #[error("addr {0}: {1}")]
+    Addr(Shown, String),
+    /// A member address that another member has.
+    #[error("addr {addr} is already node {other}'s address")]
+    DuplicateAddr {
+        /// The address asked for.
+        addr: Shown,
+        /// The member that has it.
+        other: NodeId,
+    },
+}
+
+/// Refused text as a message shows it: quoted and escaped, and cut after
+/// 64 characters (with its length in bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown(String);
+
+impl Shown {
+    /// Quotes `text`, cut short.
+    pub fn new(text: &str) -> Self {
+        const CHARS: usize = 64;
+        Shown(match text.char_indices().nth(CHARS) {
+            None => format!("{text:?}"),
+            Some((cut, _)) => format!("{:?}… ({} bytes)", &text[..cut], text.len()),
+        })
+    }
+}
+
+impl std::fmt::Display for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why `name` is not a valid target name or zone, if it is not.
+fn bad_name(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("is empty".into())
+    } else if name.len() > MAX_NAME_BYTES {
+        Some(format!(
+            "is {} bytes long: at most {MAX_NAME_BYTES}",
+            name.len()
+        ))
+    } else if !name.bytes().all(|b| b.is_ascii_graphic()) {
+        Some("holds a space, a control or a non-ASCII character: printable ASCII only".into())
+    } else {
+        None
+    }
+}
+
+/// A member address in the form two addresses are compared in: the host in
+/// lower case, the port as a number (`WD-A:07400` is `wd-a:7400`); or why
+/// the address is not valid (module doc).
+pub fn normalized_addr(addr: &str) -> Result<String, String> {
+    if addr.len() > MAX_ADDR_BYTES {
+        return Err(format!(
+            "is {} bytes long: at most {MAX_ADDR_BYTES}",
+            addr.len()
+        ));
+    }
+    if !addr.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "holds a space, a control or a non-ASCII character: printable ASCII only".into(),
+        );
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err("is not host:port".into());
+    };
+    if host.is_empty() {
+        return Err("has no host".into());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(format!("{}:{p}", host.to_ascii_lowercase()))
+        }
+        _ => Err("has no valid port (a number from 1 to 65535)".into()),
+    }
+}
+
+/// A probe error as the state keeps it: whole up to [`MAX_ERROR_BYTES`];
+/// longer, cut at the last character boundary that leaves room for a
+/// closing `…`, so the result is at most [`MAX_ERROR_BYTES`] bytes.
+pub fn clip_error(error: &str) -> String {
+    if error.len() <= MAX_ERROR_BYTES {
+        return error.to_owned();
+    }
+    let mut cut = MAX_ERROR_BYTES - '…'.len_utf8();
+    while !error.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &error[..cut])
 }
 
 /// The whole replicated state.
@@ -282,11 +449,12 @@ impl StateMachine {
         self.views.get(target)
     }
 
-    /// Applies one committed command; returns the agreed-state changes it
-    /// caused (including expiries that log time's advance brought about).
-    pub fn apply(&mut self, cmd: &Command) -> Result<Vec<Transition>, Rejected> {
-        // The targets this command can change; `None`: every target.
-        let mut touched: Option<BTreeSet<String>> = None;
+    /// Whether [`StateMachine::apply`] would take `cmd` or refuse it, and
+    /// why; changes nothing. Every refusal is decided here, before `apply`
+    /// changes anything, so a refused command leaves the state as it was.
+    /// The leader also asks it before proposing a membership change, and
+    /// the driver before applying a conf change to raft.
+    pub fn check(&self, cmd: &Command) -> Result<(), Rejected> {
         match cmd {
             Command::Observe {
                 node,
@@ -297,6 +465,71 @@ impl StateMachine {
                 if !self.members.contains_key(node) {
                     return Err(Rejected::NotAMember(*node));
                 }
+                if seen.len() > MAX_SEEN_PER_OBSERVE {
+                    return Err(Rejected::TooManySeen(seen.len()));
+                }
+                if *valid_for_ms > MAX_VALID_FOR_MS {
+                    return Err(Rejected::ValidTooLong(*valid_for_ms));
+                }
+                if *at_ms > MAX_STAMP_MS {
+                    return Err(Rejected::StampTooLate(*at_ms));
+                }
+                for s in seen {
+                    if let Some(why) = bad_name(&s.target) {
+                        return Err(Rejected::TargetName(Shown::new(&s.target), why));
+                    }
+                }
+                let new: BTreeSet<&str> = seen
+                    .iter()
+                    .map(|s| s.target.as_str())
+                    .filter(|t| !self.views.contains_key(*t))
+                    .collect();
+                if self.views.len() + new.len() > MAX_TARGETS {
+                    return Err(Rejected::TooManyTargets {
+                        new: new.len(),
+                        known: self.views.len(),
+                    });
+                }
+            }
+            Command::SetMember { id, member } => {
+                if let Some(why) = bad_name(&member.zone) {
+                    return Err(Rejected::Zone(Shown::new(&member.zone), why));
+                }
+                let addr = normalized_addr(&member.addr)
+                    .map_err(|why| Rejected::Addr(Shown::new(&member.addr), why))?;
+                if let Some(other) = self.members.iter().find_map(|(other, m)| {
+                    (other != id && normalized_addr(&m.addr).is_ok_and(|a| a == addr))
+                        .then_some(*other)
+                }) {
+                    return Err(Rejected::DuplicateAddr {
+                        addr: Shown::new(&member.addr),
+                        other,
+                    });
+                }
+            }
+            Command::RemoveMember { id } => {
+                if !self.members.contains_key(id) {
+                    return Err(Rejected::UnknownMember(*id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one committed command; returns the agreed-state changes it
+    /// caused (including expiries that log time's advance brought about).
+    /// A command [`StateMachine::check`] refuses changes nothing.
+    pub fn apply(&mut self, cmd: &Command) -> Result<Vec<Transition>, Rejected> {
+        self.check(cmd)?;
+        // The targets this command can change; `None`: every target.
+        let mut touched: Option<BTreeSet<String>> = None;
+        match cmd {
+            Command::Observe {
+                node,
+                at_ms,
+                valid_for_ms,
+                seen,
+            } => {
                 // The node's previous report, in log order.
                 let prev = self.clocks.insert(*node, *at_ms);
                 let settled_now = self.advance_log_time();
@@ -305,7 +538,7 @@ impl StateMachine {
                     let view = NodeView {
                         verdict: s.verdict,
                         latency_us: s.latency_us,
-                        error: s.error.clone(),
+                        error: s.error.as_deref().map(clip_error),
                         at_ms: *at_ms,
                         expires_at_ms,
                     };
@@ -328,9 +561,7 @@ impl StateMachine {
                 self.members.insert(*id, member.clone());
             }
             Command::RemoveMember { id } => {
-                if self.members.remove(id).is_none() {
-                    return Err(Rejected::UnknownMember(*id));
-                }
+                self.members.remove(id);
                 self.clocks.remove(id);
                 for per_node in self.views.values_mut() {
                     per_node.remove(id);

@@ -51,6 +51,41 @@ fn state(sm: &StateMachine, target: &str) -> State {
     sm.agreed().get(target).map_or(State::Unknown, |a| a.state)
 }
 
+fn seen(target: &str) -> Seen {
+    Seen {
+        target: target.into(),
+        verdict: State::Up,
+        latency_us: 100,
+        error: None,
+    }
+}
+
+fn observation(node: NodeId, at_ms: u64, valid_for_ms: u64, seen: Vec<Seen>) -> Command {
+    Command::Observe {
+        node,
+        at_ms,
+        valid_for_ms,
+        seen,
+    }
+}
+
+/// Asserts that `cmd` is refused with a reason that says `why`, as `check`
+/// says beforehand, and that the state is unchanged, byte for byte.
+fn refused(sm: &mut StateMachine, cmd: &Command, why: &str) -> Rejected {
+    let before = sm.snapshot().unwrap();
+    let checked = sm.check(cmd);
+    let err = sm.apply(cmd).unwrap_err();
+    assert_eq!(checked, Err(err.clone()));
+    let text = err.to_string();
+    assert!(text.contains(why), "{text:?} does not say {why:?}");
+    assert!(text.len() < 300, "a long message: {text:?}");
+    assert!(
+        sm.snapshot().unwrap() == before,
+        "{text}: the state changed"
+    );
+    err
+}
+
 #[test]
 fn one_zone_seeing_down_is_suspect_and_names_the_zone() {
     let mut sm = three_zones();
@@ -198,7 +233,7 @@ fn an_older_report_never_overwrites_a_newer_one_and_log_time_never_goes_back() {
             id,
             member: Member {
                 zone: "zone-d".into(),
-                addr: "wd-d:7400".into(),
+                addr: format!("wd-{id}:7400"),
                 instance: 0,
             },
         })
@@ -379,6 +414,276 @@ fn removing_a_member_drops_its_zone_and_views() {
     assert_eq!(sm.agreed()["app"].zones["zone-b"], State::Unknown);
 }
 
+#[test]
+fn a_target_name_is_1_to_128_bytes_of_printable_ascii() {
+    let mut sm = three_zones();
+    observe(&mut sm, 1, 1_000, "pg", State::Up);
+    let long = "n".repeat(MAX_NAME_BYTES + 1);
+    for (name, why) in [
+        ("", "target name \"\": is empty"),
+        (long.as_str(), "is 129 bytes long: at most 128"),
+        ("p g", "printable ASCII only"),
+        ("pg\n", "printable ASCII only"),
+        ("\u{1b}[2Jpg", "printable ASCII only"),
+        ("pg\u{7f}", "printable ASCII only"),
+        ("café", "printable ASCII only"),
+    ] {
+        let err = refused(
+            &mut sm,
+            &observation(1, 2_000, 3_000, vec![seen(name)]),
+            why,
+        );
+        assert!(matches!(err, Rejected::TargetName(..)), "{err:?}");
+        // One bad name refuses the whole batch: the good one is not taken.
+        let batch = vec![seen("redis"), seen(name)];
+        refused(&mut sm, &observation(1, 2_000, 3_000, batch), why);
+    }
+    // The long name is shown cut short, with its length.
+    let err = sm
+        .apply(&observation(
+            1,
+            2_000,
+            3_000,
+            vec![seen(&"n".repeat(100_000))],
+        ))
+        .unwrap_err();
+    assert!(err.to_string().contains("… (100000 bytes)"), "{err}");
+    // At the limit, and with punctuation: taken.
+    let at_limit = "n".repeat(MAX_NAME_BYTES);
+    let batch = vec![seen(&at_limit), seen("pg-primary_1.eu:5432/x")];
+    sm.apply(&observation(1, 2_000, 3_000, batch)).unwrap();
+    assert!(sm.views(&at_limit).is_some());
+}
+
+#[test]
+fn an_observation_carries_at_most_10_000_verdicts() {
+    let mut sm = three_zones();
+    let batch = |n: usize| (0..n).map(|i| seen(&format!("t{i}"))).collect::<Vec<_>>();
+    let err = refused(
+        &mut sm,
+        &observation(1, 1_000, 3_000, batch(MAX_SEEN_PER_OBSERVE + 1)),
+        "10001 verdicts in one observation: at most 10000",
+    );
+    assert_eq!(err, Rejected::TooManySeen(10_001));
+    sm.apply(&observation(1, 1_000, 3_000, batch(MAX_SEEN_PER_OBSERVE)))
+        .unwrap();
+    assert_eq!(sm.agreed().len(), 10_000);
+}
+
+#[test]
+fn the_state_holds_at_most_20_000_targets() {
+    let mut sm = three_zones();
+    let names = |from: usize, to: usize| (from..to).map(|i| seen(&format!("t{i}"))).collect();
+    sm.apply(&observation(1, 1_000, 3_000, names(0, 10_000)))
+        .unwrap();
+    // Up to the limit, known targets included.
+    sm.apply(&observation(2, 1_000, 3_000, names(5_000, 15_000)))
+        .unwrap();
+    sm.apply(&observation(3, 1_000, 3_000, names(10_000, MAX_TARGETS)))
+        .unwrap();
+    assert_eq!(sm.agreed().len(), MAX_TARGETS);
+    // One more is refused, alone or with known ones.
+    let err = refused(
+        &mut sm,
+        &observation(1, 2_000, 3_000, vec![seen("one-more")]),
+        "1 new target(s) on top of 20000: at most 20000 targets",
+    );
+    assert_eq!(
+        err,
+        Rejected::TooManyTargets {
+            new: 1,
+            known: 20_000
+        }
+    );
+    refused(
+        &mut sm,
+        &observation(2, 2_000, 3_000, vec![seen("t7"), seen("one-more")]),
+        "at most 20000 targets",
+    );
+    // Known targets are still taken.
+    let mut down = seen("t7");
+    down.verdict = State::Down;
+    sm.apply(&observation(2, 2_000, 3_000, vec![down])).unwrap();
+    assert_eq!(sm.views("t7").unwrap()[&2].verdict, State::Down);
+}
+
+#[test]
+fn an_observation_is_valid_for_at_most_an_hour() {
+    let mut sm = three_zones();
+    observe(&mut sm, 1, 1_000, "pg", State::Up);
+    for valid_for_ms in [MAX_VALID_FOR_MS + 1, u64::MAX] {
+        let err = refused(
+            &mut sm,
+            &observation(2, 1_000, valid_for_ms, vec![seen("pg")]),
+            &format!("valid_for_ms {valid_for_ms} is longer than the maximum, 3600000 ms"),
+        );
+        assert_eq!(err, Rejected::ValidTooLong(valid_for_ms));
+    }
+    sm.apply(&observation(2, 1_000, MAX_VALID_FOR_MS, vec![seen("pg")]))
+        .unwrap();
+    assert_eq!(
+        sm.views("pg").unwrap()[&2].expires_at_ms,
+        sm.log_now_ms() + 3_600_000
+    );
+}
+
+#[test]
+fn a_stamp_past_the_year_9999_is_refused() {
+    let mut sm = three_zones();
+    observe(&mut sm, 1, 1_000, "pg", State::Up);
+    observe(&mut sm, 2, 1_000, "pg", State::Up);
+    for at_ms in [MAX_STAMP_MS + 1, u64::MAX] {
+        let err = refused(
+            &mut sm,
+            &observation(3, at_ms, 3_000, vec![seen("pg")]),
+            &format!("at_ms {at_ms} is past the end of the year 9999"),
+        );
+        assert_eq!(err, Rejected::StampTooLate(at_ms));
+    }
+    // 9999-12-31T23:59:59.999Z itself is taken (a wrong clock, not a
+    // forged one, for all the state can tell); one clock there does not
+    // move log time.
+    assert_eq!(MAX_STAMP_MS, 253_402_300_800_000 - 1);
+    observe(&mut sm, 3, MAX_STAMP_MS, "pg", State::Up);
+    assert_eq!(sm.log_now_ms(), 1_000);
+}
+
+#[test]
+fn reports_after_a_long_pause_are_taken() {
+    // No bound relative to log time: log time waits for reports, so the
+    // first ones after a pause are far ahead of it, and must count.
+    const DAY: u64 = 24 * 3_600_000;
+    let t = 1_700_000_000_000;
+    // The whole cluster was stopped for three days.
+    let mut sm = three_zones();
+    for n in 1..=3 {
+        observe(&mut sm, n, t, "pg", State::Up);
+    }
+    for n in 1..=3 {
+        observe(&mut sm, n, t + 3 * DAY, "pg", State::Down);
+    }
+    assert_eq!(sm.log_now_ms(), t + 3 * DAY);
+    assert_eq!(state(&sm, "pg"), State::Down);
+    // A one-member cluster, down for a month.
+    let mut one = members(&[(1, "dc")]);
+    observe(&mut one, 1, t, "pg", State::Up);
+    observe(&mut one, 1, t + 30 * DAY, "pg", State::Down);
+    assert_eq!(one.log_now_ms(), t + 30 * DAY);
+    assert_eq!(state(&one, "pg"), State::Down);
+    // The only member with targets, back after a day.
+    let mut lone = three_zones();
+    observe(&mut lone, 1, t, "pg", State::Up);
+    observe(&mut lone, 1, t + DAY, "pg", State::Down);
+    assert_eq!(lone.log_now_ms(), t + DAY);
+}
+
+#[test]
+fn a_long_probe_error_is_cut_at_a_character_boundary() {
+    let mut sm = three_zones();
+    let stored = |sm: &mut StateMachine, error: String| {
+        let mut s = seen("pg");
+        s.error = Some(error);
+        sm.apply(&observation(1, 1_000, 3_000, vec![s])).unwrap();
+        sm.views("pg").unwrap()[&1].error.clone().unwrap()
+    };
+    // Up to the limit, whole.
+    let whole = "e".repeat(MAX_ERROR_BYTES);
+    assert_eq!(stored(&mut sm, whole.clone()), whole);
+    // Longer: cut, marked, at most the limit.
+    let cut = stored(&mut sm, "e".repeat(MAX_ERROR_BYTES + 1));
+    assert_eq!(cut, format!("{}…", "e".repeat(MAX_ERROR_BYTES - 3)));
+    assert_eq!(cut.len(), MAX_ERROR_BYTES);
+    // Never inside a character: 600 two-byte characters keep 510.
+    let cut = stored(&mut sm, "é".repeat(600));
+    assert_eq!(cut, format!("{}…", "é".repeat(510)));
+    let cut = stored(&mut sm, "x".repeat(10_000_000));
+    assert_eq!(cut.len(), MAX_ERROR_BYTES);
+}
+
+fn set_member(id: NodeId, zone: &str, addr: &str) -> Command {
+    Command::SetMember {
+        id,
+        member: Member {
+            zone: zone.into(),
+            addr: addr.into(),
+            instance: 0,
+        },
+    }
+}
+
+#[test]
+fn a_member_zone_is_1_to_128_bytes_of_printable_ascii() {
+    let mut sm = three_zones();
+    let long = "z".repeat(MAX_NAME_BYTES + 1);
+    for (zone, why) in [
+        ("", "zone \"\": is empty"),
+        (long.as_str(), "is 129 bytes long: at most 128"),
+        ("zone a", "printable ASCII only"),
+        ("zone-a\r", "printable ASCII only"),
+        ("zône", "printable ASCII only"),
+    ] {
+        let err = refused(&mut sm, &set_member(4, zone, "wd-4:7400"), why);
+        assert!(matches!(err, Rejected::Zone(..)), "{err:?}");
+    }
+    let at_limit = "z".repeat(MAX_NAME_BYTES);
+    sm.apply(&set_member(4, &at_limit, "wd-4:7400")).unwrap();
+    assert_eq!(sm.members()[&4].zone, at_limit);
+}
+
+#[test]
+fn a_member_address_is_host_port_in_at_most_255_printable_bytes() {
+    let mut sm = three_zones();
+    let host = |n: usize| "h".repeat(n);
+    let too_long = format!("{}:7400", host(MAX_ADDR_BYTES - 4));
+    for (addr, why) in [
+        ("wd-4", "is not host:port"),
+        (":7400", "has no host"),
+        ("wd-4:", "no valid port"),
+        ("wd-4:0", "no valid port (a number from 1 to 65535)"),
+        ("wd-4:65536", "no valid port"),
+        ("wd-4:+7400", "no valid port"),
+        ("wd-4:http", "no valid port"),
+        ("wd 4:7400", "printable ASCII only"),
+        ("wd-4:7400\n", "printable ASCII only"),
+        ("\u{1b}]8;;wd-4:7400", "printable ASCII only"),
+        ("wd-ä:7400", "printable ASCII only"),
+        (too_long.as_str(), "is 256 bytes long: at most 255"),
+    ] {
+        let err = refused(&mut sm, &set_member(4, "zone-d", addr), why);
+        assert!(matches!(err, Rejected::Addr(..)), "{err:?}");
+    }
+    // At the limits: taken. IPv6 in brackets too.
+    let at_limit = format!("{}:65535", host(MAX_ADDR_BYTES - 6));
+    sm.apply(&set_member(4, "zone-d", &at_limit)).unwrap();
+    sm.apply(&set_member(5, "zone-d", "[::1]:1")).unwrap();
+    assert_eq!(sm.members()[&4].addr, at_limit);
+    assert_eq!(sm.members()[&4].addr.len(), 255);
+}
+
+#[test]
+fn two_members_never_share_an_address() {
+    let mut sm = three_zones();
+    // Node 2 is at wd-2:7400: the same host in any case, the same port
+    // however written, is refused to anyone else.
+    for addr in ["wd-2:7400", "WD-2:7400", "Wd-2:007400"] {
+        for id in [1, 4] {
+            let err = refused(
+                &mut sm,
+                &set_member(id, "zone-d", addr),
+                &format!("addr \"{addr}\" is already node 2's address"),
+            );
+            assert!(matches!(err, Rejected::DuplicateAddr { other: 2, .. }));
+        }
+    }
+    // A member keeps its own address (a zone change), or takes a new one;
+    // another port of the same host is another address.
+    sm.apply(&set_member(2, "zone-d", "WD-2:7400")).unwrap();
+    sm.apply(&set_member(4, "zone-d", "wd-2:7401")).unwrap();
+    // Once node 2 is removed, its address is free.
+    sm.apply(&Command::RemoveMember { id: 2 }).unwrap();
+    sm.apply(&set_member(5, "zone-b", "wd-2:7400")).unwrap();
+}
+
 /// The rules restated from scratch, for the randomized check. It is fed the
 /// same commands as the state machine and keeps its own members, clocks,
 /// reports and log time; after every command it recomputes every target
@@ -388,6 +693,7 @@ fn removing_a_member_drops_its_zone_and_views() {
 #[derive(Debug, Clone)]
 struct Oracle {
     zone_of: BTreeMap<NodeId, String>,
+    addr_of: BTreeMap<NodeId, String>,
     /// Each member's clock: the stamp of its latest report, in log order.
     stamp: BTreeMap<NodeId, u64>,
     now: u64,
@@ -420,6 +726,10 @@ impl Oracle {
     fn new(spec: &[(NodeId, &str)]) -> Self {
         Oracle {
             zone_of: spec.iter().map(|(id, z)| (*id, z.to_string())).collect(),
+            addr_of: spec
+                .iter()
+                .map(|(id, _)| (*id, format!("wd-{id}:7400")))
+                .collect(),
             stamp: BTreeMap::new(),
             now: 0,
             settled: None,
@@ -465,6 +775,25 @@ impl Oracle {
                 if !self.zone_of.contains_key(node) {
                     return Err(());
                 }
+                // The limits, restated: a batch of 10 000 at most, an hour's
+                // validity, a stamp before the year 10000, names of 1 to 128
+                // printable ASCII bytes, 20 000 targets.
+                let bad_name = |t: &str| {
+                    t.is_empty() || t.len() > 128 || t.chars().any(|c| !c.is_ascii_graphic())
+                };
+                let new: BTreeSet<&String> = seen
+                    .iter()
+                    .map(|x| &x.target)
+                    .filter(|t| !self.records.contains_key(*t))
+                    .collect();
+                if seen.len() > 10_000
+                    || *valid_for_ms > 3_600_000
+                    || *at_ms >= 253_402_300_800_000
+                    || seen.iter().any(|x| bad_name(&x.target))
+                    || self.records.len() + new.len() > 20_000
+                {
+                    return Err(());
+                }
                 let prev = self.stamp.insert(*node, *at_ms);
                 self.move_log_time();
                 for x in seen {
@@ -498,12 +827,41 @@ impl Oracle {
                 }
             }
             Command::SetMember { id, member } => {
+                // Zone as a name; address host:port of at most 255
+                // printable ASCII bytes, port 1 to 65535, and no other
+                // member's (host in any case, port as a number).
+                let z = &member.zone;
+                if z.is_empty() || z.len() > 128 || z.chars().any(|c| !c.is_ascii_graphic()) {
+                    return Err(());
+                }
+                let key = |a: &str| -> Option<(String, u16)> {
+                    let (host, port) = a.rsplit_once(':')?;
+                    let ok = a.len() <= 255
+                        && a.chars().all(|c| c.is_ascii_graphic())
+                        && !host.is_empty()
+                        && !port.is_empty()
+                        && port.chars().all(|c| c.is_ascii_digit());
+                    let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+                    ok.then(|| (host.to_lowercase(), port))
+                };
+                let Some(mine) = key(&member.addr) else {
+                    return Err(());
+                };
+                if self
+                    .addr_of
+                    .iter()
+                    .any(|(other, a)| other != id && key(a).as_ref() == Some(&mine))
+                {
+                    return Err(());
+                }
                 self.zone_of.insert(*id, member.zone.clone());
+                self.addr_of.insert(*id, member.addr.clone());
             }
             Command::RemoveMember { id } => {
                 if self.zone_of.remove(id).is_none() {
                     return Err(());
                 }
+                self.addr_of.remove(id);
                 self.stamp.remove(id);
                 self.reports.retain(|(_, n), _| n != id);
             }
@@ -635,18 +993,50 @@ fn random_command(rng: &mut StdRng, clocks: &mut Clocks, zones: usize) -> Comman
     let targets = ["pg", "redis", "app", "s3"];
     let verdicts = [State::Up, State::Down, State::Stale, State::Unknown];
     let node = rng.random_range(1..=7);
-    match rng.random_range(0..40) {
+    let some_seen = |rng: &mut StdRng| -> Vec<Seen> {
+        (0..rng.random_range(0..4))
+            .map(|_| Seen {
+                target: targets[rng.random_range(0..targets.len())].into(),
+                verdict: verdicts[rng.random_range(0..verdicts.len())],
+                latency_us: rng.random_range(0..10_000),
+                error: None,
+            })
+            .collect()
+    };
+    match rng.random_range(0..43) {
         0 | 1 => Command::RemoveMember {
             id: rng.random_range(1..=7),
         },
-        2 | 3 => Command::SetMember {
-            id: rng.random_range(1..=7),
-            member: Member {
-                zone: format!("zone-{}", rng.random_range(0..zones)),
-                addr: "x:1".into(),
-                instance: 0,
-            },
-        },
+        2 | 3 => {
+            // Mostly its own address; now and then another's (as written,
+            // or in other case and with a padded port), or a bad one; now
+            // and then a bad zone.
+            let id = rng.random_range(1..=7);
+            let other = rng.random_range(1..=7);
+            let addr = match rng.random_range(0..12) {
+                0 => format!("wd-{other}:7400"),
+                1 => format!("WD-{other}:07400"),
+                2 => [
+                    "wd", "wd:0", "wd:65536", "wd:+1", ":7400", "w d:1", "wd:1\n",
+                ][rng.random_range(0..7)]
+                .to_owned(),
+                3 => format!("{}:{id}", "h".repeat(rng.random_range(252..256))),
+                _ => format!("wd-{id}:7400"),
+            };
+            let zone = if rng.random_ratio(1, 12) {
+                ["", "zone a", "zone-é"][rng.random_range(0..3)].to_owned()
+            } else {
+                format!("zone-{}", rng.random_range(0..zones))
+            };
+            Command::SetMember {
+                id,
+                member: Member {
+                    zone,
+                    addr,
+                    instance: 0,
+                },
+            }
+        }
         4 => {
             // A bad clock step: an hour ahead, or back to where it was.
             let hour = if rng.random_bool(0.5) {
@@ -662,6 +1052,35 @@ fn random_command(rng: &mut StdRng, clocks: &mut Clocks, zones: usize) -> Comman
                 seen: vec![],
             }
         }
+        // Crafted entries, at and past the limits.
+        40 => Command::Observe {
+            node,
+            at_ms: [MAX_STAMP_MS + 1, u64::MAX][rng.random_range(0..2)],
+            valid_for_ms: 3_000,
+            seen: some_seen(rng),
+        },
+        41 => Command::Observe {
+            node,
+            at_ms: clocks.read(node),
+            valid_for_ms: [3_600_000, 3_600_001, u64::MAX][rng.random_range(0..3)],
+            seen: some_seen(rng),
+        },
+        42 => {
+            let names = ["", "p g", "pg\n", "é", &"n".repeat(128), &"n".repeat(129)];
+            let mut seen = some_seen(rng);
+            seen.push(Seen {
+                target: names[rng.random_range(0..names.len())].to_owned(),
+                verdict: State::Down,
+                latency_us: 0,
+                error: None,
+            });
+            Command::Observe {
+                node,
+                at_ms: clocks.read(node),
+                valid_for_ms: 3_000,
+                seen,
+            }
+        }
         n => Command::Observe {
             node,
             // A proposal that waited behind newer ones is up to 5 s old;
@@ -672,14 +1091,7 @@ fn random_command(rng: &mut StdRng, clocks: &mut Clocks, zones: usize) -> Comman
                 clocks.read(node)
             },
             valid_for_ms: if n == 6 { 1_000 } else { 3_000 },
-            seen: (0..rng.random_range(0..4))
-                .map(|_| Seen {
-                    target: targets[rng.random_range(0..targets.len())].into(),
-                    verdict: verdicts[rng.random_range(0..verdicts.len())],
-                    latency_us: rng.random_range(0..10_000),
-                    error: None,
-                })
-                .collect(),
+            seen: some_seen(rng),
         },
     }
 }
@@ -701,6 +1113,8 @@ const LAYOUTS: [&[(NodeId, &str)]; 3] = [
 fn seeded_runs_match_the_oracle_and_replay_identically() {
     let mut reached: BTreeSet<State> = BTreeSet::new();
     let (mut rejected, mut transitions) = (0, 0);
+    // Which reasons the runs gave: every kind the generator aims at.
+    let mut reasons: BTreeSet<String> = BTreeSet::new();
     for seed in 0..300u64 {
         let mut rng = StdRng::seed_from_u64(seed);
         let layout = LAYOUTS[seed as usize % LAYOUTS.len()];
@@ -731,8 +1145,9 @@ fn seeded_runs_match_the_oracle_and_replay_identically() {
                     assert_eq!(t, w, "transitions, {}", ctx());
                     transitions += t.len();
                 }
-                (Err(_), Err(())) => {
+                (Err(e), Err(())) => {
                     rejected += 1;
+                    reasons.extend(format!("{e:?}").split(['(', ' ']).next().map(String::from));
                     assert_eq!(
                         sm,
                         before,
@@ -783,6 +1198,20 @@ fn seeded_runs_match_the_oracle_and_replay_identically() {
     }
     // The runs reached every state, rejected commands and changed states.
     assert_eq!(reached.len(), 5, "states reached: {reached:?}");
+    let want = [
+        "NotAMember",
+        "UnknownMember",
+        "TargetName",
+        "ValidTooLong",
+        "StampTooLate",
+        "Zone",
+        "Addr",
+        "DuplicateAddr",
+    ];
+    assert!(
+        want.iter().all(|w| reasons.contains(*w)),
+        "reasons given: {reasons:?}"
+    );
     assert!(
         rejected > 100 && transitions > 1_000,
         "{rejected} rejected, {transitions} transitions"
