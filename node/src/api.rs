@@ -25,6 +25,7 @@ use protobuf::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
 use crate::mesh::driver::{Input, MemberChange, Mesh, MeshError, Shared};
@@ -409,12 +410,114 @@ fn call_deadline(m: &tonic::metadata::MetadataMap) -> Option<Duration> {
     })
 }
 
-/// The gRPC listener's connections, with `TCP_NODELAY` set on each:
+/// Most gRPC connections a node holds at once (peers and clients, TLS
+/// handshakes in progress included); more are closed as they arrive and
+/// counted, so a flood cannot exhaust the node's file descriptors or memory.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// TCP keep-alive on accepted connections: a peer that vanished without a
+/// word (a half-open connection) is found and its connection closed.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// The gRPC server's connections: TCP_NODELAY on each (tonic's
 /// `Server::tcp_nodelay` does not apply to `serve_with_incoming`, and
-/// without it a response's trailers wait on Nagle and delayed ACK (~40 ms
-/// per call on loopback).
-pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+/// without it every response's trailers wait on Nagle and delayed ACK,
+/// ~40 ms), TCP keep-alive, and at most [`MAX_CONNECTIONS`] at once.
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl Stream<Item = std::io::Result<Conn>> + Send + 'static {
+    use tokio_stream::StreamExt as _;
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(TCP_KEEPALIVE))
+        .filter_map(move |accepted| match accepted {
+            Ok(stream) => match permits.clone().try_acquire_owned() {
+                Ok(permit) => Some(Ok(Conn {
+                    stream,
+                    _permit: permit,
+                })),
+                Err(_) => {
+                    metrics::counter!(crate::metrics::CONNECTIONS_REFUSED).increment(1);
+                    if log_now("connections") {
+                        tracing::warn!(
+                            max = MAX_CONNECTIONS,
+                            peer = ?stream.peer_addr().ok(),
+                            "refused a gRPC connection: this node holds as many as it takes"
+                        );
+                    }
+                    None
+                }
+            },
+            Err(e) => Some(Err(e)),
+        })
+}
+
+/// An accepted connection, holding its place among [`MAX_CONNECTIONS`].
+#[derive(Debug)]
+pub struct Conn {
+    stream: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Conn {
+    /// Whether TCP_NODELAY is set.
+    pub fn nodelay(&self) -> std::io::Result<bool> {
+        self.stream.nodelay()
+    }
+}
+
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
 }
 
 fn to_status(e: MeshError) -> Status {
@@ -970,7 +1073,7 @@ mod tests {
         use tokio_stream::StreamExt as _;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut inc = incoming(listener);
+        let mut inc = std::pin::pin!(incoming(listener));
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let accepted = inc.next().await.unwrap().unwrap();
         assert!(accepted.nodelay().unwrap(), "TCP_NODELAY not set");

@@ -48,6 +48,8 @@ pub const RAFT_DROPPED: &str = "faxi_raft_messages_dropped_total";
 /// Peer batches refused before raft saw them, by reason (another
 /// cluster, not a member, a replaced data dir, malformed).
 pub const RAFT_REFUSED: &str = "faxi_raft_messages_refused_total";
+/// gRPC connections closed on arrival: the node held as many as it takes.
+pub const CONNECTIONS_REFUSED: &str = "faxi_grpc_connections_refused_total";
 /// API requests refused because the caller's role does not allow them.
 pub const API_DENIED: &str = "faxi_api_requests_denied_total";
 /// 1 when this node's last message to the peer got through.
@@ -119,6 +121,10 @@ fn describe() {
     metrics::describe_counter!(
         RAFT_REFUSED,
         "Peer raft batches refused before raft saw them, by reason."
+    );
+    metrics::describe_counter!(
+        CONNECTIONS_REFUSED,
+        "gRPC connections closed on arrival because the node held as many as it takes."
     );
     metrics::describe_counter!(
         API_DENIED,

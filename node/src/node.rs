@@ -152,7 +152,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tls.clone(),
     );
     let (watchdog_svc, peer_svc) = api.services();
-    let mut builder = tonic::transport::Server::builder();
+    // HTTP/2 pings find a connection whose other end vanished; streams per
+    // connection are bounded (connections are, in `api::incoming`).
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(256));
     if let Some(tls) = &tls {
         builder = builder
             .tls_config(tls.server())

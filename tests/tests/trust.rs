@@ -267,3 +267,67 @@ async fn a_node_restarted_with_a_new_certificate_from_the_same_ca_keeps_its_plac
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connections_that_never_speak_is_shed_and_the_cluster_goes_on() {
+    use faxi_watchdog::api::MAX_CONNECTIONS;
+    let app = AppStub::start().await;
+    let c = Cluster::start(&spec(), &ctx(&app)).await;
+    c.wait_leader(&[0, 1, 2], LONG).await;
+    let target = c.nodes[0].grpc;
+    // More connections than a node takes, none of which ever says a word
+    // (not even a TLS hello).
+    let mut flood = Vec::new();
+    for _ in 0..MAX_CONNECTIONS + 100 {
+        flood.push(tokio::net::TcpStream::connect(target).await.unwrap());
+    }
+    // Those past the bound are closed on arrival, and counted.
+    wait_for("connections past the bound refused", LONG, || async {
+        let text = http_get(c.nodes[0].metrics, "/metrics").await?;
+        let n = metric(&text, "faxi_grpc_connections_refused_total", &[]).unwrap_or(0.0);
+        if n >= 100.0 {
+            Ok(())
+        } else {
+            Err(format!("{n} refused"))
+        }
+    })
+    .await;
+    // The others are closed when their TLS handshake does not come: every
+    // one of them ends (none is left open for good).
+    wait_for(
+        "every silent connection closed by the node",
+        LONG,
+        || async {
+            let mut open = 0;
+            let mut buf = [0u8; 16];
+            for s in &flood {
+                match s.try_read(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => open += 1,
+                    _ => {}
+                }
+            }
+            if open == 0 {
+                Ok(())
+            } else {
+                Err(format!("{open} still open"))
+            }
+        },
+    )
+    .await;
+    drop(flood);
+    // The node serves again and the cluster commits on.
+    let before = commit(&c, 1).await;
+    wait_for(
+        "node 1 answering and the cluster committing",
+        LONG,
+        || async {
+            let s = c.status(0).await?.cluster.unwrap_or_default();
+            if s.commit_index > before && s.leader != 0 {
+                Ok(())
+            } else {
+                Err(format!("commit {} leader {}", s.commit_index, s.leader))
+            }
+        },
+    )
+    .await;
+}
