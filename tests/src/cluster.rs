@@ -381,10 +381,26 @@ impl Cluster {
     }
 }
 
+/// Log lines of each node shown when a test fails.
+const TAIL_ON_FAILURE: usize = 40;
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for m in &self.nodes {
             crate::check_node_log(&format!("node {}", m.id), &m.log);
+        }
+        // A failed test shows what the nodes said last (their temp dir is
+        // gone afterwards).
+        if std::thread::panicking() {
+            for m in &self.nodes {
+                let text = std::fs::read_to_string(&m.log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let from = lines.len().saturating_sub(TAIL_ON_FAILURE);
+                eprintln!("--- node {} log, last {} lines:", m.id, lines.len() - from);
+                for l in &lines[from..] {
+                    eprintln!("{l}");
+                }
+            }
         }
     }
 }
