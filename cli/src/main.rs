@@ -145,6 +145,13 @@ enum Command {
         /// The member to lead.
         id: u64,
     },
+    /// The latest operator requests: who asked for what, and when, as the
+    /// leader recorded them before acting (newest first).
+    Audit {
+        /// At most this many records.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=256))]
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -456,6 +463,26 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Ok(())
             }
         },
+        Command::Audit { limit } => {
+            let (_, r) = conn
+                .each(Instant::now() + conn.timeout, |mut c, t| {
+                    let mut req = tonic::Request::new(pb::AuditRequest { limit });
+                    req.set_timeout(t);
+                    async move {
+                        match tokio::time::timeout(t, c.audit(req)).await {
+                            Ok(Ok(r)) => Attempt::Answer(r.into_inner()),
+                            Ok(Err(s)) => read_error(&s, t),
+                            Err(_) => no_answer(t),
+                        }
+                    }
+                })
+                .await?;
+            print(&match cli.output {
+                Output::Table => output::audit_table(&r.records),
+                Output::Json => output::audit_json(&r.records),
+            });
+            Ok(())
+        }
         Command::TransferLeader { id } => {
             let (_, r) = conn
                 .write(|mut c, t| {

@@ -216,6 +216,46 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// `audit` as a table, newest first.
+pub fn audit_table(records: &[pb::AuditRecord]) -> String {
+    if records.is_empty() {
+        return "No operator request recorded yet.\n".into();
+    }
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            let at = i64::try_from(r.at_ms).unwrap_or(i64::MAX);
+            vec![
+                match rfc3339(at) {
+                    Value::String(t) => t,
+                    _ => "-".into(),
+                },
+                ago(at),
+                r.by.clone(),
+                r.action.clone(),
+                r.recorded_by.to_string(),
+            ]
+        })
+        .collect();
+    table(&["When", "Ago", "By", "Request", "Leader"], &rows)
+}
+
+/// `audit` as JSON: `{"records": [{at, by, action, recorded_by}]}`.
+pub fn audit_json(records: &[pb::AuditRecord]) -> String {
+    let records: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "at": rfc3339(i64::try_from(r.at_ms).unwrap_or(i64::MAX)),
+                "by": r.by,
+                "action": r.action,
+                "recorded_by": r.recorded_by,
+            })
+        })
+        .collect();
+    format!("{}\n", serde_json::json!({ "records": records }))
+}
+
 /// `members` as a table.
 pub fn members_table(members: &[pb::Member]) -> String {
     let rows: Vec<Vec<String>> = members

@@ -30,7 +30,7 @@ use tonic::{Request, Response, Status};
 
 use crate::mesh::driver::{Input, MemberChange, Mesh, MeshError, Shared};
 use crate::mesh::guard::{self, Envelope, Refusal};
-use crate::mesh::state::{Member, NodeId, State};
+use crate::mesh::state::{AuditRecord, Command, Member, NodeId, State};
 use crate::mesh::transport::MAX_MESSAGE_BYTES;
 use crate::tls::{Caller, Role, Tls, caller_of};
 
@@ -113,15 +113,32 @@ impl Api {
         }
     }
 
-    /// Records a mutation: who asked for what, and how it ended.
-    fn audit<R>(&self, caller: &Caller, what: &str, result: &Result<R, Status>) {
-        match result {
-            Ok(_) => tracing::info!(audit = true, caller = %caller.describe(), what, "done"),
-            Err(e) => tracing::info!(
-                audit = true, caller = %caller.describe(), what,
-                code = ?e.code(), error = e.message(), "failed"
-            ),
-        }
+    /// On the leader, before acting: records who asked for what in the
+    /// replicated log. A request that cannot be recorded is not acted on.
+    async fn record(&self, audit: &Audit) -> Result<(), Status> {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+        let cmd = Command::Audit(AuditRecord {
+            at_ms,
+            by: audit.by.clone(),
+            action: audit.action.clone(),
+            recorded_by: self.me,
+        });
+        self.mesh
+            .propose(cmd, WRITE_DEADLINE)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                let s = to_status(e);
+                Status::new(
+                    s.code(),
+                    format!(
+                        "not done: the request could not be recorded in the audit log: {}",
+                        s.message()
+                    ),
+                )
+            })
     }
 
     /// The tonic services, ready for a `Server`.
@@ -567,15 +584,56 @@ fn forwarded<T>(r: &Request<T>) -> bool {
     r.metadata().contains_key(FORWARDED)
 }
 
-/// Marks a request as carried to the leader.
-fn mark_forwarded<T>(mut r: Request<T>) -> Request<T> {
+/// Marks a request as carried to the leader, on behalf of the operator
+/// who asked (the leader records them).
+fn mark_forwarded<T>(audit: &Audit, mut r: Request<T>) -> Request<T> {
     r.metadata_mut()
         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(audit.by.as_str()) {
+        r.metadata_mut().insert(ON_BEHALF_OF, v);
+    }
     r
 }
 
 /// Metadata key set on a request carried to the leader.
 const FORWARDED: &str = "x-faxi-forwarded";
+/// Metadata key naming, on a request a node carries, who asked for it.
+const ON_BEHALF_OF: &str = "x-faxi-on-behalf-of";
+
+/// A mutation as the audit log records it: who asked and what.
+#[derive(Debug)]
+struct Audit {
+    by: String,
+    action: String,
+}
+
+impl Audit {
+    /// Who asked: the caller, or, for a request a node carried here, the
+    /// operator it names (a node's word is taken: it authenticated them).
+    fn new<T>(caller: &Caller, request: &Request<T>, action: String) -> Self {
+        let on_behalf = request
+            .metadata()
+            .get(ON_BEHALF_OF)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 256 && !v.chars().any(char::is_control));
+        let by = match (caller, on_behalf) {
+            (Caller::Node(n), Some(who)) => format!("{who} via node {n}"),
+            (c, _) => c.describe(),
+        };
+        Audit { by, action }
+    }
+
+    /// The node's own log line: how it ended.
+    fn log<R>(&self, result: &Result<R, Status>) {
+        match result {
+            Ok(_) => tracing::info!(audit = true, by = %self.by, action = %self.action, "done"),
+            Err(e) => tracing::info!(
+                audit = true, by = %self.by, action = %self.action,
+                code = ?e.code(), error = e.message(), "failed"
+            ),
+        }
+    }
+}
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::StatusResponse, Status>> + Send>>;
 
@@ -649,15 +707,50 @@ impl Watchdog for Api {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn audit(
+        &self,
+        request: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditResponse>, Status> {
+        self.authorize(&request, Role::Read, "read the audit log")?;
+        let deadline = call_deadline(request.metadata());
+        // Confirmed with the leader when it can be, as status is.
+        self.confirm(false, deadline).await;
+        let limit = match request.get_ref().limit {
+            0 => usize::MAX,
+            n => n as usize,
+        };
+        let s = self.mesh.read();
+        let records =
+            s.sm.audit()
+                .iter()
+                .rev()
+                .take(limit)
+                .map(|r| pb::AuditRecord {
+                    at_ms: r.at_ms,
+                    by: r.by.clone(),
+                    action: r.action.clone(),
+                    recorded_by: r.recorded_by,
+                })
+                .collect();
+        Ok(Response::new(pb::AuditResponse {
+            records,
+            node_id: self.me,
+        }))
+    }
+
     async fn add_member(
         &self,
         request: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         let caller = self.authorize(&request, Role::Admin, "change the membership")?;
         let r = request.get_ref();
-        let what = format!("members add {} {} {}", r.id, r.zone, r.addr);
-        let result = self.add_member_inner(request).await;
-        self.audit(&caller, &what, &result);
+        let audit = Audit::new(
+            &caller,
+            &request,
+            format!("members add {} {} {}", r.id, r.zone, r.addr),
+        );
+        let result = self.add_member_inner(request, &audit).await;
+        audit.log(&result);
         result
     }
 
@@ -667,13 +760,17 @@ impl Watchdog for Api {
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         let caller = self.authorize(&request, Role::Admin, "change the membership")?;
         let r = request.get_ref();
-        let what = format!(
-            "members remove {}{}",
-            r.id,
-            if r.force { " --force" } else { "" }
+        let audit = Audit::new(
+            &caller,
+            &request,
+            format!(
+                "members remove {}{}",
+                r.id,
+                if r.force { " --force" } else { "" }
+            ),
         );
-        let result = self.remove_member_inner(request).await;
-        self.audit(&caller, &what, &result);
+        let result = self.remove_member_inner(request, &audit).await;
+        audit.log(&result);
         result
     }
 
@@ -682,9 +779,13 @@ impl Watchdog for Api {
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
         let caller = self.authorize(&request, Role::Operate, "move leadership")?;
-        let what = format!("transfer-leader {}", request.get_ref().to);
-        let result = self.transfer_leader_inner(request).await;
-        self.audit(&caller, &what, &result);
+        let audit = Audit::new(
+            &caller,
+            &request,
+            format!("transfer-leader {}", request.get_ref().to),
+        );
+        let result = self.transfer_leader_inner(request, &audit).await;
+        audit.log(&result);
         result
     }
 }
@@ -694,6 +795,7 @@ impl Api {
     async fn add_member_inner(
         &self,
         request: Request<pb::AddMemberRequest>,
+        audit: &Audit,
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         let r = request.get_ref().clone();
         if r.id == 0 {
@@ -718,7 +820,7 @@ impl Api {
                 WRITE_DEADLINE + Duration::from_secs(1),
             )
             .await?
-            .add_member(mark_forwarded(Request::new(r)))
+            .add_member(mark_forwarded(audit, Request::new(r)))
             .await;
         }
         let member = Member {
@@ -726,12 +828,14 @@ impl Api {
             addr: r.addr,
             instance: 0,
         };
+        self.record(audit).await?;
         self.change_member(MemberChange::Set(r.id, member)).await
     }
 
     async fn remove_member_inner(
         &self,
         request: Request<pb::RemoveMemberRequest>,
+        audit: &Audit,
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         let pb::RemoveMemberRequest { id, force } = *request.get_ref();
         if let Some((leader, addr)) = self.leader_elsewhere(&request)? {
@@ -742,13 +846,14 @@ impl Api {
                 WRITE_DEADLINE + TRANSFER_DEADLINE,
             )
             .await?
-            .remove_member(mark_forwarded(Request::new(pb::RemoveMemberRequest {
-                id,
-                force,
-            })))
+            .remove_member(mark_forwarded(
+                audit,
+                Request::new(pb::RemoveMemberRequest { id, force }),
+            ))
             .await;
         }
         if id != self.me {
+            self.record(audit).await?;
             return self.change_member(MemberChange::Remove(id, force)).await;
         }
         // Removing the leader: check first that the removal would be
@@ -793,16 +898,17 @@ impl Api {
             WRITE_DEADLINE + Duration::from_secs(1),
         )
         .await?
-        .remove_member(mark_forwarded(Request::new(pb::RemoveMemberRequest {
-            id,
-            force,
-        })))
+        .remove_member(mark_forwarded(
+            audit,
+            Request::new(pb::RemoveMemberRequest { id, force }),
+        ))
         .await
     }
 
     async fn transfer_leader_inner(
         &self,
         request: Request<pb::TransferLeaderRequest>,
+        audit: &Audit,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
         let to = request.get_ref().to;
         if !self.mesh.read().sm.members().contains_key(&to) {
@@ -816,11 +922,13 @@ impl Api {
                 TRANSFER_DEADLINE + Duration::from_secs(1),
             )
             .await?
-            .transfer_leader(mark_forwarded(Request::new(pb::TransferLeaderRequest {
-                to,
-            })))
+            .transfer_leader(mark_forwarded(
+                audit,
+                Request::new(pb::TransferLeaderRequest { to }),
+            ))
             .await;
         }
+        self.record(audit).await?;
         let term = self.transfer_to(to).await?;
         Ok(Response::new(pb::TransferLeaderResponse {
             leader: to,

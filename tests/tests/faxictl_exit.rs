@@ -60,6 +60,13 @@ impl Watchdog for NoLeader {
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
         unavailable()
     }
+
+    async fn audit(
+        &self,
+        _: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditResponse>, Status> {
+        unavailable()
+    }
 }
 
 async fn no_leader() -> (SocketAddr, tokio::task::JoinHandle<()>) {
@@ -93,6 +100,7 @@ async fn connected_but_unavailable_is_exit_1_not_3() {
             vec!["members", "remove", "2"],
         ),
         (format!("http://{a}"), vec!["transfer-leader", "2"]),
+        (format!("http://{a},http://{dead}"), vec!["audit"]),
     ] {
         let out = Cluster::faxictl(&endpoints, &args).await;
         let err = String::from_utf8_lossy(&out.stderr);

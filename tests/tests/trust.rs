@@ -331,3 +331,82 @@ async fn a_flood_of_connections_that_never_speak_is_shed_and_the_cluster_goes_on
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mutation_is_recorded_with_who_what_and_when_on_every_node() {
+    let app = AppStub::start().await;
+    let c = Cluster::start(&spec(), &ctx(&app)).await;
+    let (leader, _) = c.wait_leader(&[0, 1, 2], LONG).await;
+    let follower = (0..3).find(|i| *i as u64 + 1 != leader).unwrap();
+    let to = follower as u64 + 1;
+    // An operator asks a follower, which carries it to the leader.
+    let out = Cluster::faxictl_as(
+        "operator",
+        &c.endpoints(&[follower]),
+        &["transfer-leader", &to.to_string()],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An admin asks the new leader directly.
+    let out = Cluster::faxictl_as(
+        "admin",
+        &c.endpoints(&[follower]),
+        &["members", "add", "7", "zone-x", "127.0.0.1:9"],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A refused request leaves no record.
+    let out = Cluster::faxictl_as("reader", &c.endpoints(&[0]), &["members", "remove", "7"]).await;
+    assert_eq!(out.status.code(), Some(1));
+
+    // Every node holds the same records, newest first; a reader may see them.
+    for i in 0..3 {
+        let out = Cluster::faxictl_as("reader", &c.endpoints(&[i]), &["audit", "-o", "json"]).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let records = v["records"].as_array().unwrap();
+        let got: Vec<(String, String, u64)> = records
+            .iter()
+            .map(|r| {
+                (
+                    r["by"].as_str().unwrap().to_owned(),
+                    r["action"].as_str().unwrap().to_owned(),
+                    r["recorded_by"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "admin (admin)".to_owned(),
+                    "members add 7 zone-x 127.0.0.1:9".to_owned(),
+                    to
+                ),
+                (
+                    format!("operator (operate) via node {to}"),
+                    format!("transfer-leader {to}"),
+                    leader
+                ),
+            ],
+            "node {}",
+            i + 1
+        );
+        assert!(records.iter().all(|r| r["at"].is_string()), "{v}");
+    }
+    let table = Cluster::faxictl_as("reader", &c.endpoints(&[0]), &["audit"]).await;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("operator (operate) via node"), "{table}");
+}

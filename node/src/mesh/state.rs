@@ -197,6 +197,27 @@ pub enum Command {
         /// The member's id.
         id: NodeId,
     },
+    /// Records an operator's request (who, what, when) before the leader
+    /// acts on it; the oldest records go past [`MAX_AUDIT`].
+    Audit(AuditRecord),
+}
+
+/// Most audit records the state keeps (the oldest go first).
+pub const MAX_AUDIT: usize = 256;
+/// Longest `by`, `action` in an audit record, in bytes.
+pub const MAX_AUDIT_TEXT: usize = 512;
+
+/// One operator request, as the leader recorded it before acting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// The leader's clock when it was recorded, Unix milliseconds.
+    pub at_ms: u64,
+    /// Who asked: the operator (and the node that carried it).
+    pub by: String,
+    /// What was asked, as a faxictl command line.
+    pub action: String,
+    /// The node that recorded it (the leader).
+    pub recorded_by: NodeId,
 }
 
 /// One node's fresh-or-not observation of one target.
@@ -283,6 +304,10 @@ pub enum Rejected {
     /// A member address that is not a valid `host:port`.
     #[error("addr {0}: {1}")]
     Addr(Shown, String),
+    /// An audit record's text that is empty, too long or holds control
+    /// characters.
+    #[error("audit {0} {1}: 1 to {MAX_AUDIT_TEXT} bytes without control characters")]
+    AuditText(&'static str, Shown),
     /// A member address that another member has.
     #[error("addr {addr} is already node {other}'s address")]
     DuplicateAddr {
@@ -402,6 +427,9 @@ pub struct StateMachine {
     /// the state so every node takes the same path and snapshots stay equal.
     #[serde(default)]
     next_expiry_ms: u64,
+    /// The latest operator requests, oldest first (at most [`MAX_AUDIT`]).
+    #[serde(default)]
+    audit: std::collections::VecDeque<AuditRecord>,
 }
 
 impl StateMachine {
@@ -422,6 +450,11 @@ impl StateMachine {
             cluster_id,
             ..Self::new(members)
         }
+    }
+
+    /// The latest operator requests, oldest first.
+    pub fn audit(&self) -> &std::collections::VecDeque<AuditRecord> {
+        &self.audit
     }
 
     /// The cluster id (empty before this node received any state).
@@ -512,6 +545,19 @@ impl StateMachine {
                     return Err(Rejected::UnknownMember(*id));
                 }
             }
+            Command::Audit(r) => {
+                if r.at_ms > MAX_STAMP_MS {
+                    return Err(Rejected::StampTooLate(r.at_ms));
+                }
+                for (field, text) in [("by", &r.by), ("action", &r.action)] {
+                    if text.is_empty()
+                        || text.len() > MAX_AUDIT_TEXT
+                        || text.chars().any(char::is_control)
+                    {
+                        return Err(Rejected::AuditText(field, Shown::new(text)));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -566,6 +612,14 @@ impl StateMachine {
                 for per_node in self.views.values_mut() {
                     per_node.remove(id);
                 }
+            }
+            Command::Audit(r) => {
+                if self.audit.len() >= MAX_AUDIT {
+                    self.audit.pop_front();
+                }
+                self.audit.push_back(r.clone());
+                // No target changes.
+                return Ok(Vec::new());
             }
         }
         Ok(self.recompute(touched))

@@ -865,6 +865,9 @@ impl Oracle {
                 self.stamp.remove(id);
                 self.reports.retain(|(_, n), _| n != id);
             }
+            // Operator requests: no target changes (the oracle does not
+            // generate them).
+            Command::Audit(_) => return Ok(Vec::new()),
         }
         let mut out = Vec::new();
         let targets: Vec<String> = self.records.keys().cloned().collect();
@@ -1236,4 +1239,54 @@ fn a_snapshot_written_before_log_time_could_settle_counts_as_settled() {
 fn a_corrupt_snapshot_is_an_error_not_a_panic() {
     let err = StateMachine::restore(b"{not json").unwrap_err();
     assert!(err.starts_with("corrupt state snapshot"), "{err}");
+}
+
+fn audit(at_ms: u64, by: &str, action: &str) -> Command {
+    Command::Audit(AuditRecord {
+        at_ms,
+        by: by.into(),
+        action: action.into(),
+        recorded_by: 1,
+    })
+}
+
+#[test]
+fn the_audit_log_keeps_the_latest_requests_and_refuses_what_it_cannot_show() {
+    let mut sm = three_zones();
+    for i in 0..MAX_AUDIT as u64 + 10 {
+        assert_eq!(
+            sm.apply(&audit(i, "alice (admin)", &format!("members remove {i}"))),
+            Ok(vec![])
+        );
+    }
+    // The oldest went first; the newest are kept, in order.
+    assert_eq!(sm.audit().len(), MAX_AUDIT);
+    assert_eq!(sm.audit().front().map(|r| r.at_ms), Some(10));
+    assert_eq!(
+        sm.audit().back().map(|r| r.at_ms),
+        Some(MAX_AUDIT as u64 + 9)
+    );
+    // Nothing else changes: no target, no log time.
+    assert_eq!(sm.log_now_ms(), three_zones().log_now_ms());
+    refused(&mut sm, &audit(1, "", "x"), "audit by \"\": 1 to 512 bytes");
+    refused(
+        &mut sm,
+        &audit(1, "a", &"x".repeat(MAX_AUDIT_TEXT + 1)),
+        "audit action",
+    );
+    refused(
+        &mut sm,
+        &audit(1, "a\nb", "x"),
+        "without control characters",
+    );
+    refused(
+        &mut sm,
+        &audit(MAX_STAMP_MS + 1, "a", "x"),
+        "past the end of the year 9999",
+    );
+    // Right at the limit is taken.
+    assert!(
+        sm.apply(&audit(MAX_STAMP_MS, "a", &"x".repeat(MAX_AUDIT_TEXT)))
+            .is_ok()
+    );
 }
