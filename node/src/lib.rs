@@ -7,6 +7,8 @@
 pub mod api;
 pub mod config;
 pub mod dev;
+#[cfg(test)]
+mod fuzz;
 pub mod mesh;
 pub mod metrics;
 pub mod node;

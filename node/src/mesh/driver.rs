@@ -774,7 +774,7 @@ impl<O: Outbox> Core<O> {
     /// empty proposal, a snapshot that does not restore), or it carries
     /// what no honest peer sends (a term from nowhere, a proposal for
     /// another node, a conf change forwarded past the leader's checks).
-    fn refusal(&self, m: &Message) -> Option<&'static str> {
+    pub(super) fn refusal(&self, m: &Message) -> Option<&'static str> {
         let r = &self.raw.raft;
         let log = &r.raft_log;
         if m.term > MAX_TERM {

@@ -1574,3 +1574,8 @@ fn hostile_messages_from_a_member_never_panic_a_node_and_the_cluster_goes_on() {
         );
     }
 }
+
+// The raft edge's byte-level fuzz campaign: it decodes peer batches as the
+// gRPC edge does, so it may use protobuf and the peer types.
+#[allow(clippy::disallowed_types, clippy::disallowed_methods)]
+mod edge;
