@@ -9,6 +9,8 @@
 //! ca = "ca.pem"                 # relative paths: from this file's directory
 //! cert = "client-alice.pem"
 //! key = "client-alice.key"
+//! # or, for automation, a token instead of the certificate and key:
+//! # token_file = "/run/secrets/faxi-token"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -37,6 +39,8 @@ pub struct ClientConfig {
     pub cert: Option<PathBuf>,
     /// Its key.
     pub key: Option<PathBuf>,
+    /// A file holding an automation token (instead of a certificate).
+    pub token_file: Option<PathBuf>,
 }
 
 /// Reads a client config; every problem names the file and the key.
@@ -63,18 +67,21 @@ fn parse(text: &str, dir: &Path) -> Result<ClientConfig, String> {
                 }
             }
             ("endpoints", _) => return Err("endpoints: expected an array of strings".into()),
-            ("ca" | "cert" | "key", toml::Value::String(s)) if !s.is_empty() => {
+            ("ca" | "cert" | "key" | "token_file", toml::Value::String(s)) if !s.is_empty() => {
                 let p = dir.join(s);
                 match key.as_str() {
                     "ca" => out.ca = Some(p),
                     "cert" => out.cert = Some(p),
-                    _ => out.key = Some(p),
+                    "key" => out.key = Some(p),
+                    _ => out.token_file = Some(p),
                 }
             }
-            ("ca" | "cert" | "key", _) => return Err(format!("{key}: expected a file path")),
+            ("ca" | "cert" | "key" | "token_file", _) => {
+                return Err(format!("{key}: expected a file path"));
+            }
             (other, _) => {
                 return Err(format!(
-                    "{other}: unknown key (known keys: endpoints, ca, cert, key)"
+                    "{other}: unknown key (known keys: endpoints, ca, cert, key, token_file)"
                 ));
             }
         }

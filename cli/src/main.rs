@@ -62,6 +62,10 @@ struct Cli {
     /// This client's private key (PEM), overriding the client config's.
     #[arg(long, global = true, value_name = "FILE")]
     key: Option<std::path::PathBuf>,
+    /// A file holding an automation token (made by `faxi-watchdog
+    /// token`), sent instead of a client certificate; needs --ca.
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
     output: Output,
@@ -314,12 +318,44 @@ fn client_config(cli: &Cli) -> Result<client_config::ClientConfig, Failure> {
 fn client_tls(
     cli: &Cli,
     cfg: &client_config::ClientConfig,
-) -> Result<Option<ClientTlsConfig>, Failure> {
+) -> Result<(Option<ClientTlsConfig>, Auth), Failure> {
     let ca = cli.ca.clone().or_else(|| cfg.ca.clone());
     let cert = cli.cert.clone().or_else(|| cfg.cert.clone());
     let key = cli.key.clone().or_else(|| cfg.key.clone());
+    let read = |what: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| Failure::usage(format!("{what} {}: {e}", p.display())))
+    };
+    // A token stands in for the certificate and key.
+    if let Some(token_file) = cli.token_file.clone().or_else(|| cfg.token_file.clone()) {
+        let token = String::from_utf8(read("token file", &token_file)?).map_err(|_| {
+            Failure::usage(format!("token file {}: not text", token_file.display()))
+        })?;
+        let value = tonic::metadata::MetadataValue::try_from(format!("Bearer {}", token.trim()))
+            .map_err(|_| {
+                Failure::usage(format!(
+                    "token file {}: not a token (one line of letters and digits)",
+                    token_file.display()
+                ))
+            })?;
+        let Some(ca) = ca else {
+            return Err(Failure::usage(
+                "a token is sent only over TLS: give the cluster CA too (--ca or the client config)"
+                    .into(),
+            ));
+        };
+        let ca = read("CA", &ca)?;
+        return Ok((
+            Some(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(ca))
+                    .domain_name(ANY_NODE)
+                    .timeout(Duration::from_secs(5)),
+            ),
+            Auth(Some(value)),
+        ));
+    }
     let (ca, cert, key) = match (ca, cert, key) {
-        (None, None, None) => return Ok(None),
+        (None, None, None) => return Ok((None, Auth(None))),
         (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
         (ca, cert, key) => {
             let missing: Vec<&str> = [
@@ -337,24 +373,40 @@ fn client_tls(
             )));
         }
     };
-    let read = |what: &str, p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| Failure::usage(format!("{what} {}: {e}", p.display())))
-    };
     let ca = read("CA", &ca)?;
     let cert = read("certificate", &cert)?;
     let key = read("key", &key)?;
-    Ok(Some(
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(ca))
-            .identity(Identity::from_pem(cert, key))
-            .domain_name(ANY_NODE)
-            .timeout(Duration::from_secs(5)),
+    Ok((
+        Some(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca))
+                .identity(Identity::from_pem(cert, key))
+                .domain_name(ANY_NODE)
+                .timeout(Duration::from_secs(5)),
+        ),
+        Auth(None),
     ))
 }
 
+/// The bearer token every request carries, if any.
+#[derive(Clone, Debug)]
+struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(r)
+    }
+}
+
+/// A client of one node.
+type Client = WatchdogClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
+
 async fn run(cli: Cli) -> Result<(), Failure> {
     let cfg = client_config(&cli)?;
-    let tls = client_tls(&cli, &cfg)?;
+    let (tls, auth) = client_tls(&cli, &cfg)?;
     let given: Vec<String> = if !cli.endpoints.is_empty() {
         cli.endpoints.clone()
     } else if !cfg.endpoints.is_empty() {
@@ -377,6 +429,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         timeout: cli.timeout,
         allow_stale: cli.allow_stale,
         tls,
+        auth,
     };
     match cli.command {
         Command::Status(sel) => {
@@ -540,14 +593,12 @@ struct Conn {
     allow_stale: bool,
     /// TLS for https:// endpoints.
     tls: Option<ClientTlsConfig>,
+    /// The token requests carry, if any.
+    auth: Auth,
 }
 
 impl Conn {
-    async fn connect(
-        &self,
-        uri: &str,
-        within: Duration,
-    ) -> Result<WatchdogClient<Channel>, String> {
+    async fn connect(&self, uri: &str, within: Duration) -> Result<Client, String> {
         let mut ep = tonic::transport::Endpoint::from_shared(uri.to_owned())
             .map_err(|e| format!("not a valid endpoint: {e}"))?
             .connect_timeout(within);
@@ -560,7 +611,8 @@ impl Conn {
             .await
             .map_err(|_| format!("no connection within {}", ms(within)))?
             .map_err(|e| error_chain(&e))?;
-        Ok(WatchdogClient::new(channel).max_decoding_message_size(256 * 1024 * 1024))
+        Ok(WatchdogClient::with_interceptor(channel, self.auth.clone())
+            .max_decoding_message_size(256 * 1024 * 1024))
     }
 
     /// Runs `f` on each endpoint in turn until one gives a usable answer.
@@ -570,7 +622,7 @@ impl Conn {
     /// it (or say why not).
     async fn each<T, F, Fut>(&self, end: Instant, f: F) -> Result<(String, T), Failure>
     where
-        F: Fn(WatchdogClient<Channel>, Duration) -> Fut,
+        F: Fn(Client, Duration) -> Fut,
         Fut: std::future::Future<Output = Attempt<T>>,
     {
         let mut tried = Vec::new();
@@ -652,7 +704,7 @@ impl Conn {
     /// is unavailable (no leader: nothing was proposed).
     async fn write<T, F, Fut>(&self, f: F) -> Result<(String, T), Failure>
     where
-        F: Fn(WatchdogClient<Channel>, Duration) -> Fut,
+        F: Fn(Client, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let end = Instant::now() + self.timeout;

@@ -82,12 +82,28 @@ impl Api {
     /// Who sent `request`: read from the client certificate the TLS layer
     /// verified against the cluster CA.
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        if self.tls.is_none() {
+        let Some(tls) = &self.tls else {
             return Ok(Caller::Insecure);
-        }
-        let certs = request.peer_certs().ok_or_else(|| {
-            Status::unauthenticated("no client certificate: connect with one from the cluster CA")
-        })?;
+        };
+        let certs = request.peer_certs().filter(|c| !c.is_empty());
+        let Some(certs) = certs else {
+            // No certificate: a token, when this node takes them.
+            let bearer = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            return match bearer {
+                Some(token) if tls.takes_tokens() => {
+                    tls.token_caller(token.trim()).ok_or_else(|| {
+                        Status::unauthenticated("the token is not one of this cluster's tokens")
+                    })
+                }
+                _ => Err(Status::unauthenticated(
+                    "no client certificate: connect with one from the cluster CA (or a token where the nodes take them)",
+                )),
+            };
+        };
         caller_of(&certs).ok_or_else(|| {
             Status::unauthenticated(
                 "the client certificate names no faxi-watchdog node or operator \

@@ -66,6 +66,18 @@ enum Command {
         #[arg(long)]
         replace: bool,
     },
+    /// Make an automation token for NAME with ROLE: prints the token (give
+    /// it to the client, e.g. faxictl --token-file) and, on stderr, the
+    /// entry to add to every node's `tls.tokens_file` (it holds only the
+    /// token's SHA-256). Nodes read the file at start.
+    Token {
+        /// Who holds it (audit records name them).
+        #[arg(long)]
+        name: String,
+        /// read, operate or admin.
+        #[arg(long)]
+        role: String,
+    },
     /// Validate a config file: exit 0 when it is good, else print every
     /// problem (file, key, reason) and exit 1.
     CheckConfig {
@@ -100,6 +112,31 @@ fn main() -> ExitCode {
             operators,
             replace,
         } => certs(dir, nodes, &operators, replace),
+        Command::Token { name, role } => token(&name, &role),
+    }
+}
+
+fn token(name: &str, role: &str) -> ExitCode {
+    use faxi_watchdog::tls::{Role, new_token};
+    let Some(role) = Role::parse(role) else {
+        eprintln!("faxi-watchdog token: --role {role:?}: one of read, operate, admin");
+        return ExitCode::from(2);
+    };
+    match new_token(name, role) {
+        Ok((token, entry)) => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{token}");
+            }
+            eprintln!(
+                "# add to every node's tls.tokens_file, then restart them one at a time:\n{entry}"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("faxi-watchdog token: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -316,10 +316,22 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// `None` with `insecure = true`, said loudly.
 fn load_tls(config: &Config) -> Result<Option<Arc<Tls>>, String> {
     match &config.tls {
-        TlsConfig::Files { ca, cert, key } => {
+        TlsConfig::Files {
+            ca,
+            cert,
+            key,
+            tokens_file,
+        } => {
             let tls = Tls::load(ca, cert, key)?;
             tls.check_node(config.node.id, cert)?;
-            Ok(Some(tls))
+            match tokens_file {
+                Some(f) => {
+                    let tokens = crate::tls::load_tokens(f)?;
+                    tracing::info!(tokens = tokens.len(), "automation tokens accepted");
+                    Ok(Some(tls.with_tokens(tokens)))
+                }
+                None => Ok(Some(tls)),
+            }
         }
         TlsConfig::Insecure => {
             tracing::warn!(

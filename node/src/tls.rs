@@ -145,12 +145,134 @@ pub fn caller_of(chain: &[CertificateDer<'_>]) -> Option<Caller> {
     found
 }
 
-/// A node's or a client's TLS material, read from its files.
+/// A node's or a client's TLS material, read from its files, and the
+/// node's automation tokens.
 #[derive(Clone)]
 pub struct Tls {
     ca: Vec<u8>,
     cert: Vec<u8>,
     key: Vec<u8>,
+    /// Automation tokens (by their SHA-256): a client holding one needs no
+    /// certificate. Empty: every client presents a certificate.
+    tokens: Vec<Token>,
+}
+
+/// An automation token as a node knows it: never the token itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    /// Who holds it (audit records name them).
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// SHA-256 of the token.
+    pub sha256: [u8; 32],
+}
+
+/// Bytes of a token `faxi-watchdog token` makes (then hex).
+const TOKEN_BYTES: usize = 32;
+
+/// SHA-256 of `token`.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// A new random token, and the entry a node's tokens file needs for it.
+pub fn new_token(name: &str, role: Role) -> Result<(String, String), String> {
+    check_operator_name(name)?;
+    let mut bytes = [0u8; TOKEN_BYTES];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| "no randomness available".to_owned())?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let hash: String = token_hash(&token)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let entry = format!(
+        "[[token]]\nname = \"{name}\"\nrole = \"{}\"\nsha256 = \"{hash}\"\n",
+        role.as_str()
+    );
+    Ok((token, entry))
+}
+
+fn check_operator_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+    {
+        return Err(format!(
+            "operator name {name:?}: 1–64 letters, digits, '-', '_', '.' or '@'"
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a tokens file: `[[token]]` tables with `name`, `role` and
+/// `sha256` (what `faxi-watchdog token` prints); every problem names the
+/// file and the entry.
+pub fn load_tokens(path: &Path) -> Result<Vec<Token>, String> {
+    let fail = |e: String| format!("tls.tokens_file {}: {e}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| fail(e.to_string().trim_end().replace('\n', " ")))?;
+    let mut out: Vec<Token> = Vec::new();
+    for (key, value) in &table {
+        let (toml::Value::Array(items), "token") = (value, key.as_str()) else {
+            return Err(fail(format!(
+                "{key}: unknown key (a tokens file holds [[token]] tables)"
+            )));
+        };
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("token[{i}]");
+            let toml::Value::Table(t) = item else {
+                return Err(fail(format!("{at}: expected a table")));
+            };
+            if let Some(k) = t
+                .keys()
+                .find(|k| !["name", "role", "sha256"].contains(&k.as_str()))
+            {
+                return Err(fail(format!(
+                    "{at}.{k}: unknown key (known: name, role, sha256)"
+                )));
+            }
+            let get = |k: &str| t.get(k).and_then(toml::Value::as_str);
+            let name = get("name").ok_or_else(|| fail(format!("{at}.name: missing")))?;
+            check_operator_name(name).map_err(|e| fail(format!("{at}.name: {e}")))?;
+            let role = get("role")
+                .and_then(Role::parse)
+                .ok_or_else(|| fail(format!("{at}.role: one of read, operate, admin")))?;
+            let hex = get("sha256").unwrap_or("");
+            let bytes: Option<Vec<u8>> = (hex.len() == 64)
+                .then(|| {
+                    (0..64)
+                        .step_by(2)
+                        .map(|j| u8::from_str_radix(hex.get(j..j + 2)?, 16).ok())
+                        .collect::<Option<Vec<u8>>>()
+                })
+                .flatten();
+            let Some(bytes) = bytes else {
+                return Err(fail(format!(
+                    "{at}.sha256: 64 hex digits (the token's SHA-256, as `faxi-watchdog token` prints it)"
+                )));
+            };
+            let mut sha256 = [0u8; 32];
+            sha256.copy_from_slice(&bytes);
+            if out.iter().any(|o| o.sha256 == sha256) {
+                return Err(fail(format!("{at}: the same token as an earlier entry")));
+            }
+            out.push(Token {
+                name: name.to_owned(),
+                role,
+                sha256,
+            });
+        }
+    }
+    Ok(out)
 }
 
 impl std::fmt::Debug for Tls {
@@ -179,6 +301,7 @@ impl Tls {
             ca: read_pem("tls.ca", ca)?,
             cert: read_pem("tls.cert", cert)?,
             key: read_pem("tls.key", key)?,
+            tokens: Vec::new(),
         };
         // The key must parse (a wrong file is named now, not at the first
         // connection).
@@ -187,6 +310,29 @@ impl Tls {
         KeyPair::from_pem(&key_text)
             .map_err(|e| format!("tls.key {}: not a private key: {e}", key.display()))?;
         Ok(Arc::new(tls))
+    }
+
+    /// These TLS files with automation tokens accepted too.
+    pub fn with_tokens(mut self: Arc<Self>, tokens: Vec<Token>) -> Arc<Self> {
+        Arc::make_mut(&mut self).tokens = tokens;
+        self
+    }
+
+    /// The operator a bearer token names, if it is one of this node's.
+    pub fn token_caller(&self, token: &str) -> Option<Caller> {
+        let h = token_hash(token);
+        self.tokens
+            .iter()
+            .find(|t| ring_eq(&t.sha256, &h))
+            .map(|t| Caller::Operator {
+                name: t.name.clone(),
+                role: t.role,
+            })
+    }
+
+    /// Whether clients may connect without a certificate (with a token).
+    pub fn takes_tokens(&self) -> bool {
+        !self.tokens.is_empty()
     }
 
     /// The identity the certificate names.
@@ -217,6 +363,10 @@ impl Tls {
         ServerTlsConfig::new()
             .identity(Identity::from_pem(&self.cert, &self.key))
             .client_ca_root(Certificate::from_pem(&self.ca))
+            // With tokens, a client may come without a certificate; it is
+            // then nobody until its request shows a token (and peers
+            // always need their certificate).
+            .client_auth_optional(self.takes_tokens())
             .timeout(HANDSHAKE_TIMEOUT)
     }
 
@@ -230,6 +380,11 @@ impl Tls {
             .domain_name(server_name)
             .timeout(HANDSHAKE_TIMEOUT)
     }
+}
+
+/// Compares two digests without an early exit.
+fn ring_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn pem_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -340,16 +495,7 @@ pub fn make_certs(req: &CertRequest) -> Result<Vec<PathBuf>, String> {
         leaves.push((format!("node-{id}"), sans, DnTypeName(format!("node {id}"))));
     }
     for (name, role) in &req.operators {
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
-        {
-            return Err(format!(
-                "operator name {name:?}: 1–64 letters, digits, '-', '_', '.' or '@'"
-            ));
-        }
+        check_operator_name(name)?;
         let sans = vec![SanType::URI(
             format!("{URI_PREFIX}operator:{name}:{}", role.as_str())
                 .try_into()
@@ -446,6 +592,58 @@ mod tests {
         })
         .unwrap();
         assert_eq!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca);
+    }
+
+    #[test]
+    fn tokens_match_by_their_hash_and_a_bad_tokens_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (token, entry) = new_token("ci-bot", Role::Operate).unwrap();
+        assert_eq!(token.len(), 64);
+        assert!(!entry.contains(&token), "the entry holds the token itself");
+        let f = dir.path().join("tokens.toml");
+        std::fs::write(&f, &entry).unwrap();
+        let tokens = load_tokens(&f).unwrap();
+        let tls = Tls {
+            ca: Vec::new(),
+            cert: Vec::new(),
+            key: Vec::new(),
+            tokens,
+        };
+        assert_eq!(
+            tls.token_caller(&token),
+            Some(Caller::Operator {
+                name: "ci-bot".into(),
+                role: Role::Operate
+            })
+        );
+        assert_eq!(tls.token_caller("not-it"), None);
+        for (text, says) in [
+            (
+                "[[token]]\nname = \"a\"\nrole = \"root\"\nsha256 = \"00\"\n",
+                "token[0].role",
+            ),
+            (
+                "[[token]]\nname = \"a\"\nrole = \"read\"\nsha256 = \"00\"\n",
+                "token[0].sha256: 64 hex",
+            ),
+            (
+                "[[token]]\nname = \"a b\"\nrole = \"read\"\n",
+                "token[0].name",
+            ),
+            (
+                "[[token]]\nname = \"a\"\nrole = \"read\"\nsecret = \"x\"\n",
+                "token[0].secret: unknown key",
+            ),
+            ("[tokens]\n", "tokens: unknown key"),
+            (
+                &format!("{entry}{entry}"),
+                "the same token as an earlier entry",
+            ),
+        ] {
+            std::fs::write(&f, text).unwrap();
+            let e = load_tokens(&f).unwrap_err();
+            assert!(e.contains(says) && e.contains("tokens.toml"), "{e}");
+        }
     }
 
     #[test]

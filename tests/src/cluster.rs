@@ -58,6 +58,8 @@ pub struct Spec {
     pub probe_defaults: String,
     /// Each node's targets: `(id, zone) -> [[targets]] TOML`.
     pub targets: fn(u64, &str, &Ctx) -> String,
+    /// Extra `[tls]` keys (TOML lines), after the certificate files.
+    pub tls: String,
 }
 
 /// What target configs may refer to.
@@ -82,6 +84,7 @@ impl Spec {
             probe_defaults: "interval = \"200ms\"\ntimeout = \"150ms\"\nfall = 2\nrise = 1\n"
                 .into(),
             targets: |_, _, _| String::new(),
+            tls: String::new(),
         }
     }
 }
@@ -149,7 +152,7 @@ impl Cluster {
                 dir.path().join(format!("data{id}")).display(),
                 addrs[i].0,
                 addrs[i].1,
-                crate::tls::shared().node_section(id),
+                crate::tls::shared().node_section(id, &spec.tls),
                 spec.cluster,
                 peers.join("\n"),
                 spec.probe_defaults,

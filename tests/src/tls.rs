@@ -54,11 +54,11 @@ pub fn shared() -> &'static TestTls {
 }
 
 impl TestTls {
-    /// A node config's `[tls]` section for node `id`.
-    pub fn node_section(&self, id: u64) -> String {
+    /// A node config's `[tls]` section for node `id`, with `extra` keys.
+    pub fn node_section(&self, id: u64, extra: &str) -> String {
         assert!(id <= NODES, "test certificates exist for nodes 1-{NODES}");
         format!(
-            "[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\n",
+            "[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n{extra}\n",
             self.file("ca.pem"),
             self.file(&format!("node-{id}.pem")),
             self.file(&format!("node-{id}.key")),

@@ -410,3 +410,90 @@ async fn every_mutation_is_recorded_with_who_what_and_when_on_every_node() {
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("operator (operate) via node"), "{table}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automation_token_stands_in_for_a_certificate_with_its_role() {
+    use faxi_watchdog::tls::{Role, new_token};
+    let dir = tempfile::tempdir().unwrap();
+    let (token, entry) = new_token("ci-bot", Role::Operate).unwrap();
+    std::fs::write(dir.path().join("tokens.toml"), entry).unwrap();
+    std::fs::write(dir.path().join("token"), format!("{token}\n")).unwrap();
+    std::fs::write(dir.path().join("wrong"), "0123456789abcdef\n").unwrap();
+    let app = AppStub::start().await;
+    let mut spec = spec();
+    spec.tls = format!(
+        "tokens_file = {:?}\n",
+        dir.path().join("tokens.toml").display().to_string()
+    );
+    let c = Cluster::start(&spec, &ctx(&app)).await;
+    let (leader, _) = c.wait_leader(&[0, 1, 2], LONG).await;
+    let ca = shared().dir.join("ca.pem").display().to_string();
+    let eps = c.endpoints(&[0, 1, 2]);
+    let faxictl = |token: &'static str, args: &'static [&'static str]| {
+        let (ca, eps, file) = (ca.clone(), eps.clone(), dir.path().join(token));
+        async move {
+            let out = tokio::process::Command::new(faxi_tests::workspace_bin("faxictl"))
+                .args(["--config", "/dev/null", "--ca", &ca, "--token-file"])
+                .arg(&file)
+                .args(args)
+                .env("FAXI_ENDPOINTS", &eps)
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    // The token reads, and does what its role allows.
+    let (code, _, err) = faxictl("token", &["status"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let follower = (1..=3u64).find(|id| *id != leader).unwrap();
+    let to = follower.to_string();
+    let out = tokio::process::Command::new(faxi_tests::workspace_bin("faxictl"))
+        .args(["--config", "/dev/null", "--ca", &ca, "--token-file"])
+        .arg(dir.path().join("token"))
+        .args(["transfer-leader", &to])
+        .env("FAXI_ENDPOINTS", &eps)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Not more.
+    let (code, _, err) = faxictl("token", &["members", "remove", "3"]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("ci-bot (operate) may not"), "{err}");
+    // A token the nodes do not know: nothing.
+    let (code, _, err) = faxictl("wrong", &["status"]).await;
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("not one of this cluster's tokens"), "{err}");
+    // The audit log names the token's holder.
+    let (code, out, err) = faxictl("token", &["audit", "-o", "json"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("ci-bot (operate)"), "{out}");
+    // A token cannot speak raft: peers need their certificate.
+    let no_cert = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            std::fs::read(shared().dir.join("ca.pem")).unwrap(),
+        ))
+        .domain_name(faxi_watchdog::tls::ANY_NODE);
+    let mut req = tonic::Request::new(RaftBatch {
+        from: 2,
+        to: 1,
+        messages: vec![message(2, 1, 5)],
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let e = PeerClient::new(shared().channel_with(c.nodes[0].grpc, no_cert))
+        .step(req)
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("ci-bot (operate)"), "{e}");
+}

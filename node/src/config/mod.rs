@@ -123,6 +123,9 @@ pub enum TlsConfig {
         cert: PathBuf,
         /// Its private key (PEM).
         key: PathBuf,
+        /// Automation tokens (`[[token]]` entries with a name, a role and
+        /// the token's SHA-256), for clients without a certificate.
+        tokens_file: Option<PathBuf>,
     },
     /// No TLS, no authentication: anyone who reaches the port can steer
     /// the cluster. For a laptop or a lab only; logged loudly.
@@ -219,8 +222,17 @@ impl Config {
             file: path.to_owned(),
             problems,
         })?;
-        if let (TlsConfig::Files { ca, cert, key }, Some(dir)) = (&mut config.tls, path.parent()) {
-            for f in [ca, cert, key] {
+        if let (
+            TlsConfig::Files {
+                ca,
+                cert,
+                key,
+                tokens_file,
+            },
+            Some(dir),
+        ) = (&mut config.tls, path.parent())
+        {
+            for f in [ca, cert, key].into_iter().chain(tokens_file.as_mut()) {
                 if f.is_relative() {
                     *f = dir.join(&*f);
                 }
@@ -371,6 +383,10 @@ fn parse_tls(t: Option<&toml::Table>, present: bool, p: &mut Vec<Problem>) -> Op
     };
     let mut s = Section::new(t, "tls");
     let insecure = s.boolean("insecure", p).unwrap_or(false);
+    let tokens_file = s.string("tokens_file", p);
+    if tokens_file.as_deref() == Some("") {
+        p.push(Problem::new("tls.tokens_file", "must not be empty"));
+    }
     let mut files = Vec::new();
     for key in ["ca", "cert", "key"] {
         let v = s.string(key, p);
@@ -388,6 +404,13 @@ fn parse_tls(t: Option<&toml::Table>, present: bool, p: &mut Vec<Problem>) -> Op
             .filter(|(_, v)| v.is_some())
             .map(|(k, _)| *k)
             .collect();
+        if tokens_file.is_some() {
+            p.push(Problem::new(
+                "tls.tokens_file",
+                "tokens need TLS: insecure = true cannot go with tokens_file",
+            ));
+            return None;
+        }
         if !given.is_empty() {
             p.push(Problem::new(
                 "tls.insecure",
@@ -425,6 +448,7 @@ fn parse_tls(t: Option<&toml::Table>, present: bool, p: &mut Vec<Problem>) -> Op
         ca: it.next()?,
         cert: it.next()?,
         key: it.next()?,
+        tokens_file: tokens_file.filter(|f| !f.is_empty()).map(PathBuf::from),
     })
 }
 

@@ -198,7 +198,8 @@ fn tls_is_required_unless_insecure_is_said_and_not_both() {
         TlsConfig::Files {
             ca: "ca.pem".into(),
             cert: "/etc/n.pem".into(),
-            key: "n.key".into()
+            key: "n.key".into(),
+            tokens_file: None,
         }
     );
     // Relative paths are read from the config file's directory.
@@ -215,7 +216,8 @@ fn tls_is_required_unless_insecure_is_said_and_not_both() {
         TlsConfig::Files {
             ca: dir.path().join("ca.pem"),
             cert: "/etc/n.pem".into(),
-            key: dir.path().join("n.key")
+            key: dir.path().join("n.key"),
+            tokens_file: None,
         }
     );
 }
