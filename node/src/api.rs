@@ -36,6 +36,8 @@ use crate::tls::{Caller, Role, Tls, caller_of};
 
 /// Deadline for a membership change to commit.
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// Longest a write waits for a leader to be known (an election's length).
+const LEADER_WAIT: Duration = Duration::from_secs(3);
 /// Deadline for a leadership transfer to take effect.
 const TRANSFER_DEADLINE: Duration = Duration::from_secs(5);
 /// Fewest milliseconds between two messages of a watch stream.
@@ -839,7 +841,7 @@ impl Api {
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         let r = request.get_ref().clone();
         let member = new_member(&r)?;
-        if let Some((leader, addr)) = self.leader_elsewhere(&request)? {
+        if let Some((leader, addr)) = self.leader_elsewhere(&request).await? {
             return leader_client(
                 self.tls.as_deref(),
                 leader,
@@ -860,7 +862,7 @@ impl Api {
         audit: &Audit,
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         let pb::RemoveMemberRequest { id, force } = *request.get_ref();
-        if let Some((leader, addr)) = self.leader_elsewhere(&request)? {
+        if let Some((leader, addr)) = self.leader_elsewhere(&request).await? {
             return leader_client(
                 self.tls.as_deref(),
                 leader,
@@ -936,7 +938,7 @@ impl Api {
         if !self.mesh.read().sm.members().contains_key(&to) {
             return Err(Status::not_found(format!("node {to} is not a member")));
         }
-        if let Some((leader, addr)) = self.leader_elsewhere(&request)? {
+        if let Some((leader, addr)) = self.leader_elsewhere(&request).await? {
             return leader_client(
                 self.tls.as_deref(),
                 leader,
@@ -964,15 +966,12 @@ impl Api {
     /// request should be carried there; `None` when this node leads. A
     /// request that was already carried once is refused rather than
     /// carried again.
-    fn leader_elsewhere<T>(
+    async fn leader_elsewhere<T>(
         &self,
         request: &Request<T>,
     ) -> Result<Option<(NodeId, Option<String>)>, Status> {
+        let leader = self.known_leader().await?;
         let s = self.mesh.read();
-        let leader = s.info.leader;
-        if leader == 0 {
-            return Err(to_status(MeshError::NoLeader));
-        }
         if leader == self.me {
             return Ok(None);
         }
@@ -986,6 +985,24 @@ impl Api {
             leader,
             s.sm.members().get(&leader).map(|m| m.addr.clone()),
         )))
+    }
+
+    /// The leader, waiting up to [`LEADER_WAIT`] while there is none (an
+    /// election, or a leadership transfer this node has not yet seen end:
+    /// a request carried here by the old leader arrives that soon).
+    async fn known_leader(&self) -> Result<NodeId, Status> {
+        let mut changes = self.mesh.subscribe();
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            let leader = self.mesh.read().info.leader;
+            if leader != 0 {
+                return Ok(leader);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Err(to_status(MeshError::NoLeader)),
+            }
+        }
     }
 
     /// On the leader: hands leadership to `to` and waits until it took

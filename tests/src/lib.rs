@@ -26,8 +26,25 @@ use tokio::time::Instant;
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
+    // Below Linux's ephemeral range (32768-60999 by default), so that no
+    // outgoing connection takes the port between now and its listener's
+    // bind, and never the same port twice in one test process.
+    const FROM: u16 = 20_000;
+    const TO: u16 = 32_000;
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..10_000 {
+        let port = rand::random_range(FROM..TO);
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port in {FROM}-{TO}");
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or panics after
