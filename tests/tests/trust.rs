@@ -497,3 +497,149 @@ async fn an_automation_token_stands_in_for_a_certificate_with_its_role() {
         .unwrap_err();
     assert!(e.message().contains("ci-bot (operate)"), "{e}");
 }
+
+/// Sum of every series of `name` in a Prometheus text.
+fn total(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compromised_member_cannot_panic_wedge_or_steer_the_leader() {
+    use protobuf::Message as _;
+    use raft::eraftpb::{Entry, Message, MessageType, Snapshot};
+    let app = AppStub::start().await;
+    let c = Cluster::start(&spec(), &ctx(&app)).await;
+    let (leader, term) = c.wait_leader(&[0, 1, 2], LONG).await;
+    let li = c.index(leader);
+    let s = c.status(li).await.unwrap().cluster.unwrap();
+    let cluster_id = s.cluster_id.clone();
+    // A follower's key is stolen: the attacker speaks as that node, with
+    // its real certificate, to the leader.
+    let sender = (1..=3u64).find(|id| *id != leader).unwrap();
+    let tls = shared();
+    let channel = tls.channel_with(
+        c.nodes[li].grpc,
+        tls.client_files(
+            &tls.dir.join(format!("node-{sender}.pem")),
+            &tls.dir.join(format!("node-{sender}.key")),
+        ),
+    );
+    let msg = |t: MessageType, term: u64| {
+        let mut m = Message::default();
+        m.set_msg_type(t);
+        m.from = sender;
+        m.to = leader;
+        m.term = term;
+        m
+    };
+    let other = (1..=3u64)
+        .find(|id| *id != leader && *id != sender)
+        .unwrap();
+    let observe_for_other =
+        faxi_watchdog::mesh::driver::encode(&faxi_watchdog::mesh::state::Command::Observe {
+            node: other,
+            at_ms: 253_402_300_799_000,
+            valid_for_ms: 3_600_000,
+            seen: vec![faxi_watchdog::mesh::state::Seen {
+                target: "app".into(),
+                verdict: faxi_watchdog::mesh::state::State::Down,
+                latency_us: 1,
+                error: Some("forged".into()),
+            }],
+        })
+        .unwrap();
+    let mut attacks = Vec::new();
+    // A term from nowhere.
+    attacks.push(msg(MessageType::MsgHeartbeat, u64::MAX));
+    // An empty proposal.
+    attacks.push(msg(MessageType::MsgPropose, 0));
+    // A proposal of another node's observation, from the far future.
+    let mut p = msg(MessageType::MsgPropose, 0);
+    p.set_entries(
+        vec![Entry {
+            data: observe_for_other.into(),
+            ..Default::default()
+        }]
+        .into(),
+    );
+    attacks.push(p);
+    // A heartbeat with a commit past the log, as if it led.
+    let mut hb = msg(MessageType::MsgHeartbeat, term);
+    hb.commit = 1 << 40;
+    attacks.push(hb);
+    // A snapshot of garbage.
+    let mut snap = msg(MessageType::MsgSnapshot, term);
+    let mut sn = Snapshot {
+        data: b"\x00garbage\xff".to_vec().into(),
+        ..Default::default()
+    };
+    sn.mut_metadata().index = 1 << 20;
+    sn.mut_metadata().term = term;
+    snap.set_snapshot(sn);
+    attacks.push(snap);
+    // TimeoutNow, again and again.
+    for _ in 0..3 {
+        attacks.push(msg(MessageType::MsgTimeoutNow, term + 1));
+    }
+    let metrics = c.nodes[li].metrics;
+    let refused_before = total(
+        &http_get(metrics, "/metrics").await.unwrap(),
+        "faxi_raft_messages_refused_total",
+    );
+    let mut peer = PeerClient::new(channel);
+    for m in &attacks {
+        // The edge may take the batch (its envelope is a member's); the
+        // driver then refuses the message.
+        let _ = peer
+            .step(RaftBatch {
+                from: sender,
+                to: leader,
+                messages: vec![m.write_to_bytes().unwrap()],
+                cluster_id: cluster_id.clone(),
+                ..Default::default()
+            })
+            .await;
+    }
+    wait_for("every attack refused and counted", LONG, || async {
+        let now = total(
+            &http_get(metrics, "/metrics").await?,
+            "faxi_raft_messages_refused_total",
+        );
+        if now >= refused_before + attacks.len() as f64 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} refused of {}",
+                now - refused_before,
+                attacks.len()
+            ))
+        }
+    })
+    .await;
+    // Nothing moved: the same leader and term, and the cluster commits on.
+    let before = commit(&c, li).await;
+    wait_for("the cluster committing on", LONG, || async {
+        let s = c.status(li).await?.cluster.unwrap_or_default();
+        if s.commit_index > before && (s.leader, s.term) == (leader, term) {
+            Ok(())
+        } else {
+            Err(format!(
+                "leader {} term {} commit {}",
+                s.leader, s.term, s.commit_index
+            ))
+        }
+    })
+    .await;
+    // No node took an observation for another node, or a stamp from the
+    // far future.
+    let s = c.status(li).await.unwrap();
+    let app = s.targets.iter().find(|t| t.name == "app").unwrap();
+    assert_eq!(app.state, "UP", "{app:?}");
+    for n in &app.nodes {
+        assert!(n.at_unix_ms < 253_402_300_000_000, "{app:?}");
+        assert_ne!(n.error, "forged", "{app:?}");
+    }
+}
