@@ -1211,6 +1211,16 @@ mod tests {
     }
 
     #[test]
+    fn a_full_driver_inbox_is_resource_exhausted_for_the_caller() {
+        // The caller hears "overloaded" (and faxictl tries elsewhere), never
+        // a blocked RPC: `driver::inbox_tests` shows the inbox refuses.
+        assert_eq!(
+            to_status(MeshError::Busy).code(),
+            tonic::Code::ResourceExhausted
+        );
+    }
+
+    #[test]
     fn glob_matches_exact_names_stars_and_question_marks() {
         for (p, t) in [
             ("redis", "redis"),

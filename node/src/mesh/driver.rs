@@ -1675,3 +1675,28 @@ fn config_mismatch(peers: &[(NodeId, Member)], members: &BTreeMap<NodeId, Member
     }
     out
 }
+
+#[cfg(test)]
+mod inbox_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_full_inbox_refuses_at_once_with_busy_and_nothing_blocks() {
+        // The inbox's size is the only thing that differs from a node's
+        // (INBOX); nothing drains it, as when the raft thread is stalled.
+        let size = 8;
+        let (tx, _rx) = std::sync::mpsc::sync_channel(size);
+        let (_v, version) = watch::channel(0);
+        let mesh = Mesh {
+            tx,
+            stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            shared: Arc::new(RwLock::new(Shared::default())),
+            version,
+        };
+        for _ in 0..size {
+            mesh.send(Input::Unreachable(2)).unwrap();
+        }
+        assert_eq!(mesh.send(Input::Unreachable(2)), Err(MeshError::Busy));
+    }
+}

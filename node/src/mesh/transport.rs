@@ -321,3 +321,69 @@ async fn run_link(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A peer that accepts connections and never says a word: the link's
+    /// first call waits, and its queue fills.
+    async fn silent_peer() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_does_not_drain_its_queue_loses_messages_not_memory() {
+        let (addr, _peer) = silent_peer().await;
+        let (tx, _rx) = std::sync::mpsc::sync_channel(16);
+        let mut t = Transport::new(1, tokio::runtime::Handle::current(), tx, None);
+        let me = Identity {
+            cluster_id: "c".into(),
+            id: 1,
+            instance: 1,
+            bound_at: 0,
+        };
+        let book = BTreeMap::from([(
+            2,
+            PeerAddr {
+                addr: addr.to_string(),
+                instance: 0,
+            },
+        )]);
+        t.set_peers(&me, book);
+        // Snapshots, so that the transport says which it could not queue.
+        let sends = QUEUE + BATCH + 1_000;
+        let msgs: Vec<Message> = (0..sends)
+            .map(|_| {
+                let mut m = Message::default();
+                m.set_msg_type(MessageType::MsgSnapshot);
+                m.from = 1;
+                m.to = 2;
+                m
+            })
+            .collect();
+        let failed = t.send(msgs);
+        // At most the queue and one batch in flight were taken; the rest
+        // were refused at once, and the driver is told.
+        assert!(
+            failed.len() >= sends - QUEUE - BATCH,
+            "{} of {sends} refused",
+            failed.len()
+        );
+        assert!(failed.iter().all(|id| *id == 2));
+        // A message for a node with no address is refused too.
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        m.to = 9;
+        assert_eq!(t.send(vec![m]), vec![9]);
+    }
+}
