@@ -110,6 +110,7 @@ fn status_value(s: &pb::StatusResponse) -> Value {
                     "error": if n.error.is_empty() { Value::Null } else { Value::String(n.error.clone()) },
                     "fresh": n.fresh,
                     "at": rfc3339(n.at_unix_ms),
+                    "measured_at": rfc3339(n.measured_at_unix_ms),
                 })).collect::<Vec<_>>(),
             })
         })
@@ -533,6 +534,7 @@ mod tests {
                     error: "x".into(),
                     fresh: true,
                     at_unix_ms: time,
+                    measured_at_unix_ms: time,
                 }],
             }],
             incidents: vec![pb::Incident {

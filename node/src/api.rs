@@ -272,6 +272,7 @@ impl Api {
                         error: v.error.clone().unwrap_or_default(),
                         fresh: v.expires_at_ms >= now,
                         at_unix_ms: i64::try_from(v.at_ms).unwrap_or(i64::MAX),
+                        measured_at_unix_ms: i64::try_from(v.measured_at_ms).unwrap_or(i64::MAX),
                     })
                     .collect(),
                 _ => Vec::new(),

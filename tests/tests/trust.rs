@@ -549,6 +549,7 @@ async fn a_compromised_member_cannot_panic_wedge_or_steer_the_leader() {
                 latency_us: 1,
                 error: Some("forged".into()),
             }],
+            whole: false,
         })
         .unwrap();
     let mut attacks = Vec::new();

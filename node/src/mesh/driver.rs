@@ -531,7 +531,7 @@ fn parse_ctx(ctx: &[u8]) -> Option<(NodeId, u64, u64)> {
 
 /// Encodes a command as an entry's data.
 pub fn encode(cmd: &Command) -> Result<Vec<u8>, MeshError> {
-    serde_json::to_vec(cmd).map_err(|e| MeshError::Invalid(format!("cannot encode: {e}")))
+    super::codec::encode(cmd).map_err(MeshError::Invalid)
 }
 
 /// Decodes an entry's data (the simulator's oracle reads the log too).
@@ -540,7 +540,7 @@ pub fn decode_command(data: &[u8]) -> Result<Command, String> {
 }
 
 fn decode(data: &[u8]) -> Result<Command, String> {
-    serde_json::from_slice(data).map_err(|e| e.to_string())
+    super::codec::decode(data)
 }
 
 fn role_str(r: StateRole) -> &'static str {
@@ -814,7 +814,9 @@ impl<O: Outbox> Core<O> {
                         return Some("forwarded_conf_change");
                     }
                     match decode(&e.data) {
-                        Ok(Command::Observe { node, .. }) if node == m.from => {}
+                        // A follower forwards its own reports only.
+                        Ok(Command::Observe { node, .. } | Command::Refresh { node, .. })
+                            if node == m.from => {}
                         _ => return Some("foreign_proposal"),
                     }
                 }
@@ -1082,8 +1084,8 @@ impl<O: Outbox> Core<O> {
                     ConfChangeType::AddLearnerNode
                 });
                 cc.node_id = *id;
-                cc.context = serde_json::to_vec(&member)
-                    .map_err(|e| MeshError::Invalid(e.to_string()))?
+                cc.context = super::codec::encode(&member)
+                    .map_err(MeshError::Invalid)?
                     .into();
             }
             MemberChange::Remove(id, force) | MemberChange::CheckRemove(id, force) => {
@@ -1158,7 +1160,7 @@ impl<O: Outbox> Core<O> {
         let mut cc = ConfChange::default();
         cc.set_change_type(ConfChangeType::AddNode);
         cc.node_id = id;
-        match serde_json::to_vec(&member) {
+        match super::codec::encode(&member) {
             Ok(b) => cc.context = b.into(),
             Err(_) => return,
         }
@@ -1306,7 +1308,7 @@ impl<O: Outbox> Core<O> {
         };
         let member = match cc.get_change_type() {
             ConfChangeType::RemoveNode => None,
-            _ => match serde_json::from_slice::<Member>(&cc.context) {
+            _ => match super::codec::decode::<Member>(&cc.context) {
                 Ok(m) => Some(m),
                 Err(err) => {
                     tracing::error!(index = e.index, error = %err, "skipping a conf change without a member");

@@ -2,6 +2,8 @@
 //!
 //! - `state`: the pure replicated state machine (observations in, agreed
 //!   state out);
+//! - `codec`: how commands and snapshots are written (versioned binary;
+//!   older JSON still read);
 //! - `storage`: the Raft log on sled;
 //! - `driver`: the thread that owns raft-rs's `RawNode`, the log and the
 //!   state machine;
@@ -11,6 +13,7 @@
 // node/clippy.toml bans sled and protobuf outside the modules that own
 // them; these allowances are the whole list (ARCHITECTURE.md, invariants).
 // The driver decodes raft-rs's conf changes (protobuf) from the log.
+pub mod codec;
 #[allow(clippy::disallowed_types, clippy::disallowed_methods)]
 pub mod driver;
 pub mod guard;

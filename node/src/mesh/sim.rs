@@ -39,6 +39,7 @@ use super::driver::{
     Core, DriverConfig, Identity, Input, MemberChange, MeshError, Outbox, PeerAddr, cfg_jitter,
 };
 use super::guard::{self, Envelope};
+use super::proposer;
 use super::state::{Command, Member, NodeId, Seen, State};
 use super::storage::SledStorage;
 
@@ -136,6 +137,9 @@ struct SimNode {
     checked: u64,
     /// Still part of the run (a removed node is stopped for good).
     retired: bool,
+    /// What this node's proposer believes the log holds for it (as the
+    /// real proposer's `sent`): `None` until its whole set is committed.
+    sent: Option<State>,
 }
 
 /// How rough the network and the nodes are in one run.
@@ -172,6 +176,9 @@ pub struct Tally {
     wiped: usize,
     refused: usize,
     promoted: usize,
+    /// Refreshes taken, and refused for a stale digest.
+    refreshed: usize,
+    stale_digests: usize,
 }
 
 /// A membership operation in progress.
@@ -199,7 +206,9 @@ struct Sim {
     zones: usize,
     tally: Tally,
     ops: Vec<Op>,
-    replies: Vec<oneshot::Receiver<Result<u64, MeshError>>>,
+    /// Answers awaited; with the proposing node and what it reported
+    /// (`Some(verdict)` for an observation, `None` for a refresh).
+    replies: Vec<(Option<Reported>, Answer)>,
     /// The leader's agreed state of "t" at the last step.
     last_leader_state: Option<(NodeId, State)>,
     /// Plant the bug "acknowledge before the write is flushed".
@@ -208,6 +217,12 @@ struct Sim {
     /// members only) are off; only panics and liveness are checked.
     byzantine: bool,
 }
+
+/// Who proposed, and what: `Some(verdict)` for an observation, `None` for
+/// a refresh.
+type Reported = (NodeId, Option<State>);
+/// A proposal's answer, awaited.
+type Answer = oneshot::Receiver<Result<u64, MeshError>>;
 
 const TICK_MS: u64 = 100;
 const STEP_MS: u64 = 10;
@@ -314,6 +329,7 @@ impl Sim {
             restart_at_ms: 0,
             checked: 0,
             retired: false,
+            sent: None,
         };
         self.nodes.push(node);
     }
@@ -549,40 +565,84 @@ impl Sim {
         }
     }
 
-    /// Observations: on change and as a refresh, as the proposer does,
-    /// stamped with the node's own (skewed) clock.
+    /// Observations, as the proposer makes them (`mesh::proposer`): the
+    /// whole set (here, the one target) until it is committed, then a
+    /// change when the verdict changed, else a refresh with the digest of
+    /// what the node believes the log holds; a refused report sends the
+    /// whole set next. Stamped with the node's own (skewed) clock.
     fn observe_step(&mut self) {
         for i in 0..self.nodes.len() {
             if self.nodes[i].core.is_none() || !self.rng.random_bool(0.03) {
                 continue;
             }
-            let clock = self.now_ms.saturating_add_signed(self.nodes[i].skew_ms);
-            let cmd = Command::Observe {
-                node: self.nodes[i].id,
-                at_ms: clock,
-                valid_for_ms: VALID_FOR_MS,
-                seen: vec![Seen {
-                    target: "t".into(),
-                    verdict: self.nodes[i].verdict,
-                    latency_us: 1000,
-                    error: None,
-                }],
+            let n = &self.nodes[i];
+            let clock = self.now_ms.saturating_add_signed(n.skew_ms);
+            let report = |verdict| Seen {
+                target: "t".into(),
+                verdict,
+                latency_us: 1000,
+                error: None,
+            };
+            let (cmd, said) = match n.sent {
+                Some(v) if v == n.verdict => (
+                    Command::Refresh {
+                        node: n.id,
+                        at_ms: clock,
+                        valid_for_ms: VALID_FOR_MS,
+                        digest: proposer::digest_of(
+                            &[("t".to_owned(), report(v))].into_iter().collect(),
+                        ),
+                    },
+                    None,
+                ),
+                sent => (
+                    Command::Observe {
+                        node: n.id,
+                        at_ms: clock,
+                        valid_for_ms: VALID_FOR_MS,
+                        seen: vec![report(n.verdict)],
+                        whole: sent.is_none(),
+                    },
+                    Some(n.verdict),
+                ),
             };
             let (tx, rx) = oneshot::channel();
-            self.replies.push(rx);
+            self.replies.push((Some((n.id, said)), rx));
             self.run_core(i, vec![Input::Propose(cmd, tx)], false);
         }
     }
 
     fn answers_step(&mut self) {
         let mut left = Vec::new();
-        for mut rx in std::mem::take(&mut self.replies) {
-            match rx.try_recv() {
-                Ok(Ok(_)) => self.tally.answered += 1,
-                Ok(Err(MeshError::Rejected(_))) => self.tally.rejected += 1,
-                Ok(Err(_)) => {}
-                Err(oneshot::error::TryRecvError::Empty) => left.push(rx),
-                Err(oneshot::error::TryRecvError::Closed) => {}
+        for (who, mut rx) in std::mem::take(&mut self.replies) {
+            let answer = match rx.try_recv() {
+                Ok(a) => a,
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    left.push((who, rx));
+                    continue;
+                }
+                Err(oneshot::error::TryRecvError::Closed) => continue,
+            };
+            let node = who.and_then(|(id, said)| self.index(id).map(|i| (i, said)));
+            match answer {
+                Ok(_) => {
+                    self.tally.answered += 1;
+                    match node {
+                        Some((i, Some(v))) => self.nodes[i].sent = Some(v),
+                        Some((_, None)) => self.tally.refreshed += 1,
+                        None => {}
+                    }
+                }
+                Err(MeshError::Rejected(why)) => {
+                    self.tally.rejected += 1;
+                    if why.contains("digest") {
+                        self.tally.stale_digests += 1;
+                    }
+                    if let Some((i, _)) = node {
+                        self.nodes[i].sent = None;
+                    }
+                }
+                Err(_) => {}
             }
         }
         self.replies = left;
@@ -625,6 +685,8 @@ impl Sim {
         let n = &mut self.nodes[i];
         n.core = None;
         n.storage = storage;
+        // A restarted proposer knows nothing of the log: whole set first.
+        n.sent = None;
         n.nonce_refresh(&mut self.rng);
         n.restart_at_ms = self.now_ms + self.rng.random_range(200..3_000);
         if wipe {
@@ -749,7 +811,7 @@ impl Sim {
     fn propose_member(&mut self, change: MemberChange) {
         let Some(l) = self.leader() else { return };
         let (tx, rx) = oneshot::channel();
-        self.replies.push(rx);
+        self.replies.push((None, rx));
         self.run_core(l, vec![Input::Member(change, tx)], false);
     }
 
@@ -1118,6 +1180,8 @@ fn add(total: &mut Tally, t: &Tally) {
     total.wiped += t.wiped;
     total.refused += t.refused;
     total.promoted += t.promoted;
+    total.refreshed += t.refreshed;
+    total.stale_digests += t.stale_digests;
 }
 
 #[test]
@@ -1158,6 +1222,8 @@ fn seeded_fault_runs_keep_raft_and_agreement_safe_and_converge() {
             ("wiped disks", total.wiped),
             ("refused batches", total.refused),
             ("promotions", total.promoted),
+            ("refreshes taken", total.refreshed),
+            ("refreshes refused for a stale digest", total.stale_digests),
         ] {
             assert!(n > 0, "no {what} in {} runs: {total:?}", seeds.len());
         }
@@ -1436,8 +1502,16 @@ fn hostile_message(rng: &mut StdRng, from: NodeId, to: NodeId, cur: (u64, u64, u
         };
         e.index = idx;
         e.term = pick(rng, term);
-        e.data = match rng.random_range(0..3) {
+        e.data = match rng.random_range(0..4) {
             0 => Vec::new().into(),
+            3 => super::driver::encode(&Command::Refresh {
+                node: if rng.random_bool(0.5) { from } else { to },
+                at_ms: pick(rng, 1_000_000),
+                valid_for_ms: pick(rng, 3_000),
+                digest: rng.random(),
+            })
+            .unwrap()
+            .into(),
             1 => (0..rng.random_range(1..40))
                 .map(|_| rng.random::<u8>())
                 .collect::<Vec<u8>>()
@@ -1452,6 +1526,7 @@ fn hostile_message(rng: &mut StdRng, from: NodeId, to: NodeId, cur: (u64, u64, u
                     latency_us: 1,
                     error: None,
                 }],
+                whole: false,
             })
             .unwrap()
             .into(),

@@ -119,6 +119,17 @@ pub enum State {
 }
 
 impl State {
+    /// The byte that stands for it in a [`digest`]: fixed for good.
+    pub fn code(self) -> u8 {
+        match self {
+            State::Unknown => 0,
+            State::Up => 1,
+            State::Down => 2,
+            State::Suspect => 3,
+            State::Stale => 4,
+        }
+    }
+
     /// Upper-case, as status output and scripts expect.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -184,6 +195,12 @@ pub enum Command {
         valid_for_ms: u64,
         /// Changed or refreshed verdicts.
         seen: Vec<Seen>,
+        /// `seen` is the node's whole verdict set: its views of targets
+        /// not in it are dropped (the proposer sends one at start and when
+        /// a [`Command::Refresh`] was refused). Absent in entries from
+        /// before it: false.
+        #[serde(default)]
+        whole: bool,
     },
     /// Adds or replaces a member (its zone and address).
     SetMember {
@@ -200,6 +217,23 @@ pub enum Command {
     /// Records an operator's request (who, what, when) before the leader
     /// acts on it; the oldest records go past [`MAX_AUDIT`].
     Audit(AuditRecord),
+    /// Node `node` confirms, at `at_ms` on its own clock, every verdict it
+    /// has on record, without sending them again: taken as an `Observe` of
+    /// exactly the node's recorded views (verdict, latency and error as
+    /// recorded) stamped `at_ms`, if `digest` is the [`digest`] of those
+    /// views; otherwise refused ([`Rejected::StaleDigest`]), and the
+    /// proposer sends its whole set instead. Its size does not grow with
+    /// the number of targets.
+    Refresh {
+        /// The proposer.
+        node: NodeId,
+        /// Proposer clock, Unix milliseconds.
+        at_ms: u64,
+        /// How long the confirmed verdicts stay fresh.
+        valid_for_ms: u64,
+        /// [`digest`] of the verdicts the proposer believes are recorded.
+        digest: u64,
+    },
 }
 
 /// Most audit records the state keeps (the oldest go first).
@@ -233,6 +267,10 @@ pub struct NodeView {
     pub at_ms: u64,
     /// When it stops counting (log time).
     pub expires_at_ms: u64,
+    /// When the report that carried `latency_us` and `error` was taken
+    /// (proposer clock): a [`Command::Refresh`] moves `at_ms`, not this.
+    #[serde(default)]
+    pub measured_at_ms: u64,
 }
 
 /// A target's agreed state and the evidence behind it.
@@ -308,6 +346,21 @@ pub enum Rejected {
     /// characters.
     #[error("audit {0} {1}: 1 to {MAX_AUDIT_TEXT} bytes without control characters")]
     AuditText(&'static str, Shown),
+    /// A refresh whose digest is not that of the node's recorded views:
+    /// the proposer's idea of them is out of date.
+    #[error(
+        "refresh from node {node}: digest {got:016x} is not that of its {views} recorded view(s) ({want:016x})"
+    )]
+    StaleDigest {
+        /// The proposer.
+        node: NodeId,
+        /// The digest it sent.
+        got: u64,
+        /// The digest of what is recorded.
+        want: u64,
+        /// How many views are recorded for it.
+        views: usize,
+    },
     /// A member address that another member has.
     #[error("addr {addr} is already node {other}'s address")]
     DuplicateAddr {
@@ -399,6 +452,49 @@ pub fn clip_error(error: &str) -> String {
     format!("{}…", &error[..cut])
 }
 
+/// The digest of one node's verdict set, as [`Command::Refresh`] carries
+/// it: 64-bit FNV-1a over each view, in ascending byte order of the target
+/// names: the name's length (8 bytes, little-endian) and bytes, the
+/// verdict's [`State::code`], the latency in microseconds (8 bytes,
+/// little-endian), then the error: a 0 byte for none, or a 1 byte, its
+/// length (8 bytes, little-endian) and bytes. The definition is part of the
+/// replicated rules: every node, of any version, must compute the same
+/// digest. Any one changed verdict, latency or error changes it.
+pub fn digest<'a>(views: impl IntoIterator<Item = (&'a str, State, u64, Option<&'a str>)>) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(PRIME);
+        }
+    };
+    for (target, verdict, latency_us, error) in views {
+        eat(&(target.len() as u64).to_le_bytes());
+        eat(target.as_bytes());
+        eat(&[verdict.code()]);
+        eat(&latency_us.to_le_bytes());
+        match error {
+            None => eat(&[0]),
+            Some(e) => {
+                eat(&[1]);
+                eat(&(e.len() as u64).to_le_bytes());
+                eat(e.as_bytes());
+            }
+        }
+    }
+    h
+}
+
+/// Whether a report stamped `at_ms` is a proposal that waited behind the
+/// newer one that made a view stamped `old_at_ms`, and must not replace
+/// it; `prev` is the stamp of the node's report before this one (module
+/// doc: a clock that visibly stepped back counts again).
+fn delayed(old_at_ms: u64, at_ms: u64, prev: Option<u64>) -> bool {
+    old_at_ms > at_ms && !prev.is_some_and(|p| p < old_at_ms && p <= at_ms)
+}
+
 /// The whole replicated state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateMachine {
@@ -482,6 +578,20 @@ impl StateMachine {
         self.views.get(target)
     }
 
+    /// The [`digest`] of node `node`'s recorded views (expired ones
+    /// included), and how many there are: what a [`Command::Refresh`] from
+    /// it must carry.
+    pub fn digest_of(&self, node: NodeId) -> (u64, usize) {
+        let mut n = 0;
+        let d = digest(self.views.iter().filter_map(|(target, per_node)| {
+            per_node.get(&node).map(|v| {
+                n += 1;
+                (target.as_str(), v.verdict, v.latency_us, v.error.as_deref())
+            })
+        }));
+        (d, n)
+    }
+
     /// Whether [`StateMachine::apply`] would take `cmd` or refuse it, and
     /// why; changes nothing. Every refusal is decided here, before `apply`
     /// changes anything, so a refused command leaves the state as it was.
@@ -494,18 +604,11 @@ impl StateMachine {
                 at_ms,
                 valid_for_ms,
                 seen,
+                whole: _,
             } => {
-                if !self.members.contains_key(node) {
-                    return Err(Rejected::NotAMember(*node));
-                }
+                self.check_report(*node, *at_ms, *valid_for_ms)?;
                 if seen.len() > MAX_SEEN_PER_OBSERVE {
                     return Err(Rejected::TooManySeen(seen.len()));
-                }
-                if *valid_for_ms > MAX_VALID_FOR_MS {
-                    return Err(Rejected::ValidTooLong(*valid_for_ms));
-                }
-                if *at_ms > MAX_STAMP_MS {
-                    return Err(Rejected::StampTooLate(*at_ms));
                 }
                 for s in seen {
                     if let Some(why) = bad_name(&s.target) {
@@ -545,6 +648,23 @@ impl StateMachine {
                     return Err(Rejected::UnknownMember(*id));
                 }
             }
+            Command::Refresh {
+                node,
+                at_ms,
+                valid_for_ms,
+                digest: got,
+            } => {
+                self.check_report(*node, *at_ms, *valid_for_ms)?;
+                let (want, views) = self.digest_of(*node);
+                if want != *got {
+                    return Err(Rejected::StaleDigest {
+                        node: *node,
+                        got: *got,
+                        want,
+                        views,
+                    });
+                }
+            }
             Command::Audit(r) => {
                 if r.at_ms > MAX_STAMP_MS {
                     return Err(Rejected::StampTooLate(r.at_ms));
@@ -562,6 +682,21 @@ impl StateMachine {
         Ok(())
     }
 
+    /// What an observation and a refresh have in common: a member, a
+    /// validity of at most an hour, a stamp before the year 10000.
+    fn check_report(&self, node: NodeId, at_ms: u64, valid_for_ms: u64) -> Result<(), Rejected> {
+        if !self.members.contains_key(&node) {
+            return Err(Rejected::NotAMember(node));
+        }
+        if valid_for_ms > MAX_VALID_FOR_MS {
+            return Err(Rejected::ValidTooLong(valid_for_ms));
+        }
+        if at_ms > MAX_STAMP_MS {
+            return Err(Rejected::StampTooLate(at_ms));
+        }
+        Ok(())
+    }
+
     /// Applies one committed command; returns the agreed-state changes it
     /// caused (including expiries that log time's advance brought about).
     /// A command [`StateMachine::check`] refuses changes nothing.
@@ -575,11 +710,13 @@ impl StateMachine {
                 at_ms,
                 valid_for_ms,
                 seen,
+                whole,
             } => {
                 // The node's previous report, in log order.
                 let prev = self.clocks.insert(*node, *at_ms);
                 let settled_now = self.advance_log_time();
                 let expires_at_ms = self.log_now_ms.saturating_add(*valid_for_ms);
+                let mut names: BTreeSet<String> = BTreeSet::new();
                 for s in seen {
                     let view = NodeView {
                         verdict: s.verdict,
@@ -587,20 +724,68 @@ impl StateMachine {
                         error: s.error.as_deref().map(clip_error),
                         at_ms: *at_ms,
                         expires_at_ms,
+                        measured_at_ms: *at_ms,
                     };
                     let per_node = self.views.entry(s.target.clone()).or_default();
                     // An older report never overwrites a newer one, unless
                     // the node's clock visibly stepped back (module doc).
-                    let delayed = per_node.get(node).is_some_and(|old| {
-                        old.at_ms > *at_ms && !prev.is_some_and(|p| p < old.at_ms && p <= *at_ms)
-                    });
-                    if !delayed {
+                    if !per_node
+                        .get(node)
+                        .is_some_and(|old| delayed(old.at_ms, *at_ms, prev))
+                    {
                         per_node.insert(*node, view);
+                    }
+                    names.insert(s.target.clone());
+                }
+                if *whole {
+                    // The node's views of targets it no longer reports go,
+                    // under the same rule as a replacement.
+                    for (target, per_node) in &mut self.views {
+                        if names.contains(target) {
+                            continue;
+                        }
+                        if per_node
+                            .get(node)
+                            .is_some_and(|old| !delayed(old.at_ms, *at_ms, prev))
+                        {
+                            per_node.remove(node);
+                            names.insert(target.clone());
+                        }
                     }
                 }
                 self.next_expiry_ms = self.next_expiry_ms.min(expires_at_ms);
                 if !settled_now && self.log_now_ms <= self.next_expiry_ms {
-                    touched = Some(seen.iter().map(|s| s.target.clone()).collect());
+                    touched = Some(names);
+                }
+            }
+            Command::Refresh {
+                node,
+                at_ms,
+                valid_for_ms,
+                ..
+            } => {
+                let prev = self.clocks.insert(*node, *at_ms);
+                let settled_now = self.advance_log_time();
+                let now = self.log_now_ms;
+                let expires_at_ms = now.saturating_add(*valid_for_ms);
+                // Only a view that had expired can change its target's
+                // agreement: the others count before and after alike (and
+                // when log time passed an expiry, everything is recomputed).
+                let mut revived: BTreeSet<String> = BTreeSet::new();
+                for (target, per_node) in &mut self.views {
+                    if let Some(v) = per_node.get_mut(node)
+                        && !delayed(v.at_ms, *at_ms, prev)
+                    {
+                        if v.expires_at_ms < now {
+                            revived.insert(target.clone());
+                        }
+                        v.at_ms = *at_ms;
+                        v.expires_at_ms = expires_at_ms;
+                    }
+                }
+                self.next_expiry_ms = self.next_expiry_ms.min(expires_at_ms);
+                if !settled_now && self.log_now_ms <= self.next_expiry_ms {
+                    touched = Some(revived);
                 }
             }
             Command::SetMember { id, member } => {
@@ -730,12 +915,22 @@ impl StateMachine {
     /// Serialises the whole state (a Raft snapshot's data). An error here
     /// must stop the snapshot, never produce an empty one.
     pub fn snapshot(&self) -> Result<Vec<u8>, String> {
-        serde_json::to_vec(self).map_err(|e| format!("cannot serialise the state: {e}"))
+        super::codec::encode(self).map_err(|e| format!("cannot serialise the state: {e}"))
     }
 
-    /// Restores from [`StateMachine::snapshot`] output.
+    /// Restores from [`StateMachine::snapshot`] output, or from a snapshot
+    /// written before it (JSON, [`super::codec`]). In those, a view's
+    /// latency and error were always taken with it: `measured_at_ms` is
+    /// its `at_ms`, as applying the same entries now would make it.
     pub fn restore(data: &[u8]) -> Result<Self, String> {
-        serde_json::from_slice(data).map_err(|e| format!("corrupt state snapshot: {e}"))
+        let mut sm: Self =
+            super::codec::decode(data).map_err(|e| format!("corrupt state snapshot: {e}"))?;
+        if super::codec::is_legacy_json(data) {
+            for v in sm.views.values_mut().flat_map(BTreeMap::values_mut) {
+                v.measured_at_ms = v.at_ms;
+            }
+        }
+        Ok(sm)
     }
 }
 

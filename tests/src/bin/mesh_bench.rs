@@ -202,6 +202,7 @@ async fn commit_latency(args: &Args) -> String {
                 latency_us: 100,
                 error: None,
             }],
+            whole: false,
         };
         let t = Instant::now();
         meshes[l]
@@ -246,6 +247,7 @@ async fn throughput(args: &Args) -> String {
                     at_ms: now_ms(),
                     valid_for_ms: 15_000,
                     seen,
+                    whole: false,
                 };
                 if mesh.propose(cmd, Duration::from_secs(10)).await.is_ok() {
                     done += batch;

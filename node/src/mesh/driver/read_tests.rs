@@ -177,6 +177,7 @@ impl Net {
                 latency_us: 1,
                 error: None,
             }],
+            whole: false,
         };
         let (tx, _rx) = oneshot::channel();
         self.core(id)

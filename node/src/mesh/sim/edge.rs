@@ -161,6 +161,7 @@ fn attack_batches() -> Vec<Vec<u8>> {
             at_ms: u64::MAX / 2,
             valid_for_ms: u64::MAX,
             seen: Vec::new(),
+            whole: false,
         })
         .unwrap_or_default()
         .into(),

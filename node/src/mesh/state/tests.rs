@@ -43,6 +43,7 @@ fn observe(
             latency_us: 100,
             error: None,
         }],
+        whole: false,
     })
     .unwrap()
 }
@@ -66,6 +67,7 @@ fn observation(node: NodeId, at_ms: u64, valid_for_ms: u64, seen: Vec<Seen>) -> 
         at_ms,
         valid_for_ms,
         seen,
+        whole: false,
     }
 }
 
@@ -374,6 +376,7 @@ fn rejected_commands_leave_the_state_unchanged() {
                 latency_us: 1,
                 error: None,
             }],
+            whole: false,
         })
         .unwrap_err();
     assert_eq!(err, Rejected::NotAMember(9));
@@ -706,7 +709,11 @@ struct Oracle {
 #[derive(Debug, Clone)]
 struct Report {
     verdict: State,
+    latency_us: u64,
+    error: Option<String>,
     at: u64,
+    /// The stamp of the observation that carried verdict, latency, error.
+    measured_at: u64,
     /// Log time until which it counts, as noted (see `provisional`).
     until: u64,
     /// Noted before log time settled.
@@ -771,6 +778,7 @@ impl Oracle {
                 at_ms,
                 valid_for_ms,
                 seen,
+                whole,
             } => {
                 if !self.zone_of.contains_key(node) {
                     return Err(());
@@ -796,21 +804,16 @@ impl Oracle {
                 }
                 let prev = self.stamp.insert(*node, *at_ms);
                 self.move_log_time();
+                let provisional = self.settled.is_none();
                 for x in seen {
                     let key = (x.target.clone(), *node);
-                    let replace = match self.reports.get(&key) {
-                        None => true,
-                        // Newer; or the node's clock went back before its
-                        // previous report, and this one follows that one.
-                        Some(old) => {
-                            *at_ms >= old.at || prev.is_some_and(|p| p < old.at && *at_ms >= p)
-                        }
-                    };
-                    let provisional = self.settled.is_none();
-                    if replace {
+                    if Self::replaces(self.reports.get(&key), *at_ms, prev) {
                         let r = Report {
                             verdict: x.verdict,
+                            latency_us: x.latency_us,
+                            error: x.error.clone(),
                             at: *at_ms,
+                            measured_at: *at_ms,
                             until: self.now.saturating_add(*valid_for_ms),
                             provisional,
                         };
@@ -824,6 +827,45 @@ impl Oracle {
                         zones: BTreeMap::new(),
                         down_zones: Vec::new(),
                     });
+                }
+                if *whole {
+                    // The node's other reports go, as a replacement would.
+                    let named: BTreeSet<&String> = seen.iter().map(|x| &x.target).collect();
+                    let gone: Vec<(String, NodeId)> = self
+                        .reports
+                        .iter()
+                        .filter(|((t, n), r)| {
+                            n == node && !named.contains(t) && Self::replaces(Some(r), *at_ms, prev)
+                        })
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in gone {
+                        self.reports.remove(&k);
+                    }
+                }
+            }
+            Command::Refresh {
+                node,
+                at_ms,
+                valid_for_ms,
+                digest,
+            } => {
+                if !self.zone_of.contains_key(node)
+                    || *valid_for_ms > 3_600_000
+                    || *at_ms >= 253_402_300_800_000
+                    || *digest != self.digest(*node)
+                {
+                    return Err(());
+                }
+                let prev = self.stamp.insert(*node, *at_ms);
+                self.move_log_time();
+                let (now, provisional) = (self.now, self.settled.is_none());
+                for ((_, n), r) in self.reports.iter_mut() {
+                    if n == node && Self::replaces(Some(r), *at_ms, prev) {
+                        r.at = *at_ms;
+                        r.until = now.saturating_add(*valid_for_ms);
+                        r.provisional = provisional;
+                    }
                 }
             }
             Command::SetMember { id, member } => {
@@ -891,6 +933,63 @@ impl Oracle {
             rec.down_zones = down_zones;
         }
         Ok(out)
+    }
+
+    /// Whether a report stamped `at` replaces `old`: it is newer, or the
+    /// node's clock went back before its previous report (`prev`) and this
+    /// one follows that one.
+    fn replaces(old: Option<&Report>, at: u64, prev: Option<u64>) -> bool {
+        old.is_none_or(|old| at >= old.at || prev.is_some_and(|p| p < old.at && at >= p))
+    }
+
+    /// The digest of a node's reports, restated: FNV-1a (64 bits) over
+    /// each report in target order: name length and name, verdict code,
+    /// latency, error (0; or 1, length and bytes); integers as 8 bytes,
+    /// little-endian.
+    fn digest(&self, node: NodeId) -> u64 {
+        let mut bytes: Vec<u8> = Vec::new();
+        for ((t, _), r) in self.reports.iter().filter(|((_, n), _)| *n == node) {
+            bytes.extend((t.len() as u64).to_le_bytes());
+            bytes.extend(t.as_bytes());
+            let codes = [
+                State::Unknown,
+                State::Up,
+                State::Down,
+                State::Suspect,
+                State::Stale,
+            ];
+            bytes.push(codes.iter().position(|s| *s == r.verdict).unwrap() as u8);
+            bytes.extend(r.latency_us.to_le_bytes());
+            match &r.error {
+                None => bytes.push(0),
+                Some(e) => {
+                    bytes.push(1);
+                    bytes.extend((e.len() as u64).to_le_bytes());
+                    bytes.extend(e.as_bytes());
+                }
+            }
+        }
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        })
+    }
+
+    /// Every report as the state machine's views must hold it.
+    fn views(&self) -> BTreeMap<(String, NodeId), NodeView> {
+        self.reports
+            .iter()
+            .map(|(k, r)| {
+                let v = NodeView {
+                    verdict: r.verdict,
+                    latency_us: r.latency_us,
+                    error: r.error.clone(),
+                    at_ms: r.at,
+                    expires_at_ms: self.read(r.until, r.provisional),
+                    measured_at_ms: r.measured_at,
+                };
+                (k.clone(), v)
+            })
+            .collect()
     }
 
     /// Log time: with r member clocks in ascending order, the (f+1)-th
@@ -1002,11 +1101,31 @@ fn random_command(rng: &mut StdRng, clocks: &mut Clocks, zones: usize) -> Comman
                 target: targets[rng.random_range(0..targets.len())].into(),
                 verdict: verdicts[rng.random_range(0..verdicts.len())],
                 latency_us: rng.random_range(0..10_000),
-                error: None,
+                error: [None, None, Some("refused"), Some("timed out")][rng.random_range(0..4)]
+                    .map(String::from),
             })
             .collect()
     };
-    match rng.random_range(0..43) {
+    match rng.random_range(0..52) {
+        // A refresh: its digest is filled in by the caller (right, mostly).
+        43..=47 => Command::Refresh {
+            node,
+            at_ms: if rng.random_ratio(1, 8) {
+                clocks.read(node).saturating_sub(rng.random_range(0..5_000))
+            } else {
+                clocks.read(node)
+            },
+            valid_for_ms: [3_000, 1_000, 3_600_001][rng.random_range(0..3)],
+            digest: 0,
+        },
+        // A node's whole set: what it no longer names goes.
+        48..=51 => Command::Observe {
+            node,
+            at_ms: clocks.read(node),
+            valid_for_ms: 3_000,
+            seen: some_seen(rng),
+            whole: true,
+        },
         0 | 1 => Command::RemoveMember {
             id: rng.random_range(1..=7),
         },
@@ -1053,6 +1172,7 @@ fn random_command(rng: &mut StdRng, clocks: &mut Clocks, zones: usize) -> Comman
                 at_ms: clocks.read(node),
                 valid_for_ms: 3_000,
                 seen: vec![],
+                whole: false,
             }
         }
         // Crafted entries, at and past the limits.
@@ -1061,12 +1181,14 @@ fn random_command(rng: &mut StdRng, clocks: &mut Clocks, zones: usize) -> Comman
             at_ms: [MAX_STAMP_MS + 1, u64::MAX][rng.random_range(0..2)],
             valid_for_ms: 3_000,
             seen: some_seen(rng),
+            whole: false,
         },
         41 => Command::Observe {
             node,
             at_ms: clocks.read(node),
             valid_for_ms: [3_600_000, 3_600_001, u64::MAX][rng.random_range(0..3)],
             seen: some_seen(rng),
+            whole: false,
         },
         42 => {
             let names = ["", "p g", "pg\n", "é", &"n".repeat(128), &"n".repeat(129)];
@@ -1082,6 +1204,7 @@ fn random_command(rng: &mut StdRng, clocks: &mut Clocks, zones: usize) -> Comman
                 at_ms: clocks.read(node),
                 valid_for_ms: 3_000,
                 seen,
+                whole: false,
             }
         }
         n => Command::Observe {
@@ -1095,6 +1218,7 @@ fn random_command(rng: &mut StdRng, clocks: &mut Clocks, zones: usize) -> Comman
             },
             valid_for_ms: if n == 6 { 1_000 } else { 3_000 },
             seen: some_seen(rng),
+            whole: false,
         },
     }
 }
@@ -1115,7 +1239,7 @@ const LAYOUTS: [&[(NodeId, &str)]; 3] = [
 #[test]
 fn seeded_runs_match_the_oracle_and_replay_identically() {
     let mut reached: BTreeSet<State> = BTreeSet::new();
-    let (mut rejected, mut transitions) = (0, 0);
+    let (mut rejected, mut transitions, mut refreshed) = (0, 0, 0);
     // Which reasons the runs gave: every kind the generator aims at.
     let mut reasons: BTreeSet<String> = BTreeSet::new();
     for seed in 0..300u64 {
@@ -1137,7 +1261,16 @@ fn seeded_runs_match_the_oracle_and_replay_identically() {
         let initial = sm.clone();
         let mut log = Vec::new();
         for step in 0..200 {
-            let cmd = random_command(&mut rng, &mut clocks, zones);
+            let mut cmd = random_command(&mut rng, &mut clocks, zones);
+            if let Command::Refresh { node, digest, .. } = &mut cmd {
+                // Mostly the digest of what is recorded (the oracle's own
+                // reckoning), now and then an out-of-date one.
+                *digest = if rng.random_ratio(4, 5) {
+                    oracle.digest(*node)
+                } else {
+                    rng.random()
+                };
+            }
             let before = sm.clone();
             let got = sm.apply(&cmd);
             let want = oracle.apply(&cmd);
@@ -1147,6 +1280,7 @@ fn seeded_runs_match_the_oracle_and_replay_identically() {
                 (Ok(t), Ok(w)) => {
                     assert_eq!(t, w, "transitions, {}", ctx());
                     transitions += t.len();
+                    refreshed += usize::from(matches!(cmd, Command::Refresh { .. }));
                 }
                 (Err(e), Err(())) => {
                     rejected += 1;
@@ -1162,6 +1296,17 @@ fn seeded_runs_match_the_oracle_and_replay_identically() {
             }
             assert_eq!(sm.log_now_ms(), oracle.now, "log time, {}", ctx());
             assert_eq!(sm.agreed(), &oracle.agreed(), "agreed records, {}", ctx());
+            let views: BTreeMap<(String, NodeId), NodeView> = sm
+                .agreed()
+                .keys()
+                .flat_map(|t| {
+                    sm.views(t)
+                        .into_iter()
+                        .flatten()
+                        .map(|(n, v)| ((t.clone(), *n), v.clone()))
+                })
+                .collect();
+            assert_eq!(views, oracle.views(), "views, {}", ctx());
             // The record agrees with itself: zones named DOWN exactly when
             // DOWN or SUSPECT, and DOWN only with a quorum of DOWN zones
             // (of nodes, with one zone): the property recovery relies on.
@@ -1210,14 +1355,15 @@ fn seeded_runs_match_the_oracle_and_replay_identically() {
         "Zone",
         "Addr",
         "DuplicateAddr",
+        "StaleDigest",
     ];
     assert!(
         want.iter().all(|w| reasons.contains(*w)),
         "reasons given: {reasons:?}"
     );
     assert!(
-        rejected > 100 && transitions > 1_000,
-        "{rejected} rejected, {transitions} transitions"
+        rejected > 100 && transitions > 1_000 && refreshed > 1_000,
+        "{rejected} rejected, {transitions} transitions, {refreshed} refreshes taken"
     );
 }
 
@@ -1225,7 +1371,9 @@ fn seeded_runs_match_the_oracle_and_replay_identically() {
 fn a_snapshot_written_before_log_time_could_settle_counts_as_settled() {
     let mut sm = three_zones();
     observe(&mut sm, 1, 9_000, "pg", State::Up);
-    let mut v: serde_json::Value = serde_json::from_slice(&sm.snapshot().unwrap()).unwrap();
+    // A JSON snapshot, as nodes wrote before the binary form, from before
+    // `log_settled` existed.
+    let mut v: serde_json::Value = serde_json::to_value(&sm).unwrap();
     v.as_object_mut().unwrap().remove("log_settled").unwrap();
     let mut old = StateMachine::restore(&serde_json::to_vec(&v).unwrap()).unwrap();
     // Settled: a second, lower clock does not move log time back.
@@ -1289,4 +1437,221 @@ fn the_audit_log_keeps_the_latest_requests_and_refuses_what_it_cannot_show() {
         sm.apply(&audit(MAX_STAMP_MS, "a", &"x".repeat(MAX_AUDIT_TEXT)))
             .is_ok()
     );
+}
+
+fn refresh(sm: &StateMachine, node: NodeId, at_ms: u64) -> Command {
+    Command::Refresh {
+        node,
+        at_ms,
+        valid_for_ms: 3_000,
+        digest: sm.digest_of(node).0,
+    }
+}
+
+#[test]
+fn a_refresh_with_the_recorded_digest_keeps_every_view_fresh_as_recorded() {
+    let mut sm = three_zones();
+    let mut down = seen("pg");
+    down.verdict = State::Down;
+    down.error = Some("connection refused".into());
+    down.latency_us = 800;
+    for n in 1..=3 {
+        let batch = vec![down.clone(), seen("redis")];
+        sm.apply(&observation(n, 1_000, 3_000, batch)).unwrap();
+    }
+    assert_eq!(state(&sm, "pg"), State::Down);
+    // Without refreshes, every view would expire at 4_000. Refreshes from
+    // each node carry no verdict, only a digest, and keep them all.
+    for t in [2_500, 4_000, 5_500, 7_000] {
+        for n in 1..=3 {
+            let cmd = refresh(&sm, n, t);
+            assert_eq!(sm.apply(&cmd), Ok(vec![]), "at {t}");
+        }
+    }
+    assert_eq!(sm.log_now_ms(), 7_000);
+    assert_eq!(state(&sm, "pg"), State::Down);
+    assert_eq!(state(&sm, "redis"), State::Up);
+    let v = &sm.views("pg").unwrap()[&2];
+    // The verdict is confirmed at 7_000; latency and error are the ones
+    // measured at 1_000, and say so.
+    assert_eq!((v.at_ms, v.expires_at_ms), (7_000, 10_000));
+    assert_eq!(v.measured_at_ms, 1_000);
+    assert_eq!(v.latency_us, 800);
+    assert_eq!(v.error.as_deref(), Some("connection refused"));
+    // Its size does not depend on the targets.
+    let small = super::super::codec::encode(&refresh(&sm, 1, 8_000)).unwrap();
+    assert!(small.len() < 32, "{} bytes", small.len());
+}
+
+#[test]
+fn a_refresh_with_a_stale_digest_is_refused_and_changes_nothing() {
+    let mut sm = three_zones();
+    for n in 1..=3 {
+        observe(&mut sm, n, 1_000, "pg", State::Up);
+    }
+    let stale = refresh(&sm, 1, 2_000);
+    // Node 1's record changes (a proposal it thought lost did commit).
+    observe(&mut sm, 1, 1_500, "pg", State::Down);
+    let err = refused(&mut sm, &stale, "refresh from node 1: digest");
+    assert!(
+        matches!(
+            err,
+            Rejected::StaleDigest {
+                node: 1,
+                views: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // A digest of the other verdict, latency or error, or of another
+    // node's record, is refused the same way.
+    let mut other = seen("pg");
+    other.latency_us = 101;
+    for wrong in [
+        digest([("pg", State::Up, 100, None)]),
+        digest([("pg", State::Down, 101, None)]),
+        digest([("pg", State::Down, 100, Some("x"))]),
+        digest([
+            ("pg", State::Down, 100, None),
+            ("redis", State::Up, 100, None),
+        ]),
+        digest([]),
+        sm.digest_of(2).0,
+    ] {
+        let cmd = Command::Refresh {
+            node: 1,
+            at_ms: 2_000,
+            valid_for_ms: 3_000,
+            digest: wrong,
+        };
+        refused(&mut sm, &cmd, "is not that of its 1 recorded view(s)");
+    }
+    assert_eq!(digest([("pg", State::Down, 100, None)]), sm.digest_of(1).0);
+    // From a non-member, past the limits: refused as an observation is.
+    let mut cmd = refresh(&sm, 9, 2_000);
+    refused(&mut sm, &cmd, "not a member");
+    cmd = Command::Refresh {
+        node: 1,
+        at_ms: 2_000,
+        valid_for_ms: MAX_VALID_FOR_MS + 1,
+        digest: sm.digest_of(1).0,
+    };
+    refused(&mut sm, &cmd, "longer than the maximum");
+    // The whole set goes instead, and then refreshes are taken again.
+    let whole = Command::Observe {
+        node: 1,
+        at_ms: 2_000,
+        valid_for_ms: 3_000,
+        seen: vec![other],
+        whole: true,
+    };
+    sm.apply(&whole).unwrap();
+    sm.apply(&refresh(&sm, 1, 2_500)).unwrap();
+    assert_eq!(sm.views("pg").unwrap()[&1].at_ms, 2_500);
+}
+
+#[test]
+fn a_whole_set_drops_the_views_a_node_no_longer_reports() {
+    let mut sm = three_zones();
+    let batch = vec![seen("pg"), seen("redis"), seen("app")];
+    sm.apply(&observation(1, 1_000, 3_000, batch)).unwrap();
+    observe(&mut sm, 2, 1_000, "redis", State::Up);
+    // Node 1 restarted without "redis" and "app" in its config.
+    let whole = Command::Observe {
+        node: 1,
+        at_ms: 2_000,
+        valid_for_ms: 3_000,
+        seen: vec![seen("pg")],
+        whole: true,
+    };
+    sm.apply(&whole).unwrap();
+    assert!(!sm.views("redis").unwrap().contains_key(&1));
+    assert!(!sm.views("app").unwrap().contains_key(&1));
+    assert!(
+        sm.views("redis").unwrap().contains_key(&2),
+        "others' views stay"
+    );
+    assert_eq!(sm.digest_of(1).1, 1);
+    // Its refresh now names one view, and is taken.
+    sm.apply(&refresh(&sm, 1, 2_500)).unwrap();
+    // A whole set that waited behind a newer report drops nothing newer.
+    observe(&mut sm, 1, 3_000, "redis", State::Down);
+    let late = Command::Observe {
+        node: 1,
+        at_ms: 2_900,
+        valid_for_ms: 3_000,
+        seen: vec![seen("pg")],
+        whole: true,
+    };
+    sm.apply(&late).unwrap();
+    assert_eq!(sm.views("redis").unwrap()[&1].verdict, State::Down);
+}
+
+#[test]
+fn entries_and_snapshots_written_as_json_by_older_nodes_still_decode() {
+    use super::super::codec;
+    // An entry as nodes wrote it before the binary form (no `whole`).
+    let old = br#"{"Observe":{"node":2,"at_ms":1000,"valid_for_ms":15000,"seen":[{"target":"pg","verdict":"Down","latency_us":812,"error":"connection refused"}]}}"#;
+    let cmd: Command = codec::decode(old).unwrap();
+    let Command::Observe { seen, whole, .. } = &cmd else {
+        panic!("{cmd:?}")
+    };
+    assert!(!whole);
+    assert_eq!(seen[0].error.as_deref(), Some("connection refused"));
+    let audit = br#"{"Audit":{"at_ms":5,"by":"alice (admin)","action":"members remove 3","recorded_by":1}}"#;
+    assert!(matches!(
+        codec::decode::<Command>(audit),
+        Ok(Command::Audit(_))
+    ));
+    // Applied, it is what the binary form of the same command makes.
+    let mut a = three_zones();
+    a.apply(&cmd).unwrap();
+    let mut b = three_zones();
+    let bin = codec::encode(&cmd).unwrap();
+    assert_eq!(bin[0], codec::V1);
+    assert!(
+        bin.len() * 2 < old.len(),
+        "{} vs {} bytes",
+        bin.len(),
+        old.len()
+    );
+    b.apply(&codec::decode(&bin).unwrap()).unwrap();
+    assert_eq!(a, b);
+    // A JSON snapshot (no `measured_at_ms` in its views) restores, and its
+    // views say their latency and error were measured when taken.
+    let mut v = serde_json::to_value(&a).unwrap();
+    v["views"]["pg"]["2"]
+        .as_object_mut()
+        .unwrap()
+        .remove("measured_at_ms")
+        .unwrap();
+    let json = serde_json::to_vec(&v).unwrap();
+    let restored = StateMachine::restore(&json).unwrap();
+    assert_eq!(restored, a);
+    assert_eq!(restored.views("pg").unwrap()[&2].measured_at_ms, 1_000);
+    // The binary snapshot restores to the same state, in far fewer bytes.
+    let snap = a.snapshot().unwrap();
+    assert_eq!(StateMachine::restore(&snap).unwrap(), a);
+    assert!(
+        snap.len() * 2 < json.len(),
+        "{} vs {}",
+        snap.len(),
+        json.len()
+    );
+    // A record from a newer version, or cut short, is an error.
+    assert!(
+        codec::decode::<Command>(&[7, 0])
+            .unwrap_err()
+            .contains("unknown record version 7")
+    );
+    assert!(codec::decode::<Command>(&bin[..bin.len() - 1]).is_err());
+    let mut long = bin.clone();
+    long.push(0);
+    assert!(
+        codec::decode::<Command>(&long)
+            .unwrap_err()
+            .contains("past its end")
+    );
+    assert!(StateMachine::restore(&[]).is_err());
 }
