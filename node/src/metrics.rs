@@ -54,6 +54,15 @@ pub const CONNECTIONS_REFUSED: &str = "faxi_grpc_connections_refused_total";
 pub const API_DENIED: &str = "faxi_api_requests_denied_total";
 /// 1 when this node's last message to the peer got through.
 pub const RAFT_PEER_REACHABLE: &str = "faxi_raft_peer_reachable";
+/// Bytes of log entries applied (as stored), all entries counted.
+pub const RAFT_APPLIED_BYTES: &str = "faxi_raft_applied_bytes_total";
+/// Bytes of log entries applied since the last snapshot: what compaction
+/// will drop (`cluster.snapshot_bytes` bounds it).
+pub const RAFT_LOG_BYTES: &str = "faxi_raft_log_bytes";
+/// Snapshots this node took (each compacts its log).
+pub const RAFT_SNAPSHOTS: &str = "faxi_raft_snapshots_total";
+/// Size of the latest snapshot's data (the whole replicated state).
+pub const RAFT_SNAPSHOT_BYTES: &str = "faxi_raft_snapshot_bytes";
 
 /// Probe duration buckets: from a loopback answer to a timeout. Few on
 /// purpose: each bucket is one more series per target, and at thousands of
@@ -115,6 +124,18 @@ fn describe() {
     metrics::describe_gauge!(RAFT_APPLIED, "Raft index applied here.");
     metrics::describe_gauge!(RAFT_LEADER, "Id of the known leader, 0 for none.");
     metrics::describe_counter!(
+        RAFT_APPLIED_BYTES,
+        "Bytes of Raft log entries applied here, as stored."
+    );
+    metrics::describe_gauge!(
+        RAFT_LOG_BYTES,
+        "Bytes of Raft log entries applied since the last snapshot."
+    );
+    metrics::describe_counter!(
+        RAFT_SNAPSHOTS,
+        "Snapshots taken here (each compacts the log)."
+    );
+    metrics::describe_counter!(
         RAFT_DROPPED,
         "Raft messages dropped because a peer's queue was full."
     );
@@ -154,6 +175,28 @@ pub fn set_target_state(target: &str, to: crate::mesh::state::State) {
         metrics::gauge!(TARGET_STATE, "target" => target.to_owned(), "state" => s.as_str())
             .set(if s == to { 1.0 } else { 0.0 });
     }
+}
+
+/// Entries of `bytes` were applied; `since_snapshot` are in the log now.
+pub fn applied_bytes(bytes: u64, since_snapshot: u64) {
+    metrics::counter!(RAFT_APPLIED_BYTES).increment(bytes);
+    set_log_bytes(since_snapshot);
+}
+
+/// The log holds `bytes` of entries since the last snapshot.
+pub fn set_log_bytes(bytes: u64) {
+    metrics::gauge!(RAFT_LOG_BYTES).set(bytes as f64);
+}
+
+/// The latest snapshot holds `bytes` of state.
+pub fn set_snapshot_bytes(bytes: usize) {
+    metrics::gauge!(RAFT_SNAPSHOT_BYTES).set(bytes as f64);
+}
+
+/// A snapshot was taken and the log compacted.
+pub fn snapshot_taken() {
+    metrics::counter!(RAFT_SNAPSHOTS).increment(1);
+    set_log_bytes(0);
 }
 
 /// Exports raft status.

@@ -114,6 +114,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         election_ticks: c.election_ticks as usize,
         heartbeat_ticks: c.heartbeat_ticks as usize,
         snapshot_entries: c.snapshot_entries,
+        snapshot_bytes: c.snapshot_bytes,
         nonce: rand::random(),
     };
     let (tx, rx) = sync_channel(driver::INBOX);

@@ -45,6 +45,10 @@ pub const MAX_REFRESH: Duration = Duration::from_millis(crate::mesh::state::MAX_
 pub const MAX_TARGETS: usize = crate::mesh::state::MAX_SEEN_PER_OBSERVE;
 /// Default applied entries between snapshots.
 pub const DEFAULT_SNAPSHOT_ENTRIES: u64 = 10_000;
+/// Log bytes after which a snapshot is taken, whatever the entry count.
+pub const DEFAULT_SNAPSHOT_BYTES: u64 = 16 << 20;
+/// Smallest and largest `cluster.snapshot_bytes`.
+pub const SNAPSHOT_BYTES_RANGE: (u64, u64) = (64 << 10, 16 << 30);
 /// Default probe interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 /// Default probe timeout.
@@ -163,6 +167,9 @@ pub struct ClusterConfig {
     pub refresh: Duration,
     /// Applied entries between snapshots (each compacts the log).
     pub snapshot_entries: u64,
+    /// Log bytes (entries as stored) after which a snapshot is taken,
+    /// however few entries they are.
+    pub snapshot_bytes: u64,
     /// Start with an empty log and wait to be added (`faxictl members add`),
     /// instead of bootstrapping from `peers`.
     pub join: bool,
@@ -279,7 +286,7 @@ impl Config {
             p.push(Problem::new(
                 "targets",
                 format!(
-                    "{} targets: at most {MAX_TARGETS} (a refresh carries every target in one observation)",
+                    "{} targets: at most {MAX_TARGETS} (a node's whole set goes in one observation)",
                     target_tables.len()
                 ),
             ));
@@ -530,6 +537,10 @@ fn parse_cluster(
     let snapshot_entries = s
         .int("snapshot_entries", 10, 100_000_000, p)
         .map_or(DEFAULT_SNAPSHOT_ENTRIES, |v| v as u64);
+    let (lo, hi) = SNAPSHOT_BYTES_RANGE;
+    let snapshot_bytes = s
+        .size("snapshot_bytes", lo, hi, p)
+        .unwrap_or(DEFAULT_SNAPSHOT_BYTES);
     let join = s.boolean("join", p).unwrap_or(false);
     let peer_tables = s.tables("peers", p);
     s.finish(p);
@@ -612,6 +623,7 @@ fn parse_cluster(
         heartbeat_ticks,
         refresh,
         snapshot_entries,
+        snapshot_bytes,
         join,
     }
 }

@@ -114,6 +114,45 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// A size in bytes: an integer, or a string like `"16MiB"`, `"512 KB"`
+    /// (units B, KB, MB, GB, TB, powers of 1000; KiB, MiB, GiB, TiB, powers
+    /// of 1024), from `min` to `max` bytes.
+    pub(crate) fn size(
+        &mut self,
+        key: &'static str,
+        min: u64,
+        max: u64,
+        p: &mut Vec<Problem>,
+    ) -> Option<u64> {
+        let v = self.raw(key)?;
+        let bytes = match v {
+            Value::Integer(i) => u64::try_from(*i).map_err(|_| format!("{i} is negative")),
+            Value::String(s) => parse_size(s),
+            other => {
+                self.wrong_type(key, "a size like \"16MiB\" or a number of bytes", other, p);
+                return None;
+            }
+        };
+        match bytes {
+            Ok(b) if (min..=max).contains(&b) => Some(b),
+            Ok(b) => {
+                p.push(Problem::new(
+                    self.key(key),
+                    format!(
+                        "{b} bytes is out of range: must be between {} and {}",
+                        show_size(min),
+                        show_size(max)
+                    ),
+                ));
+                None
+            }
+            Err(reason) => {
+                p.push(Problem::new(self.key(key), reason));
+                None
+            }
+        }
+    }
+
     /// An array of strings.
     pub(crate) fn strings(
         &mut self,
@@ -202,6 +241,41 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("duration \"{s}\" must be greater than zero"));
     }
     Ok(d)
+}
+
+/// Parses `"16MiB"`, `"512 KB"`, `"1000"` (bytes) into bytes.
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad = || {
+        format!("{text:?} is not a size: write a number and a unit, like \"16MiB\" or \"512KB\"")
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// `16MiB` for a whole number of MiB, else the bytes.
+pub(crate) fn show_size(bytes: u64) -> String {
+    for (unit, scale) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if bytes >= scale && bytes.is_multiple_of(scale) {
+            return format!("{}{unit}", bytes / scale);
+        }
+    }
+    format!("{bytes} bytes")
 }
 
 #[cfg(test)]

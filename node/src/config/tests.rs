@@ -240,6 +240,60 @@ fn the_refresh_is_at_most_20_minutes() {
 }
 
 #[test]
+fn snapshot_bytes_is_a_size_from_64_kib_to_16_gib() {
+    let size = |v: &str| {
+        let text = format!("{NODE}\n[cluster]\nsnapshot_bytes = {v}\n");
+        Config::parse(&text)
+            .map(|c| c.cluster.snapshot_bytes)
+            .map_err(|p| {
+                p.into_iter()
+                    .map(|p| format!("{}: {}", p.key, p.reason))
+                    .collect::<Vec<_>>()
+            })
+    };
+    let default = Config::parse(NODE).unwrap();
+    assert_eq!(default.cluster.snapshot_bytes, 16 << 20);
+    assert_eq!(size("\"16MiB\""), Ok(16 << 20));
+    assert_eq!(size("\"512 KB\""), Ok(512_000));
+    assert_eq!(size("\"1GiB\""), Ok(1 << 30));
+    assert_eq!(size("65536"), Ok(65_536));
+    assert_eq!(size("\"16GiB\""), Ok(16 << 30));
+    for (v, why) in [
+        (
+            "\"1KiB\"",
+            "cluster.snapshot_bytes: 1024 bytes is out of range: must be between 64KiB and 16GiB",
+        ),
+        (
+            "\"17GiB\"",
+            "cluster.snapshot_bytes: 18253611008 bytes is out of range: must be between 64KiB and 16GiB",
+        ),
+        ("-5", "cluster.snapshot_bytes: -5 is negative"),
+        (
+            "\"16 megs\"",
+            "cluster.snapshot_bytes: \"16 megs\" is not a size: write a number and a unit, like \"16MiB\" or \"512KB\"",
+        ),
+        (
+            "\"MiB\"",
+            "cluster.snapshot_bytes: \"MiB\" is not a size: write a number and a unit, like \"16MiB\" or \"512KB\"",
+        ),
+        (
+            "\"999999999999999999999TiB\"",
+            "cluster.snapshot_bytes: \"999999999999999999999TiB\" is not a size: write a number and a unit, like \"16MiB\" or \"512KB\"",
+        ),
+        (
+            "\"99999999TiB\"",
+            "cluster.snapshot_bytes: \"99999999TiB\" is too large",
+        ),
+        (
+            "1.5",
+            "cluster.snapshot_bytes: expected a size like \"16MiB\" or a number of bytes, found float",
+        ),
+    ] {
+        assert_eq!(size(v), Err(vec![why.to_owned()]), "{v}");
+    }
+}
+
+#[test]
 fn a_node_probes_at_most_10_000_targets() {
     let config = |n: usize| {
         let mut text = NODE.to_owned();
@@ -253,10 +307,7 @@ fn a_node_probes_at_most_10_000_targets() {
     assert_eq!(config(10_000), Vec::<String>::new());
     assert_eq!(
         config(10_001),
-        [
-            "targets: 10001 targets: at most 10000 (a refresh carries every target in one \
-          observation)"
-        ]
+        ["targets: 10001 targets: at most 10000 (a node's whole set goes in one observation)"]
     );
 }
 

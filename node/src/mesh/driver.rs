@@ -31,6 +31,8 @@ use super::storage::SledStorage;
 use super::transport::Transport;
 
 #[cfg(test)]
+mod compaction_tests;
+#[cfg(test)]
 mod read_tests;
 mod reads;
 
@@ -54,6 +56,10 @@ pub struct DriverConfig {
     pub heartbeat_ticks: usize,
     /// Applied entries between snapshots (the log is compacted at each).
     pub snapshot_entries: u64,
+    /// Bytes of applied entries (as stored) after which a snapshot is
+    /// taken, however few entries that is: the log's size is bounded
+    /// whatever the entries weigh.
+    pub snapshot_bytes: u64,
     /// Distinguishes this run's proposals from an earlier run's (random in a
     /// node, from the seed in the simulator): a proposal is answered by its
     /// own entry only.
@@ -468,6 +474,8 @@ pub struct Core<O: Outbox> {
     pending: HashMap<u64, Reply>,
     seq: u64,
     last_snapshot: u64,
+    /// Bytes of the entries applied since `last_snapshot`, as stored.
+    log_bytes: u64,
     last_info: RaftInfo,
     stopping: Arc<std::sync::atomic::AtomicBool>,
     /// This node's data dir.
@@ -647,6 +655,7 @@ impl<O: Outbox> Core<O> {
             pending: HashMap::new(),
             seq: 0,
             last_snapshot: applied,
+            log_bytes: 0,
             last_info: RaftInfo::default(),
             stopping: Arc::default(),
             instance,
@@ -671,6 +680,7 @@ impl<O: Outbox> Core<O> {
                  node of a cluster that exists"
             );
         }
+        crate::metrics::set_snapshot_bytes(snap.data.len());
         core.refresh_peers();
         core.export_all_targets();
         Ok(core)
@@ -1267,6 +1277,7 @@ impl<O: Outbox> Core<O> {
 
     fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), String> {
         let sm = StateMachine::restore(&snap.data)?;
+        crate::metrics::set_snapshot_bytes(snap.data.len());
         self.raw
             .store()
             .apply_snapshot(snap)
@@ -1284,6 +1295,8 @@ impl<O: Outbox> Core<O> {
             s.info.set_conf(snap.get_metadata().get_conf_state());
         }
         self.last_snapshot = index;
+        self.log_bytes = 0;
+        crate::metrics::set_log_bytes(0);
         self.refresh_peers();
         self.export_all_targets();
         Ok(())
@@ -1386,7 +1399,9 @@ impl<O: Outbox> Core<O> {
         let me = self.cfg.id;
         let nonce = self.cfg.nonce;
         let shared_arc = self.shared.clone();
+        let mut bytes = 0u64;
         for e in entries {
+            bytes += u64::from(e.compute_size());
             // The lock is taken per entry, so readers never wait for a
             // whole batch of applies.
             let mut shared = shared_arc.write().unwrap_or_else(|p| p.into_inner());
@@ -1433,6 +1448,8 @@ impl<O: Outbox> Core<O> {
                 replies.push((seq, result.map(|()| e.index).map_err(MeshError::Rejected)));
             }
         }
+        self.log_bytes += bytes;
+        crate::metrics::applied_bytes(bytes, self.log_bytes);
         for (seq, r) in replies {
             if let Some(reply) = self.pending.remove(&seq) {
                 let _ = reply.send(r);
@@ -1499,12 +1516,13 @@ impl<O: Outbox> Core<O> {
     fn maybe_snapshot(&mut self) -> Result<(), String> {
         let applied = self.raw.raft.raft_log.applied;
         let requested = self.raw.store().take_snapshot_request();
-        if applied <= self.last_snapshot
-            || (!requested && applied < self.last_snapshot + self.cfg.snapshot_entries)
-        {
+        let due = applied >= self.last_snapshot.saturating_add(self.cfg.snapshot_entries)
+            || self.log_bytes >= self.cfg.snapshot_bytes;
+        if applied <= self.last_snapshot || !(requested || due) {
             return Ok(());
         }
         let data = self.read().sm.snapshot()?;
+        crate::metrics::set_snapshot_bytes(data.len());
         let conf: ConfState = self.raw.raft.prs().conf().to_conf_state();
         let store = self.raw.store().clone();
         // Neither needs its own fsync: a snapshot or a compaction lost in a
@@ -1516,8 +1534,16 @@ impl<O: Outbox> Core<O> {
         store
             .compact(applied)
             .map_err(|e| format!("cannot compact the log: {e}"))?;
+        tracing::debug!(
+            index = applied,
+            requested,
+            entries = applied - self.last_snapshot,
+            log_bytes = self.log_bytes,
+            "snapshot taken, log compacted"
+        );
         self.last_snapshot = applied;
-        tracing::debug!(index = applied, requested, "snapshot taken, log compacted");
+        self.log_bytes = 0;
+        crate::metrics::snapshot_taken();
         Ok(())
     }
 

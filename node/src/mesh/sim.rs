@@ -251,7 +251,9 @@ impl Sim {
             max_skew_ms: if rng.random_bool(0.5) { 0 } else { 2_000 },
             lost_report: rng.random_range(0.0..0.5),
         };
-        let snapshot_entries = rng.random_range(20..200);
+        // Snapshots every 20 to 200 entries, or after 1 to 12 KB of log
+        // (an entry here is 50 to 80 bytes), whichever comes first.
+        let snapshot_entries = (rng.random_range(20..200), rng.random_range(1_000..12_000));
         let peers: Vec<(NodeId, Member)> = (1..=n)
             .map(|id| (id, member(id, ((id - 1) % 3) as usize)))
             .collect();
@@ -298,7 +300,7 @@ impl Sim {
         zone: usize,
         storage: SledStorage,
         peers: Vec<(NodeId, Member)>,
-        snapshot_entries: u64,
+        snapshot_entries: (u64, u64),
     ) {
         let cfg = DriverConfig {
             id,
@@ -306,7 +308,8 @@ impl Sim {
             tick: std::time::Duration::from_millis(TICK_MS),
             election_ticks: 10,
             heartbeat_ticks: 1,
-            snapshot_entries,
+            snapshot_entries: snapshot_entries.0,
+            snapshot_bytes: snapshot_entries.1,
             nonce: self.rng.random(),
         };
         let core = Core::open(
@@ -762,7 +765,8 @@ impl Sim {
                 let zone = self.rng.random_range(0..self.zones);
                 let storage = SledStorage::simulated(self.rng.random::<u64>() | 1).unwrap();
                 let peers = self.nodes[l].cfg.peers.clone();
-                let snapshot_entries = self.nodes[l].cfg.snapshot_entries;
+                let c = &self.nodes[l].cfg;
+                let snapshot_entries = (c.snapshot_entries, c.snapshot_bytes);
                 self.add_node(id, zone, storage, peers, snapshot_entries);
                 self.propose_member(MemberChange::Set(id, member(id, zone)));
                 self.tally.added += 1;

@@ -136,6 +136,7 @@ async fn in_process_mesh(dir: &std::path::Path) -> Vec<Mesh> {
             election_ticks: 10,
             heartbeat_ticks: 1,
             snapshot_entries: 10_000,
+            snapshot_bytes: 16 << 20,
             nonce: rand::random(),
         };
         let (mesh, _thread) = driver::start(cfg, storage, transport, (tx, rx)).unwrap();

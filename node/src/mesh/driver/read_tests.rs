@@ -68,6 +68,7 @@ impl Net {
                     election_ticks: 10,
                     heartbeat_ticks: 1,
                     snapshot_entries: 1000,
+                    snapshot_bytes: 16 << 20,
                     nonce: *id,
                 };
                 let storage = SledStorage::simulated(*id).unwrap();
