@@ -264,6 +264,16 @@ impl Cluster {
         }
     }
 
+    /// Node `i`'s process id, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().and_then(Child::id)
+    }
+
+    /// Node `i`'s data dir.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("data{}", self.nodes[i].id))
+    }
+
     /// Comma-separated gRPC endpoints of the given nodes.
     pub fn endpoints(&self, which: &[usize]) -> String {
         which

@@ -24,18 +24,28 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Instant;
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago: below Linux's ephemeral
+/// range (32768-60999 by default), so that no outgoing connection takes the
+/// port between now and its listener's bind, and never the same port twice
+/// in one test process. `FAXI_TEST_PORTS=18000-18999` picks from that range
+/// instead, for a machine where processes must keep to one.
 pub fn free_port() -> u16 {
-    // Below Linux's ephemeral range (32768-60999 by default), so that no
-    // outgoing connection takes the port between now and its listener's
-    // bind, and never the same port twice in one test process.
-    const FROM: u16 = 20_000;
-    const TO: u16 = 32_000;
+    let (from, to) = std::env::var("FAXI_TEST_PORTS")
+        .ok()
+        .and_then(|r| {
+            let (lo, hi) = r.split_once('-')?;
+            let (lo, hi) = (
+                lo.trim().parse::<u16>().ok()?,
+                hi.trim().parse::<u16>().ok()?,
+            );
+            (lo <= hi).then_some((lo, hi.saturating_add(1)))
+        })
+        .unwrap_or((20_000, 32_000));
     static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     for _ in 0..10_000 {
-        let port = rand::random_range(FROM..TO);
+        let port = rand::random_range(from..to);
         if given.contains(&port) {
             continue;
         }
@@ -44,7 +54,7 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
-    panic!("no free port in {FROM}-{TO}");
+    panic!("no free port in {from}-{to}");
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or panics after
