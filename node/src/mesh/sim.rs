@@ -954,7 +954,11 @@ impl Sim {
         if !became_down {
             return;
         }
-        // Per node, its reports in log order: (clock, verdict).
+        // Per node, its reports in log order: (clock, verdict). Refreshes
+        // are left out: one repeats verdicts an observation already sent
+        // (when its digest matches) and only extends their freshness, which
+        // this check does not bound; leaving them out can only keep a DOWN
+        // counted longer, never count one that was not reported.
         let mut reports: BTreeMap<NodeId, Vec<(u64, State)>> = BTreeMap::new();
         for (_, (_, data)) in self.committed.range(..=applied) {
             if let Ok(Command::Observe {

@@ -33,6 +33,14 @@
 //! step. (Two delayed proposals committed in stamp order after a newer one
 //! would pass as such a step, for one refresh.)
 //!
+//! A refresh ([`Command::Refresh`]) is a report of the node's recorded
+//! views, as they are, stamped anew: taken only when its digest is that of
+//! those views ([`digest`]), under the same rules as any report (log time,
+//! delayed proposals, validity, limits); it sends no verdict, so it weighs
+//! the same at any number of targets. A whole set (`Observe` with `whole`)
+//! also drops the node's views of the targets it does not name, as a report
+//! would replace them.
+//!
 //! The rules (DESIGN.md §3):
 //! - zone verdict = what a strict majority of that zone's fresh observations
 //!   say (no fresh observation, or no majority: UNKNOWN);
@@ -54,8 +62,8 @@
 //! - at most [`MAX_SEEN_PER_OBSERVE`] verdicts per observation, and at most
 //!   [`MAX_TARGETS`] distinct targets in the state (an observation that
 //!   would add targets past it is refused; known targets are still taken);
-//! - `valid_for_ms` at most [`MAX_VALID_FOR_MS`], so no entry keeps a
-//!   verdict fresh for long without refreshes;
+//! - `valid_for_ms` at most [`MAX_VALID_FOR_MS`], so no entry (an
+//!   observation or a refresh) keeps a verdict fresh for long;
 //! - `at_ms` at most [`MAX_STAMP_MS`], the end of the year 9999: nothing
 //!   real is stamped later, and log time, expiries and `since` stay far
 //!   from overflow and within what readers can print. There is no bound

@@ -32,7 +32,7 @@ use clap::Parser;
 use faxi_proto::v1 as pb;
 use faxi_tests::cluster::{Cluster, Ctx, Spec};
 use faxi_tests::http::AppStub;
-use faxi_tests::{wait_for, workspace_bin};
+use faxi_tests::wait_for;
 use faxi_watchdog::api::Api;
 use faxi_watchdog::mesh::driver::{self, DriverConfig, Mesh};
 use faxi_watchdog::mesh::state::{Command, Member, Seen, State};
@@ -594,11 +594,8 @@ async fn status_latency(args: &Args) -> String {
         let mut lat = Vec::new();
         for _ in 0..20 {
             let t = Instant::now();
-            let o = tokio::process::Command::new(workspace_bin("faxictl"))
-                .args(["--endpoints", &ep, "status"])
-                .output()
-                .await
-                .unwrap();
+            // Over mutual TLS, with the test CA's operator certificate.
+            let o = Cluster::faxictl(&ep, &["status"]).await;
             lat.push(t.elapsed().as_secs_f64() * 1e3);
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         }
