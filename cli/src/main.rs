@@ -325,13 +325,39 @@ fn client_tls(
     let read = |what: &str, p: &std::path::Path| {
         std::fs::read(p).map_err(|e| Failure::usage(format!("{what} {}: {e}", p.display())))
     };
-    // A token stands in for the certificate and key.
-    if let Some(token_file) = cli.token_file.clone().or_else(|| cfg.token_file.clone()) {
+    // A token stands in for the certificate and key; flags win over the
+    // client config, and one way of proving who you are is given, not two.
+    let cli_cert = cli.cert.is_some() || cli.key.is_some();
+    if cli.token_file.is_some() && cli_cert {
+        return Err(Failure::usage(
+            "give --token-file or --cert and --key, not both".into(),
+        ));
+    }
+    let token_file = match (&cli.token_file, cli_cert) {
+        (Some(t), _) => Some(t.clone()),
+        (None, true) => None,
+        (None, false) => {
+            if cfg.token_file.is_some() && (cfg.cert.is_some() || cfg.key.is_some()) {
+                return Err(Failure::usage(
+                    "the client config gives both token_file and cert/key: keep one".into(),
+                ));
+            }
+            cfg.token_file.clone()
+        }
+    };
+    if let Some(token_file) = token_file {
         let token = String::from_utf8(read("token file", &token_file)?).map_err(|_| {
             Failure::usage(format!("token file {}: not text", token_file.display()))
         })?;
-        let value = tonic::metadata::MetadataValue::try_from(format!("Bearer {}", token.trim()))
-            .map_err(|_| {
+        let token = token.trim();
+        if token.is_empty() || token.chars().any(|c| !c.is_ascii_alphanumeric()) {
+            return Err(Failure::usage(format!(
+                "token file {}: not a token (one line of letters and digits)",
+                token_file.display()
+            )));
+        }
+        let value =
+            tonic::metadata::MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
                 Failure::usage(format!(
                     "token file {}: not a token (one line of letters and digits)",
                     token_file.display()

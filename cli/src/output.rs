@@ -176,8 +176,31 @@ pub fn member_change(json: bool, id: u64, done: &str, r: &pb::MemberChangeRespon
     }
 }
 
+/// A cell as a terminal may show it: control characters (escape
+/// sequences a probed server or a node could slip into an error) become
+/// `\u{..}` text, never raw.
+fn printable(cell: &str) -> String {
+    if !cell.chars().any(char::is_control) {
+        return cell.to_owned();
+    }
+    cell.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// A boxed table, as `patronictl list` draws them.
 fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c)).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {

@@ -118,6 +118,16 @@ impl Api {
     /// was missing. Nothing has happened yet when this refuses.
     fn authorize<T>(&self, request: &Request<T>, role: Role, what: &str) -> Result<Caller, Status> {
         let caller = self.caller(request)?;
+        // A node's certificate carries requests only while that node is a
+        // member (one never added, or removed, is nobody).
+        if let Caller::Node(id) = caller
+            && !self.mesh.read().sm.members().contains_key(&id)
+        {
+            metrics::counter!(crate::metrics::API_DENIED, "role" => role.as_str()).increment(1);
+            return Err(Status::permission_denied(format!(
+                "node {id} is not a member of this cluster: its certificate carries no request"
+            )));
+        }
         if caller.may(role) {
             Ok(caller)
         } else {
@@ -159,13 +169,26 @@ impl Api {
             })
     }
 
-    /// The tonic services, ready for a `Server`.
-    pub fn services(self) -> (WatchdogServer<Api>, PeerServer<Api>) {
+    /// The tonic services, ready for a `Server`. With TLS, the peer
+    /// service turns away any caller but a node before it reads a byte of
+    /// the request's body (a batch may be large: snapshots).
+    pub fn services(
+        self,
+    ) -> (
+        WatchdogServer<Api>,
+        tonic::service::interceptor::InterceptedService<PeerServer<Api>, PeerGate>,
+    ) {
+        let gate = PeerGate {
+            tls: self.tls.is_some(),
+        };
         (
             WatchdogServer::new(self.clone()),
-            PeerServer::new(self)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            tonic::service::interceptor::InterceptedService::new(
+                PeerServer::new(self)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                gate,
+            ),
         )
     }
 
@@ -643,6 +666,44 @@ const FORWARDED: &str = "x-faxi-forwarded";
 /// Metadata key naming, on a request a node carries, who asked for it.
 const ON_BEHALF_OF: &str = "x-faxi-on-behalf-of";
 
+/// Text cut to what an audit record holds, at a character boundary.
+fn clip_audit(text: &str) -> String {
+    let max = crate::mesh::state::MAX_AUDIT_TEXT;
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut cut = max - '…'.len_utf8();
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &text[..cut])
+}
+
+/// Before a peer batch's body is read: only a node's certificate may send
+/// one (which node, and whether it is a member, is checked after).
+#[derive(Debug, Clone)]
+pub struct PeerGate {
+    tls: bool,
+}
+
+impl tonic::service::Interceptor for PeerGate {
+    fn call(&mut self, r: Request<()>) -> Result<Request<()>, Status> {
+        if !self.tls {
+            return Ok(r);
+        }
+        match r.peer_certs().and_then(|c| caller_of(&c)) {
+            Some(Caller::Node(_)) => Ok(r),
+            _ => {
+                metrics::counter!(crate::metrics::RAFT_REFUSED, "reason" => "unauthenticated")
+                    .increment(1);
+                Err(Status::unauthenticated(
+                    "raft messages come only from a node's certificate",
+                ))
+            }
+        }
+    }
+}
+
 /// A mutation as the audit log records it: who asked and what.
 #[derive(Debug)]
 struct Audit {
@@ -663,7 +724,10 @@ impl Audit {
             (Caller::Node(n), Some(who)) => format!("{who} via node {n}"),
             (c, _) => c.describe(),
         };
-        Audit { by, action }
+        Audit {
+            by: clip_audit(&by),
+            action: clip_audit(&action),
+        }
     }
 
     /// The node's own log line: how it ended.
@@ -842,6 +906,16 @@ impl Api {
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         let r = request.get_ref().clone();
         let member = new_member(&r)?;
+        // Refused before anything is recorded or proposed, by the same
+        // checks every node applies (address form and length, duplicates).
+        self.mesh
+            .read()
+            .sm
+            .check(&Command::SetMember {
+                id: r.id,
+                member: member.clone(),
+            })
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if let Some((leader, addr)) = self.leader_elsewhere(&request).await? {
             return leader_client(
                 self.tls.as_deref(),

@@ -102,10 +102,11 @@ async fn full_data_dir(size: &str) {
     let fs = Tmpfs::mount(&dir.path().join("fs"), size);
     let (head, _, _) = node_section(1, "zone-a", &fs.path);
     let data_dir = fs.path.join("data");
-    // Every refresh (100 ms) commits an observation of all 300 targets,
-    // each with a long name and an error: 2 MB fill within seconds.
+    // A refresh every 100 ms and a snapshot of the 300 targets (long
+    // names, errors) every 20 entries: once the file system is full, the
+    // next snapshot's write fails within seconds.
     let mut config = format!(
-        "{head}[cluster]\nrefresh = \"100ms\"\nsnapshot_entries = 100000000\n\n\
+        "{head}[cluster]\nrefresh = \"100ms\"\nsnapshot_entries = 20\n\n\
          [probe_defaults]\ninterval = \"1s\"\ntimeout = \"500ms\"\nfall = 1\nrise = 1\n\n"
     );
     for i in 0..300 {
@@ -129,6 +130,19 @@ async fn full_data_dir(size: &str) {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    // Refreshes are small now (a digest, not every target): once the node
+    // runs, something else fills the file system, as another process on
+    // the same disk would; the node's next write fails.
+    faxi_tests::wait_for("the node running", DEADLINE, || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("agreed state changed") {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        }
+    })
+    .await;
+    fill(&fs.path.join("filler"));
     let status = match tokio::time::timeout(DEADLINE, child.wait()).await {
         Ok(s) => s.unwrap(),
         Err(_) => {
@@ -165,6 +179,20 @@ async fn full_data_dir(size: &str) {
     }
     drop(child);
     drop(fs);
+}
+
+/// Writes `path` until its file system has no space left.
+fn fill(path: &std::path::Path) {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        match f.write(&chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let _ = f.sync_all();
 }
 
 /// The last lines of a log, for a failure message.

@@ -39,7 +39,7 @@ pub enum Refusal {
         to: NodeId,
     },
     /// From another cluster.
-    #[error("message from cluster {theirs:?}; this node belongs to cluster {ours:?}")]
+    #[error("message from cluster {theirs:?}, which is not this node's cluster")]
     OtherCluster {
         /// This node's cluster.
         ours: String,
@@ -156,13 +156,12 @@ pub fn check_envelope(
         return Ok(());
     }
     let Some(member) = sm.members().get(&env.from) else {
-        // A node of this cluster this node has not heard of yet (added
-        // after its applied index, e.g. a new leader while it lags) is let
-        // through; a node with no cluster yet must be a known member.
-        if env.cluster_id == ours {
-            return Ok(());
-        }
-        if env.cluster_id.is_empty() {
+        // Only members speak raft to a node that has state: a node of
+        // another cluster, one never added, or one removed (whatever
+        // certificate it holds) could otherwise lead it with a higher term
+        // and write its log. A node added after this node's applied index
+        // reaches it once the entries that added it arrive from a member.
+        if env.cluster_id == ours || env.cluster_id.is_empty() {
             return Err(Refusal::NotAMember(env.from));
         }
         return Err(Refusal::OtherCluster {
