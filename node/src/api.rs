@@ -50,6 +50,9 @@ const READ_CONFIRM: Duration = Duration::from_secs(1);
 /// Most names or states a status filter may list, and the longest pattern.
 const MAX_FILTERS: usize = 1000;
 const MAX_PATTERN: usize = 256;
+/// Most name patterns per request (each costs a match against every
+/// target's name).
+const MAX_NAME_PATTERNS: usize = 32;
 
 /// Serves both services.
 #[derive(Debug, Clone)]
@@ -261,7 +264,33 @@ impl Api {
 
     /// The status answer: the cluster, the targets `filter` asks for, counts
     /// per state over every target, and the answer's freshness.
-    fn status_now(&self, filter: &Filter, fresh: &Freshness) -> pb::StatusResponse {
+    /// The targets whose names the filter's patterns match, or `None`
+    /// without patterns. Matched on a blocking thread from a copy of the
+    /// names: never under the lock the raft loop writes through, never on
+    /// an async worker (patterns against many names cost).
+    async fn matching_names(&self, filter: &Filter) -> Option<std::collections::BTreeSet<String>> {
+        if filter.names.is_empty() {
+            return None;
+        }
+        let names: Vec<String> = self.mesh.read().sm.agreed().keys().cloned().collect();
+        let patterns = filter.names.clone();
+        let matched = tokio::task::spawn_blocking(move || {
+            names
+                .into_iter()
+                .filter(|n| patterns.iter().any(|p| glob(p, n)))
+                .collect()
+        })
+        .await;
+        // A match that did not finish matches nothing (never everything).
+        Some(matched.unwrap_or_default())
+    }
+
+    fn status_now(
+        &self,
+        filter: &Filter,
+        fresh: &Freshness,
+        named: Option<&std::collections::BTreeSet<String>>,
+    ) -> pb::StatusResponse {
         let s = self.mesh.read();
         let info = &s.info;
         let members = Self::members(&s);
@@ -276,7 +305,8 @@ impl Api {
                     counts.insert(state.to_owned(), 1);
                 }
             }
-            if !filter.matches(name, state) {
+            let by_name = named.is_none_or(|set| set.contains(name));
+            if !by_name || !filter.matches_state(state) {
                 continue;
             }
             let nodes = match s.sm.views(name) {
@@ -400,6 +430,11 @@ impl Filter {
                 }
             }
         }
+        if r.names.len() > MAX_NAME_PATTERNS {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_NAME_PATTERNS} name patterns per request"
+            )));
+        }
         for n in &r.names {
             if n.is_empty() || n.len() > MAX_PATTERN {
                 return Err(Status::invalid_argument(format!(
@@ -414,6 +449,11 @@ impl Filter {
         })
     }
 
+    fn matches_state(&self, state: &str) -> bool {
+        self.states.is_empty() || self.states.contains(&state)
+    }
+
+    #[cfg(test)]
     fn matches(&self, name: &str, state: &str) -> bool {
         (self.states.is_empty() || self.states.contains(&state))
             && (self.names.is_empty() || self.names.iter().any(|p| glob(p, name)))
@@ -755,7 +795,12 @@ impl Watchdog for Api {
         let r = request.into_inner();
         let filter = Filter::from_request(&r)?;
         let fresh = self.confirm(r.allow_stale, deadline).await;
-        Ok(Response::new(self.status_now(&filter, &fresh)))
+        let named = self.matching_names(&filter).await;
+        Ok(Response::new(self.status_now(
+            &filter,
+            &fresh,
+            named.as_ref(),
+        )))
     }
 
     type WatchStream = WatchStream;
@@ -777,7 +822,8 @@ impl Watchdog for Api {
                 // Every message says whether it was confirmed, the first
                 // one included.
                 let fresh = api.confirm(r.allow_stale, deadline).await;
-                let mut now = api.status_now(&filter, &fresh);
+                let named = api.matching_names(&filter).await;
+                let mut now = api.status_now(&filter, &fresh, named.as_ref());
                 // Contact time and read index move constantly; alone they
                 // are not a change. Compared without them, sent with them.
                 let kept = (

@@ -13,7 +13,7 @@
 //!   "persisted messages" leave after the write returns;
 //! - the state machine sees committed entries only, in log order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
@@ -127,6 +127,9 @@ pub enum Input {
     TransferLeader(NodeId, oneshot::Sender<Result<(), MeshError>>),
     /// The transport could not reach a peer.
     Unreachable(NodeId),
+    /// A member refused this node's messages as from a non-member: its
+    /// applied state predates this node's joining.
+    RefusedAsStranger(NodeId),
     /// A snapshot was (or was not) delivered.
     SnapshotDone(NodeId, bool),
     /// A peer's data-dir instance, as its envelope says (sent by the gRPC
@@ -488,6 +491,10 @@ pub struct Core<O: Outbox> {
     snapshot_since: BTreeMap<NodeId, u64>,
     /// The last config/membership disagreement reported.
     last_mismatch: Vec<String>,
+    /// Members that refused this node as a stranger since the last check.
+    refused_by: BTreeSet<NodeId>,
+    /// Tick of the last hand-off to a member a stranger-refuser knows.
+    last_handoff: u64,
     /// The applied index at which this node first saw its own member record
     /// name its data dir (0 while it does not); kept stable so peer links
     /// are not rebuilt at every membership change.
@@ -663,6 +670,8 @@ impl<O: Outbox> Core<O> {
             ticks: 0,
             snapshot_since: BTreeMap::new(),
             last_mismatch: Vec::new(),
+            refused_by: BTreeSet::new(),
+            last_handoff: 0,
             bound_at: 0,
             #[cfg(test)]
             bugs: Bugs::default(),
@@ -756,6 +765,7 @@ impl<O: Outbox> Core<O> {
         if self.raw.raft.state == StateRole::Leader {
             self.unstick_snapshots();
             self.maybe_promote();
+            self.hand_off_if_a_member_refuses_me();
         } else {
             self.snapshot_since.clear();
         }
@@ -999,6 +1009,9 @@ impl<O: Outbox> Core<O> {
                 let _ = reply.send(r);
             }
             Input::Unreachable(id) => self.raw.report_unreachable(id),
+            Input::RefusedAsStranger(id) => {
+                self.refused_by.insert(id);
+            }
             Input::SnapshotDone(id, ok) => self.report_snapshot(id, ok),
             Input::ReadIndex(reply) => self.start_read(reply),
             Input::PeerInstance(id, instance) => {
@@ -1183,6 +1196,43 @@ impl<O: Outbox> Core<O> {
     /// Leader: a peer left in raft's snapshot state longer than a bound
     /// (a report lost on a full queue or inbox) is reported failed, so raft
     /// sends again instead of waiting forever.
+    /// Leader: a member whose applied state predates this node's joining
+    /// refuses its messages (only members may speak raft), so it could
+    /// never catch up from this leader. Hand leadership to the voter that
+    /// has been a member longest (the lowest id among the others: ids
+    /// grow as members are added), at most once per few election timeouts,
+    /// so that the lagging member hears from a leader it knows.
+    fn hand_off_if_a_member_refuses_me(&mut self) {
+        let refusers = std::mem::take(&mut self.refused_by);
+        let r = &self.raw.raft;
+        let conf = r.prs().conf();
+        let refusers: Vec<NodeId> = refusers
+            .into_iter()
+            .filter(|id| conf.voters().contains(*id) || conf.learners().contains(id))
+            .collect();
+        let cooldown = 5 * u64::try_from(self.cfg.election_ticks).unwrap_or(10);
+        if refusers.is_empty()
+            || r.lead_transferee.is_some()
+            || self.ticks.saturating_sub(self.last_handoff) < cooldown
+        {
+            return;
+        }
+        let mut voters: Vec<NodeId> = conf.voters().ids().iter().collect();
+        voters.sort_unstable();
+        let Some(to) = voters
+            .into_iter()
+            .find(|v| *v != self.cfg.id && !refusers.contains(v) && *v < self.cfg.id)
+        else {
+            return;
+        };
+        self.last_handoff = self.ticks;
+        tracing::warn!(
+            refused_by = ?refusers, to,
+            "members that joined before this node do not know it yet: handing leadership to node {to}"
+        );
+        self.raw.transfer_leader(to);
+    }
+
     fn unstick_snapshots(&mut self) {
         let stuck: Vec<NodeId> = {
             let prs = self.raw.raft.prs();

@@ -447,7 +447,15 @@ impl Sim {
                 .get(&env.from)
                 .is_some_and(|mm| mm.instance == 0);
         drop(s);
-        if checked.is_err() {
+        if let Err(r) = &checked {
+            // As the transport tells its driver: refused as a stranger.
+            let to_id = self.nodes[to].id;
+            if matches!(r, guard::Refusal::NotAMember(_))
+                && let Some(from) = self.index(env.from)
+                && let Some(core) = self.nodes[from].core.as_mut()
+            {
+                let _ = core.step(vec![Input::RefusedAsStranger(to_id)], false);
+            }
             self.tally.refused += 1;
             return Vec::new();
         }
@@ -775,10 +783,24 @@ impl Sim {
             1 if voters > 3 => {
                 self.ops.push(Op::Remove(self.nodes[l].id));
             }
-            // Remove another member for good.
+            // Remove another member for good: one the leader has applied as
+            // a member (a node whose addition is still in flight is not
+            // one yet: "removing" it would retire a node about to join).
             2 if voters > 3 => {
-                let id = live[self.rng.random_range(0..live.len())];
-                self.ops.push(Op::Remove(id));
+                let members: Vec<NodeId> = self.nodes[l]
+                    .core
+                    .as_ref()
+                    .map(|c| c.shared().sm.members().keys().copied().collect())
+                    .unwrap_or_default();
+                let ids: Vec<NodeId> = live
+                    .iter()
+                    .copied()
+                    .filter(|i| members.contains(i))
+                    .collect();
+                if !ids.is_empty() {
+                    let id = ids[self.rng.random_range(0..ids.len())];
+                    self.ops.push(Op::Remove(id));
+                }
             }
             // Move a member to another address (replace in place).
             3 => {
@@ -954,20 +976,31 @@ impl Sim {
         if !became_down {
             return;
         }
-        // Per node, its reports in log order: (clock, verdict). Refreshes
-        // are left out: one repeats verdicts an observation already sent
-        // (when its digest matches) and only extends their freshness, which
-        // this check does not bound; leaving them out can only keep a DOWN
-        // counted longer, never count one that was not reported.
+        // Per node, its reports in log order: (clock, verdict), a refresh
+        // counting as its last verdict again (whether its digest matched
+        // or not: counting it can only keep a DOWN counted longer).
         let mut reports: BTreeMap<NodeId, Vec<(u64, State)>> = BTreeMap::new();
         for (_, (_, data)) in self.committed.range(..=applied) {
-            if let Ok(Command::Observe {
-                node, at_ms, seen, ..
-            }) = super::driver::decode_command(data)
-            {
-                for v in seen.iter().filter(|v| v.target == "t") {
-                    reports.entry(node).or_default().push((at_ms, v.verdict));
+            match super::driver::decode_command(data) {
+                Ok(Command::Observe {
+                    node, at_ms, seen, ..
+                }) => {
+                    for v in seen.iter().filter(|v| v.target == "t") {
+                        reports.entry(node).or_default().push((at_ms, v.verdict));
+                    }
                 }
+                // A refresh re-stamps the node's views: its last verdict,
+                // reported again at the refresh's clock (a later report
+                // stamped before it counts as delayed, as in the state
+                // machine; seeds 3224 and 4025 found the oracle without it).
+                Ok(Command::Refresh { node, at_ms, .. }) => {
+                    if let Some(r) = reports.get_mut(&node)
+                        && let Some(&(_, last)) = r.last()
+                    {
+                        r.push((at_ms, last));
+                    }
+                }
+                _ => {}
             }
         }
         let may_see_down = |node: NodeId| {

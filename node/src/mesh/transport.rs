@@ -282,7 +282,14 @@ async fn run_link(
         let result = tokio::time::timeout(deadline, client.step(req)).await;
         let error = match result {
             Ok(Ok(_)) => None,
-            Ok(Err(status)) => Some(format!("{}: {}", status.code(), status.message())),
+            Ok(Err(status)) => {
+                // A member whose state predates this node's joining refuses
+                // it as a stranger: the driver hands leadership over.
+                if status.message().contains("is not a member of this cluster") {
+                    let _ = feedback.try_send(Input::RefusedAsStranger(to));
+                }
+                Some(format!("{}: {}", status.code(), status.message()))
+            }
             Err(_) => Some(format!("no answer within {deadline:?}")),
         };
         match error {
