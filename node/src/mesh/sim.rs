@@ -294,6 +294,47 @@ impl Sim {
         sim
     }
 
+    /// A run without faults, stepped until every node agrees and every
+    /// learner was promoted (at most 30 s): the start of the tests that
+    /// then do one thing to a healthy cluster.
+    fn settled(seed: u64) -> Sim {
+        let mut sim = Sim::new(seed);
+        sim.faults = Faults {
+            loss: 0.0,
+            max_delay_ms: 5,
+            partition_rate: 0.0,
+            crash_rate: 0.0,
+            member_rate: 0.0,
+            max_skew_ms: 0,
+            lost_report: 0.0,
+        };
+        for _ in 0..3_000 {
+            if sim.converged().is_ok() && sim.nodes.len() == sim.voters().len() {
+                break;
+            }
+            sim.step(false);
+        }
+        sim
+    }
+
+    /// Steps (at most 60 s) until there is a leader and a majority of the
+    /// nodes committed past where they were.
+    fn majority_progresses(&mut self) -> bool {
+        let commits =
+            |sim: &Sim| -> Vec<u64> { sim.nodes.iter().map(|n| sim.commit(n.id)).collect() };
+        let before = commits(self);
+        for _ in 0..6_000 {
+            self.step(false);
+            let now = commits(self);
+            if self.leader().is_some()
+                && now.iter().zip(&before).filter(|(a, b)| a > b).count() * 2 > now.len()
+            {
+                return true;
+            }
+        }
+        false
+    }
+
     fn add_node(
         &mut self,
         id: NodeId,
@@ -1317,22 +1358,7 @@ fn the_same_seed_replays_the_same_run() {
 
 #[test]
 fn a_zone_cut_off_from_its_peers_commits_nothing() {
-    let mut sim = Sim::new(3);
-    sim.faults = Faults {
-        loss: 0.0,
-        max_delay_ms: 5,
-        partition_rate: 0.0,
-        crash_rate: 0.0,
-        member_rate: 0.0,
-        max_skew_ms: 0,
-        lost_report: 0.0,
-    };
-    for _ in 0..3_000 {
-        if sim.converged().is_ok() && sim.nodes.len() == sim.voters().len() {
-            break;
-        }
-        sim.step(false);
-    }
+    let mut sim = Sim::settled(3);
     assert_eq!(
         sim.voters().len(),
         sim.nodes.len(),
@@ -1394,22 +1420,7 @@ impl Sim {
 #[test]
 fn a_member_the_state_machine_refuses_is_refused_by_raft_too() {
     use raft::eraftpb::{ConfChange, ConfChangeType};
-    let mut sim = Sim::new(5);
-    sim.faults = Faults {
-        loss: 0.0,
-        max_delay_ms: 5,
-        partition_rate: 0.0,
-        crash_rate: 0.0,
-        member_rate: 0.0,
-        max_skew_ms: 0,
-        lost_report: 0.0,
-    };
-    for _ in 0..3_000 {
-        if sim.converged().is_ok() && sim.nodes.len() == sim.voters().len() {
-            break;
-        }
-        sim.step(false);
-    }
+    let mut sim = Sim::settled(5);
     sim.converge();
     let l = sim.leader().unwrap();
     // Node 1's address in other case and with a padded port.
@@ -1612,22 +1623,7 @@ fn hostile_messages_from_a_member_never_panic_a_node_and_the_cluster_goes_on() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
     for seed in 1..=runs {
-        let mut sim = Sim::new(seed);
-        sim.faults = Faults {
-            loss: 0.0,
-            max_delay_ms: 5,
-            partition_rate: 0.0,
-            crash_rate: 0.0,
-            member_rate: 0.0,
-            max_skew_ms: 0,
-            lost_report: 0.0,
-        };
-        for _ in 0..3_000 {
-            if sim.converged().is_ok() && sim.voters().len() == sim.nodes.len() {
-                break;
-            }
-            sim.step(false);
-        }
+        let mut sim = Sim::settled(seed);
         let mut rng = StdRng::seed_from_u64(seed ^ 0xF022);
         sim.byzantine = true;
         for round in 0..2_000 {
@@ -1669,22 +1665,8 @@ fn hostile_messages_from_a_member_never_panic_a_node_and_the_cluster_goes_on() {
         // A leader and commits again once the hostile traffic stops (the
         // compromised member may have made logs differ: raft cannot stop a
         // member that lies; it must not crash or wedge anyone).
-        let commits =
-            |sim: &Sim| -> Vec<u64> { sim.nodes.iter().map(|n| sim.commit(n.id)).collect() };
-        let before = commits(&sim);
-        let mut progressed = false;
-        for _ in 0..6_000 {
-            sim.step(false);
-            let now = commits(&sim);
-            if sim.leader().is_some()
-                && now.iter().zip(&before).filter(|(a, b)| a > b).count() * 2 > now.len()
-            {
-                progressed = true;
-                break;
-            }
-        }
         assert!(
-            progressed,
+            sim.majority_progresses(),
             "seed {seed}: no leader and majority progress after the hostile traffic: {}",
             sim.describe()
         );
