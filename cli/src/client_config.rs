@@ -16,17 +16,7 @@
 use std::path::{Path, PathBuf};
 
 /// The default config file, if a home is known.
-pub fn default_path() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|h| PathBuf::from(h).join(".config"))
-        })?;
-    Some(base.join("faxictl").join("config.toml"))
-}
+pub use faxi_proto::client::default_config_path as default_path;
 
 /// What a client config file says.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -16,9 +16,7 @@ use faxi_proto::v1::watchdog_client::WatchdogClient;
 use tokio::time::Instant;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-/// The DNS name every node certificate holds (see the node's `tls`
-/// module): faxictl does not know which node it reaches, only the cluster.
-const ANY_NODE: &str = "faxi-watchdog";
+use faxi_proto::client::ANY_NODE;
 
 /// faxictl's default endpoints: the nodes of `faxi-watchdog dev`.
 const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403";

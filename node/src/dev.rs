@@ -216,7 +216,7 @@ fn write_client_config(dir: &Path, tls: &Path) -> Result<String, String> {
     );
     let here = dir.join("faxictl.toml");
     std::fs::write(&here, &c).map_err(|e| format!("cannot write {}: {e}", here.display()))?;
-    let Some(default) = default_client_config() else {
+    let Some(default) = faxi_proto::client::default_config_path() else {
         return Ok(format!("{} (set FAXICTL_CONFIG to it)", here.display()));
     };
     let ours = match std::fs::read_to_string(&default) {
@@ -244,19 +244,6 @@ fn write_client_config(dir: &Path, tls: &Path) -> Result<String, String> {
             here.display()
         )),
     }
-}
-
-/// faxictl's default client config path (as faxictl finds it).
-fn default_client_config() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|h| PathBuf::from(h).join(".config"))
-        })?;
-    Some(base.join("faxictl").join("config.toml"))
 }
 
 fn node_config(

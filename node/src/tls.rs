@@ -27,7 +27,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 use crate::mesh::state::NodeId;
 
 /// The DNS name every node certificate holds.
-pub const ANY_NODE: &str = "faxi-watchdog";
+pub use faxi_proto::client::ANY_NODE;
 const URI_PREFIX: &str = "urn:faxi-watchdog:";
 const CA_NAME: &str = "faxi-watchdog cluster CA";
 /// How long a node or operator certificate made by `certs` is valid.
@@ -478,7 +478,7 @@ pub fn make_certs(req: &CertRequest) -> Result<Vec<PathBuf>, String> {
         }
     };
     let issuer = Issuer::from_params(&params, &key);
-    let mut leaves: Vec<(String, Vec<SanType>, DnTypeName)> = Vec::new();
+    let mut leaves: Vec<(String, Vec<SanType>, String)> = Vec::new();
     for id in &req.nodes {
         if *id == 0 {
             return Err("node ids start at 1".into());
@@ -492,7 +492,7 @@ pub fn make_certs(req: &CertRequest) -> Result<Vec<PathBuf>, String> {
                     .map_err(|e| format!("{e}"))?,
             ),
         ];
-        leaves.push((format!("node-{id}"), sans, DnTypeName(format!("node {id}"))));
+        leaves.push((format!("node-{id}"), sans, format!("node {id}")));
     }
     for (name, role) in &req.operators {
         check_operator_name(name)?;
@@ -504,7 +504,7 @@ pub fn make_certs(req: &CertRequest) -> Result<Vec<PathBuf>, String> {
         leaves.push((
             format!("client-{name}"),
             sans,
-            DnTypeName(format!("{name} ({})", role.as_str())),
+            format!("{name} ({})", role.as_str()),
         ));
     }
     for (file, _, _) in &leaves {
@@ -519,7 +519,7 @@ pub fn make_certs(req: &CertRequest) -> Result<Vec<PathBuf>, String> {
     for (file, sans, cn) in leaves {
         let mut p = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
         p.subject_alt_names = sans;
-        p.distinguished_name.push(DnType::CommonName, cn.0);
+        p.distinguished_name.push(DnType::CommonName, cn);
         p.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
@@ -542,8 +542,6 @@ pub fn make_certs(req: &CertRequest) -> Result<Vec<PathBuf>, String> {
     }
     Ok(written)
 }
-
-struct DnTypeName(String);
 
 #[cfg(test)]
 mod tests {

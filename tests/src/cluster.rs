@@ -381,6 +381,33 @@ impl Cluster {
         Self::faxictl_as("admin", endpoints, args).await
     }
 
+    /// `faxictl watch --output json` as admin, running (killed on drop), and
+    /// its output's lines.
+    pub fn faxictl_watch(
+        endpoints: &str,
+    ) -> (
+        Child,
+        tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    ) {
+        let mut child = Command::new(workspace_bin("faxictl"))
+            .args(["watch", "--output", "json"])
+            .env("FAXI_ENDPOINTS", endpoints)
+            .env(
+                "FAXICTL_CONFIG",
+                crate::tls::shared().client_config("admin"),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        (
+            child,
+            tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(out)),
+        )
+    }
+
     /// faxictl as operator `who` (admin, operator or reader), over mutual
     /// TLS with that operator's certificate.
     pub async fn faxictl_as(who: &str, endpoints: &str, args: &[&str]) -> std::process::Output {

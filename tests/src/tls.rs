@@ -100,6 +100,18 @@ impl TestTls {
         self.channel_with(addr, self.client(who))
     }
 
+    /// A lazy channel to `addr` holding node `id`'s certificate (as that
+    /// node, or as whoever stole its key).
+    pub fn node_channel(&self, addr: std::net::SocketAddr, id: u64) -> Channel {
+        self.channel_with(
+            addr,
+            self.client_files(
+                &self.dir.join(format!("node-{id}.pem")),
+                &self.dir.join(format!("node-{id}.key")),
+            ),
+        )
+    }
+
     /// A lazy channel to `addr` with `tls`.
     pub fn channel_with(&self, addr: std::net::SocketAddr, tls: ClientTlsConfig) -> Channel {
         Endpoint::from_shared(format!("https://{addr}"))

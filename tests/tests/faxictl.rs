@@ -205,20 +205,7 @@ async fn endpoints_that_hang_or_do_not_speak_grpc_are_skipped() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("zone-b"), "{out}");
     // A watch too.
-    let mut watch = tokio::process::Command::new(faxi_tests::workspace_bin("faxictl"))
-        .args(["watch", "--output", "json"])
-        .env("FAXI_ENDPOINTS", &eps)
-        .env(
-            "FAXICTL_CONFIG",
-            faxi_tests::tls::shared().client_config("admin"),
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(watch.stdout.take().unwrap()));
+    let (mut watch, mut lines) = Cluster::faxictl_watch(&eps);
     let line = tokio::time::timeout(LONG, lines.next_line())
         .await
         .unwrap()

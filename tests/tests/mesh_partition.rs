@@ -314,21 +314,7 @@ async fn a_cut_off_node_answers_stale_and_faxictl_moves_on_to_a_fresh_one() {
 
     // A watch on zone-c's node, started while it is fresh.
     let eps = c.endpoints(&[zone_c, 0, 1]);
-    let mut early_watch = tokio::process::Command::new(faxi_tests::workspace_bin("faxictl"))
-        .args(["watch", "--output", "json"])
-        .env("FAXI_ENDPOINTS", &eps)
-        .env(
-            "FAXICTL_CONFIG",
-            faxi_tests::tls::shared().client_config("admin"),
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut early = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
-        early_watch.stdout.take().unwrap(),
-    ));
+    let (mut early_watch, mut early) = Cluster::faxictl_watch(&eps);
     let next_doc = |line: Option<String>| -> serde_json::Value {
         serde_json::from_str(&line.expect("the watch ended")).unwrap()
     };
@@ -438,20 +424,7 @@ async fn a_cut_off_node_answers_stale_and_faxictl_moves_on_to_a_fresh_one() {
         "{out}"
     );
     // The same for a watch: its first message comes from a fresh node.
-    let mut watch = tokio::process::Command::new(faxi_tests::workspace_bin("faxictl"))
-        .args(["watch", "--output", "json"])
-        .env("FAXI_ENDPOINTS", &eps)
-        .env(
-            "FAXICTL_CONFIG",
-            faxi_tests::tls::shared().client_config("admin"),
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(watch.stdout.take().unwrap()));
+    let (mut watch, mut lines) = Cluster::faxictl_watch(&eps);
     let line = tokio::time::timeout(LONG, lines.next_line())
         .await
         .unwrap()

@@ -133,10 +133,7 @@ async fn strangers_and_impostors_are_refused_and_the_cluster_goes_on() {
 
     // Node 2's own certificate, claiming to be node 3: refused and counted.
     let wrong_before = refused(&c, 0, "wrong_identity").await;
-    let as_node2 = tls.channel_with(
-        c.nodes[0].grpc,
-        tls.client_files(&tls.dir.join("node-2.pem"), &tls.dir.join("node-2.key")),
-    );
+    let as_node2 = tls.node_channel(c.nodes[0].grpc, 2);
     let e = PeerClient::new(as_node2)
         .step(RaftBatch {
             from: 3,
@@ -164,10 +161,7 @@ async fn strangers_and_impostors_are_refused_and_the_cluster_goes_on() {
     assert_eq!(refused(&c, 0, "wrong_identity").await, wrong_before + 1.0);
     // A node certificate from the cluster's CA, for a node that was never
     // added (or was removed): it speaks raft to nobody, asks for nothing.
-    let as_node9 = tls.channel_with(
-        c.nodes[0].grpc,
-        tls.client_files(&tls.dir.join("node-9.pem"), &tls.dir.join("node-9.key")),
-    );
+    let as_node9 = tls.node_channel(c.nodes[0].grpc, 9);
     let s = c.status(0).await.unwrap().cluster.unwrap();
     let e = PeerClient::new(as_node9.clone())
         .step(RaftBatch {
@@ -551,13 +545,7 @@ async fn a_compromised_member_cannot_panic_wedge_or_steer_the_leader() {
     // its real certificate, to the leader.
     let sender = (1..=3u64).find(|id| *id != leader).unwrap();
     let tls = shared();
-    let channel = tls.channel_with(
-        c.nodes[li].grpc,
-        tls.client_files(
-            &tls.dir.join(format!("node-{sender}.pem")),
-            &tls.dir.join(format!("node-{sender}.key")),
-        ),
-    );
+    let channel = tls.node_channel(c.nodes[li].grpc, sender);
     let msg = |t: MessageType, term: u64| {
         let mut m = Message::default();
         m.set_msg_type(t);
