@@ -755,6 +755,20 @@ impl Conn {
                             answered: true,
                         }
                     }
+                    // The request left, and the connection failed before
+                    // an answer came (the node died, or the network): the
+                    // node may have proposed it. Never sent again.
+                    Ok(Err(s)) if !is_answer(&s) || s.code() == tonic::Code::Cancelled => {
+                        Attempt::Fail(Failure {
+                            code: EXIT_ERROR,
+                            message: format!(
+                                "outcome unknown: the connection failed after the request was \
+                                 sent ({}); the change may or may not be applied: check with \
+                                 `faxictl members` and `faxictl audit` before trying again",
+                                status_chain(&s)
+                            ),
+                        })
+                    }
                     Ok(Err(s)) => Attempt::Fail(Failure {
                         code: EXIT_ERROR,
                         message: describe(&s),
@@ -762,7 +776,7 @@ impl Conn {
                     Err(_) => Attempt::Fail(Failure {
                         code: EXIT_ERROR,
                         message: format!(
-                            "no answer within --timeout {}; the change may still be applied",
+                            "outcome unknown: no answer within --timeout {}; the change may still be applied: check with `faxictl members` and `faxictl audit`",
                             humantime::format_duration(Duration::from_millis(
                                 u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
                             ))

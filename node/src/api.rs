@@ -25,7 +25,6 @@ use protobuf::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
 use crate::mesh::driver::{Input, MemberChange, Mesh, MeshError, Shared};
@@ -33,6 +32,9 @@ use crate::mesh::guard::{self, Envelope, Refusal};
 use crate::mesh::state::{AuditRecord, Command, Member, NodeId, State};
 use crate::mesh::transport::MAX_MESSAGE_BYTES;
 use crate::tls::{Caller, Role, Tls, caller_of};
+
+mod incoming;
+pub use incoming::{Conn, FIRST_REQUEST, MAX_CONNECTIONS, Proven, incoming};
 
 /// Deadline for a membership change to commit.
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
@@ -64,6 +66,9 @@ pub struct Api {
     kinds: BTreeMap<String, &'static str>,
     /// Mutual TLS (None: `insecure = true`, nobody is authenticated).
     tls: Option<Arc<Tls>>,
+    /// Connections still to authenticate a request (nodes that take
+    /// tokens: a TLS handshake without a certificate proves nothing).
+    proven: Proven,
 }
 
 impl Api {
@@ -81,12 +86,30 @@ impl Api {
             zone,
             kinds,
             tls,
+            proven: Proven::default(),
         }
+    }
+
+    /// What [`incoming`] needs to close connections that never
+    /// authenticate a request: `Some` where clients may connect without a
+    /// certificate (a node that takes tokens).
+    pub fn first_request(&self) -> Option<Proven> {
+        self.tls
+            .as_ref()
+            .filter(|t| t.takes_tokens())
+            .map(|_| self.proven.clone())
     }
 
     /// Who sent `request`: read from the client certificate the TLS layer
     /// verified against the cluster CA.
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let caller = self.who(request)?;
+        self.proven
+            .mark(request.local_addr(), request.remote_addr());
+        Ok(caller)
+    }
+
+    fn who<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let Some(tls) = &self.tls else {
             return Ok(Caller::Insecure);
         };
@@ -183,6 +206,7 @@ impl Api {
     ) {
         let gate = PeerGate {
             tls: self.tls.is_some(),
+            proven: self.proven.clone(),
         };
         (
             WatchdogServer::new(self.clone()),
@@ -485,33 +509,66 @@ fn new_member(r: &pb::AddMemberRequest) -> Result<Member, Status> {
 
 /// Whether `text` matches `pattern`, where `*` matches any run of
 /// characters and `?` any one; every other character stands for itself.
-/// Linear in practice (the classic backtrack to the last `*`).
+/// Linear in the text whatever the pattern: the pattern's positions
+/// reached so far are one bit set (a pattern is at most [`MAX_PATTERN`]
+/// bytes), advanced a character at a time, so no pattern can make a match
+/// backtrack.
 fn glob(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ti));
-                pi += 1;
-            }
-            Some(c) if *c == '?' || *c == t[ti] => {
-                pi += 1;
-                ti += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    pi = sp + 1;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
+    // `**` is `*`: after this no two stars are neighbours, so one step
+    // past each star closes the set over "a star matches nothing".
+    let mut p: Vec<char> = Vec::with_capacity(pattern.len());
+    for c in pattern.chars() {
+        if !(c == '*' && p.last() == Some(&'*')) {
+            p.push(c);
         }
     }
-    p[pi..].iter().all(|c| *c == '*')
+    let words = (p.len() + 1).div_ceil(64);
+    let bit = |set: &mut [u64], i: usize| set[i / 64] |= 1 << (i % 64);
+    // Per pattern position: a star there, a `?`, or the character itself.
+    let (mut stars, mut any) = (vec![0u64; words], vec![0u64; words]);
+    let mut chars: std::collections::HashMap<char, Vec<u64>> = Default::default();
+    for (i, c) in p.iter().enumerate() {
+        match c {
+            '*' => bit(&mut stars, i),
+            '?' => bit(&mut any, i),
+            c => bit(chars.entry(*c).or_insert_with(|| vec![0u64; words]), i),
+        }
+    }
+    let none = vec![0u64; words];
+    // `set | (set & mask) << 1`, across words.
+    let step = |set: &mut [u64], mask: &[u64]| {
+        let mut carry = 0;
+        for (w, m) in set.iter_mut().zip(mask) {
+            let moved = *w & m;
+            let out = moved >> 63;
+            *w |= (moved << 1) | carry;
+            carry = out;
+        }
+    };
+    // Position i reached: the first i pattern characters matched; a star
+    // also matches nothing.
+    let mut at = vec![0u64; words];
+    bit(&mut at, 0);
+    step(&mut at, &stars);
+    let mut next = vec![0u64; words];
+    for t in text.chars() {
+        let here = chars.get(&t).unwrap_or(&none);
+        // Past a matching character or `?`; staying on a star.
+        let mut carry = 0;
+        let mut live = 0;
+        for w in 0..words {
+            let moved = at[w] & !stars[w] & (here[w] | any[w]);
+            next[w] = (moved << 1) | carry | (at[w] & stars[w]);
+            carry = moved >> 63;
+            live |= next[w];
+        }
+        if live == 0 {
+            return false;
+        }
+        step(&mut next, &stars);
+        std::mem::swap(&mut at, &mut next);
+    }
+    at[p.len() / 64] & (1 << (p.len() % 64)) != 0
 }
 
 /// The deadline a client gave its call (`grpc-timeout`), if any.
@@ -531,116 +588,6 @@ fn call_deadline(m: &tonic::metadata::MetadataMap) -> Option<Duration> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     })
-}
-
-/// Most gRPC connections a node holds at once (peers and clients, TLS
-/// handshakes in progress included); more are closed as they arrive and
-/// counted, so a flood cannot exhaust the node's file descriptors or memory.
-pub const MAX_CONNECTIONS: usize = 1024;
-/// TCP keep-alive on accepted connections: a peer that vanished without a
-/// word (a half-open connection) is found and its connection closed.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
-
-/// The gRPC server's connections: TCP_NODELAY on each (tonic's
-/// `Server::tcp_nodelay` does not apply to `serve_with_incoming`, and
-/// without it every response's trailers wait on Nagle and delayed ACK,
-/// ~40 ms), TCP keep-alive, and at most [`MAX_CONNECTIONS`] at once.
-pub fn incoming(
-    listener: tokio::net::TcpListener,
-) -> impl Stream<Item = std::io::Result<Conn>> + Send + 'static {
-    use tokio_stream::StreamExt as _;
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(TCP_KEEPALIVE))
-        .filter_map(move |accepted| match accepted {
-            Ok(stream) => match permits.clone().try_acquire_owned() {
-                Ok(permit) => Some(Ok(Conn {
-                    stream,
-                    _permit: permit,
-                })),
-                Err(_) => {
-                    metrics::counter!(crate::metrics::CONNECTIONS_REFUSED).increment(1);
-                    if log_now("connections") {
-                        tracing::warn!(
-                            max = MAX_CONNECTIONS,
-                            peer = ?stream.peer_addr().ok(),
-                            "refused a gRPC connection: this node holds as many as it takes"
-                        );
-                    }
-                    None
-                }
-            },
-            Err(e) => Some(Err(e)),
-        })
-}
-
-/// An accepted connection, holding its place among [`MAX_CONNECTIONS`].
-#[derive(Debug)]
-pub struct Conn {
-    stream: tokio::net::TcpStream,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl Conn {
-    /// Whether TCP_NODELAY is set.
-    pub fn nodelay(&self) -> std::io::Result<bool> {
-        self.stream.nodelay()
-    }
-}
-
-impl tokio::io::AsyncRead for Conn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Conn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-}
-
-impl Connected for Conn {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
-    }
 }
 
 fn to_status(e: MeshError) -> Status {
@@ -724,6 +671,7 @@ fn clip_audit(text: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct PeerGate {
     tls: bool,
+    proven: Proven,
 }
 
 impl tonic::service::Interceptor for PeerGate {
@@ -732,7 +680,10 @@ impl tonic::service::Interceptor for PeerGate {
             return Ok(r);
         }
         match r.peer_certs().and_then(|c| caller_of(&c)) {
-            Some(Caller::Node(_)) => Ok(r),
+            Some(Caller::Node(_)) => {
+                self.proven.mark(r.local_addr(), r.remote_addr());
+                Ok(r)
+            }
             _ => {
                 metrics::counter!(crate::metrics::RAFT_REFUSED, "reason" => "unauthenticated")
                     .increment(1);
@@ -1371,6 +1322,59 @@ mod tests {
         // A pathological pattern stays fast (no exponential backtracking).
         let long = "a".repeat(200);
         assert!(!glob(&format!("{}b", "*a".repeat(100)), &long));
+        // Patterns past one 64-bit word, stars at word edges.
+        let p63 = format!("{}*z", "?".repeat(63));
+        assert!(glob(&p63, &format!("{}xyz", "a".repeat(63))));
+        assert!(!glob(&p63, &"a".repeat(80)));
+        let wide = format!("{}*{}", "a".repeat(100), "b".repeat(100));
+        assert!(glob(
+            &wide,
+            &format!("{}cc{}", "a".repeat(100), "b".repeat(100))
+        ));
+        assert!(glob(
+            &wide,
+            &format!("{}{}", "a".repeat(100), "b".repeat(100))
+        ));
+        assert!(!glob(
+            &wide,
+            &format!("{}{}", "a".repeat(100), "b".repeat(99))
+        ));
+        assert!(glob("a**b", "ab") && glob("**", "") && !glob("?", ""));
+    }
+
+    /// The matcher agrees with a plain recursive definition on every
+    /// pattern and text over a small alphabet.
+    #[test]
+    fn glob_agrees_with_the_definition() {
+        fn reference(p: &[char], t: &[char]) -> bool {
+            match (p.first(), t.first()) {
+                (None, _) => t.is_empty(),
+                (Some('*'), _) => reference(&p[1..], t) || (!t.is_empty() && reference(p, &t[1..])),
+                (Some(_), None) => false,
+                (Some(c), Some(x)) => (*c == '?' || c == x) && reference(&p[1..], &t[1..]),
+            }
+        }
+        let all = |n: usize, alphabet: &[char]| {
+            let mut out = vec![String::new()];
+            for _ in 0..n {
+                let longer: Vec<String> = out
+                    .iter()
+                    .filter(|s| s.chars().count() == out.last().unwrap().chars().count())
+                    .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                    .collect();
+                out.extend(longer);
+            }
+            out
+        };
+        let patterns = all(4, &['a', 'b', '*', '?']);
+        let texts = all(5, &['a', 'b']);
+        for p in &patterns {
+            let pc: Vec<char> = p.chars().collect();
+            for t in &texts {
+                let tc: Vec<char> = t.chars().collect();
+                assert_eq!(glob(p, t), reference(&pc, &tc), "{p:?} against {t:?}");
+            }
+        }
     }
 
     #[test]
@@ -1428,9 +1432,39 @@ mod tests {
         use tokio_stream::StreamExt as _;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut inc = std::pin::pin!(incoming(listener));
+        let mut inc = std::pin::pin!(incoming(listener, None));
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let accepted = inc.next().await.unwrap().unwrap();
         assert!(accepted.nodelay().unwrap(), "TCP_NODELAY not set");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_authenticates_no_request_in_time_is_closed() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        use tokio_stream::StreamExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let proven = Proven::default();
+        let mut inc = std::pin::pin!(incoming(listener, Some(proven.clone())));
+        // One that never authenticates: closed once FIRST_REQUEST passed
+        // (the paused clock moves only when nothing else can).
+        let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut silent = inc.next().await.unwrap().unwrap();
+        let started = tokio::time::Instant::now();
+        let e = silent.read(&mut [0u8; 8]).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= FIRST_REQUEST);
+        // One whose request authenticated stays past the deadline.
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut ok = inc.next().await.unwrap().unwrap();
+        proven.mark(client.peer_addr().ok(), client.local_addr().ok());
+        tokio::time::advance(FIRST_REQUEST * 2).await;
+        client.write_all(b"hi").await.unwrap();
+        let mut buf = [0u8; 2];
+        ok.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hi");
+        // A closed connection's entry is gone.
+        drop((silent, ok));
+        assert!(proven.is_empty());
     }
 }

@@ -50,6 +50,9 @@ pub const RAFT_DROPPED: &str = "faxi_raft_messages_dropped_total";
 pub const RAFT_REFUSED: &str = "faxi_raft_messages_refused_total";
 /// gRPC connections closed on arrival: the node held as many as it takes.
 pub const CONNECTIONS_REFUSED: &str = "faxi_grpc_connections_refused_total";
+/// gRPC connections closed because no authenticated request came on them
+/// within `api::FIRST_REQUEST` (nodes that take tokens).
+pub const CONNECTIONS_UNPROVEN: &str = "faxi_grpc_connections_unauthenticated_total";
 /// API requests refused because the caller's role does not allow them.
 pub const API_DENIED: &str = "faxi_api_requests_denied_total";
 /// 1 when this node's last message to the peer got through.
@@ -142,6 +145,10 @@ fn describe() {
     metrics::describe_counter!(
         RAFT_REFUSED,
         "Peer raft batches refused before raft saw them, by reason."
+    );
+    metrics::describe_counter!(
+        CONNECTIONS_UNPROVEN,
+        "gRPC connections closed because no authenticated request came on them in time."
     );
     metrics::describe_counter!(
         CONNECTIONS_REFUSED,

@@ -152,6 +152,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         kinds,
         tls.clone(),
     );
+    let first_request = api.first_request();
     let (watchdog_svc, peer_svc) = api.services();
     // HTTP/2 pings find a connection whose other end vanished; streams per
     // connection are bounded (connections are, in `api::incoming`).
@@ -168,7 +169,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         builder
             .add_service(watchdog_svc)
             .add_service(peer_svc)
-            .serve_with_incoming(crate::api::incoming(grpc_listener)),
+            .serve_with_incoming(crate::api::incoming(grpc_listener, first_request)),
     );
     tracing::info!(
         node = config.node.id,

@@ -341,8 +341,65 @@ impl Tls {
         caller_of(&der)
     }
 
-    /// Checks that the certificate is node `id`'s.
+    /// Checks that the certificate is node `id`'s, that the cluster CA
+    /// (`tls.ca`) signed it, that it is valid now for both ends of a
+    /// connection, and that the key is its key: a node that peers would
+    /// refuse, or that could not prove its certificate, does not start.
     pub fn check_node(&self, id: NodeId, cert: &Path) -> Result<(), String> {
+        self.check_name(id, cert)?;
+        self.check_chain(id)
+            .map_err(|e| format!("tls.cert {}: {e}", cert.display()))
+    }
+
+    fn check_chain(&self, id: NodeId) -> Result<(), String> {
+        use rustls::client::danger::ServerCertVerifier as _;
+        use rustls::pki_types::{PrivateKeyDer, ServerName, UnixTime};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in pem_certs(&self.ca).map_err(|e| format!("tls.ca: {e}"))? {
+            roots
+                .add(ca)
+                .map_err(|e| format!("tls.ca: not a usable CA certificate: {e}"))?;
+        }
+        let roots = Arc::new(roots);
+        let chain = pem_certs(&self.cert)?;
+        let (leaf, intermediates) = chain.split_first().ok_or("no CERTIFICATE block")?;
+        let now = UnixTime::now();
+        let not_from_ca = |e: rustls::Error| {
+            format!(
+                "not valid under the cluster CA (tls.ca): {e}; make one with `faxi-watchdog certs --nodes {id}` from that CA"
+            )
+        };
+        let name = ServerName::try_from(node_dns(id)).map_err(|e| e.to_string())?;
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| format!("tls.ca: {e}"))?
+        .verify_server_cert(leaf, intermediates, &name, &[], now)
+        .map_err(not_from_ca)?;
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| format!("tls.ca: {e}"))?
+            .verify_client_cert(leaf, intermediates, now)
+            .map_err(not_from_ca)?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key)
+            .map_err(|e| format!("tls.key: not a private key: {e}"))?;
+        let signing = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| format!("tls.key: {e}"))?;
+        match rustls::sign::CertifiedKey::new(chain, signing).keys_match() {
+            Ok(()) => Ok(()),
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+                Err("tls.key is not this certificate's key".into())
+            }
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn check_name(&self, id: NodeId, cert: &Path) -> Result<(), String> {
         match self.caller() {
             Some(Caller::Node(n)) if n == id => Ok(()),
             Some(other) => Err(format!(
@@ -546,6 +603,52 @@ pub fn make_certs(req: &CertRequest) -> Result<Vec<PathBuf>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_refuses_a_certificate_another_ca_signed_or_a_key_not_its_own() {
+        let make = |nodes: Vec<NodeId>| {
+            let dir = tempfile::tempdir().unwrap();
+            make_certs(&CertRequest {
+                dir: dir.path().to_owned(),
+                nodes,
+                ..CertRequest::default()
+            })
+            .unwrap();
+            dir
+        };
+        let (ours, theirs) = (make(vec![1, 2]), make(vec![1]));
+        let f = |d: &tempfile::TempDir, name: &str| d.path().join(name);
+        let ok = Tls::load(
+            &f(&ours, "ca.pem"),
+            &f(&ours, "node-1.pem"),
+            &f(&ours, "node-1.key"),
+        )
+        .unwrap();
+        assert_eq!(ok.check_node(1, &f(&ours, "node-1.pem")), Ok(()));
+        // The same node id, signed by another cluster's CA.
+        let foreign = Tls::load(
+            &f(&ours, "ca.pem"),
+            &f(&theirs, "node-1.pem"),
+            &f(&theirs, "node-1.key"),
+        )
+        .unwrap();
+        let e = foreign
+            .check_node(1, &f(&theirs, "node-1.pem"))
+            .unwrap_err();
+        assert!(e.contains("not valid under the cluster CA (tls.ca)"), "{e}");
+        assert!(e.contains("node-1.pem"), "{e}");
+        // Our certificate with another node's key.
+        let wrong_key = Tls::load(
+            &f(&ours, "ca.pem"),
+            &f(&ours, "node-1.pem"),
+            &f(&ours, "node-2.key"),
+        )
+        .unwrap();
+        let e = wrong_key
+            .check_node(1, &f(&ours, "node-1.pem"))
+            .unwrap_err();
+        assert!(e.contains("tls.key is not this certificate's key"), "{e}");
+    }
 
     #[test]
     fn certificates_name_their_node_or_operator_and_the_ca_is_kept() {

@@ -120,3 +120,120 @@ async fn connected_but_unavailable_is_exit_1_not_3() {
     task_a.abort();
     task_b.abort();
 }
+
+/// A node that answers the status check, then dies while a write is on its
+/// way: the write's handler tells the test, which cuts the connection.
+struct DiesMidWrite {
+    got_write: std::sync::Arc<tokio::sync::Notify>,
+    writes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl Watchdog for DiesMidWrite {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        Ok(Response::new(pb::StatusResponse::default()))
+    }
+
+    type WatchStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::StatusResponse, Status>> + Send>,
+    >;
+
+    async fn watch(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        unavailable()
+    }
+
+    async fn add_member(
+        &self,
+        _: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        unavailable()
+    }
+
+    async fn remove_member(
+        &self,
+        _: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.got_write.notify_waiters();
+        std::future::pending().await
+    }
+
+    async fn transfer_leader(
+        &self,
+        _: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        unavailable()
+    }
+
+    async fn audit(
+        &self,
+        _: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditResponse>, Status> {
+        unavailable()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_node_dies_after_it_was_sent_is_outcome_unknown_and_never_resent() {
+    let got_write = std::sync::Arc::new(tokio::sync::Notify::new());
+    let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let serve = |listener: tokio::net::TcpListener| {
+        let svc = DiesMidWrite {
+            got_write: got_write.clone(),
+            writes: writes.clone(),
+        };
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(WatchdogServer::new(svc))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await
+                .unwrap();
+        })
+    };
+    let node = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node_addr = node.local_addr().unwrap();
+    let task = serve(node);
+    let second = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second_addr = second.local_addr().unwrap();
+    let task2 = serve(second);
+    // faxictl reaches the first node through a proxy that the test cuts
+    // once the write has arrived (the node "dies" mid-write).
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
+    let cut = got_write.clone();
+    let proxy_task = tokio::spawn(async move {
+        loop {
+            let (mut client, _) = proxy.accept().await.unwrap();
+            let mut upstream = tokio::net::TcpStream::connect(node_addr).await.unwrap();
+            let cut = cut.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                    () = cut.notified() => {}
+                }
+            });
+        }
+    });
+    let out = Cluster::faxictl(
+        &format!("http://{proxy_addr},http://{second_addr}"),
+        &["members", "remove", "2"],
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&proxy_addr.to_string()), "{err}");
+    assert!(err.contains("outcome unknown"), "{err}");
+    assert!(err.contains("faxictl audit"), "{err}");
+    // Sent once, to the first node only: never again elsewhere.
+    assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 1, "{err}");
+    proxy_task.abort();
+    task.abort();
+    task2.abort();
+}

@@ -459,3 +459,68 @@ async fn health_and_unknown_paths_and_ctrl_c() {
     assert!(status.success(), "exit after SIGINT: {status:?}");
     assert!(node.log_text().contains("stopped"), "{}", node.log_text());
 }
+
+#[tokio::test]
+async fn a_node_refuses_to_start_with_a_certificate_its_peers_would_refuse() {
+    let certs = |nodes: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(workspace_bin("faxi-watchdog"))
+            .args(["certs", "--nodes", nodes, "--dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    };
+    let (ours, theirs) = (certs("1,2"), certs("1"));
+    let f = |d: &tempfile::TempDir, name: &str| d.path().join(name).display().to_string();
+    for (cert, key, expect) in [
+        // Node 1's certificate, from another cluster's CA.
+        (
+            f(&theirs, "node-1.pem"),
+            f(&theirs, "node-1.key"),
+            "not valid under the cluster CA (tls.ca)",
+        ),
+        // Node 2's certificate, in node 1's config.
+        (f(&ours, "node-2.pem"), f(&ours, "node-2.key"), "not node 1"),
+        // Node 1's certificate with node 2's key.
+        (
+            f(&ours, "node-1.pem"),
+            f(&ours, "node-2.key"),
+            "tls.key is not this certificate's key",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("node.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[node]\nid = 1\nzone = \"zone-a\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{}\"\n[tls]\nca = {:?}\ncert = {cert:?}\nkey = {key:?}\n",
+                dir.path().join("data").display(),
+                faxi_tests::free_port(),
+                faxi_tests::free_port(),
+                f(&ours, "ca.pem"),
+            ),
+        )
+        .unwrap();
+        let out = tokio::time::timeout(
+            DEADLINE,
+            tokio::process::Command::new(workspace_bin("faxi-watchdog"))
+                .args(["run", "--config"])
+                .arg(&config)
+                .output(),
+        )
+        .await
+        .expect("the node should exit")
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{expect}: {err}");
+        assert!(err.contains(expect), "{expect}: {err}");
+        assert!(err.contains("tls."), "{expect}: {err}");
+        assert!(!err.contains("panicked"), "{expect}: {err}");
+    }
+}

@@ -512,7 +512,7 @@ async fn an_automation_token_stands_in_for_a_certificate_with_its_role() {
     });
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let e = PeerClient::new(shared().channel_with(c.nodes[0].grpc, no_cert))
+    let e = PeerClient::new(shared().channel_with(c.nodes[0].grpc, no_cert.clone()))
         .step(req)
         .await
         .unwrap_err();
@@ -520,6 +520,41 @@ async fn an_automation_token_stands_in_for_a_certificate_with_its_role() {
         e.message().contains("only from a node's certificate"),
         "{e}"
     );
+    // Where tokens are taken, a TLS handshake without a certificate proves
+    // nothing: a connection that then never asks anything is closed (and
+    // counted) instead of holding one of the node's places for good.
+    let idle = tonic::transport::Endpoint::from_shared(format!("https://{}", c.nodes[1].grpc))
+        .unwrap()
+        .tls_config(no_cert)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    wait_for(
+        "the connection that asked nothing closed by node 2",
+        LONG,
+        || async {
+            let text = http_get(c.nodes[1].metrics, "/metrics").await?;
+            match metric(&text, "faxi_grpc_connections_unauthenticated_total", &[]) {
+                Some(n) if n >= 1.0 => Ok(()),
+                n => Err(format!("{n:?} closed")),
+            }
+        },
+    )
+    .await;
+    drop(idle);
+    // Connections that did authenticate (the test's, the peers') stay:
+    // the cluster still answers and commits.
+    let before = commit(&c, 1).await;
+    wait_for("the cluster committing on", LONG, || async {
+        let s = c.status(1).await?.cluster.unwrap_or_default();
+        if s.commit_index > before {
+            Ok(())
+        } else {
+            Err(format!("commit {}", s.commit_index))
+        }
+    })
+    .await;
 }
 
 /// Sum of every series of `name` in a Prometheus text.

@@ -151,7 +151,7 @@ async fn in_process_mesh(dir: &std::path::Path) -> Vec<Mesh> {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(peer_svc)
-                .serve_with_incoming(faxi_watchdog::api::incoming(listener)),
+                .serve_with_incoming(faxi_watchdog::api::incoming(listener, None)),
         );
         meshes.push(mesh);
     }
