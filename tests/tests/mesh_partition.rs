@@ -121,6 +121,29 @@ async fn an_isolated_leader_steps_down_its_side_commits_nothing_and_healing_conv
     let rest: Vec<usize> = (0..3).filter(|i| *i != li).collect();
 
     net.isolate(li);
+    // The baseline: what the isolated leader has committed once the
+    // messages already on their way when the cut came are in (a few ms on
+    // these links), taken while it still believes it leads (check_quorum
+    // needs a whole election timeout, 1 s at the defaults, to notice).
+    // From here on it keeps proposing its observations, and must commit
+    // none of them.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let cut = c.status(li).await.unwrap().cluster.unwrap_or_default();
+    assert_eq!(
+        (cut.leader, cut.term),
+        (old, old_term),
+        "the isolated leader stepped down before the baseline was taken"
+    );
+    let isolated_commit = cut.commit_index;
+    // Something for it to try to commit: a request it records in its log
+    // (the audit record every mutation gets) before acting. It must fail.
+    let mut to_isolated = c.client(li);
+    let to = c.nodes[rest[0]].id;
+    let attempt = tokio::spawn(async move {
+        to_isolated
+            .transfer_leader(faxi_proto::v1::TransferLeaderRequest { to })
+            .await
+    });
     let (new, new_term) = c.wait_leader(&rest, LONG).await;
     assert_ne!(new, old);
     assert!(new_term > old_term);
@@ -134,7 +157,11 @@ async fn an_isolated_leader_steps_down_its_side_commits_nothing_and_healing_conv
         }
     })
     .await;
-    let isolated_commit = commit(&c, li).await.unwrap();
+    assert_eq!(
+        commit(&c, li).await.unwrap(),
+        isolated_commit,
+        "the isolated leader committed while it still led"
+    );
     // The majority goes on committing observations; the minority commits nothing.
     wait_for("the majority commits", LONG, || async {
         let ci = commit(&c, rest[0]).await?;
@@ -149,6 +176,11 @@ async fn an_isolated_leader_steps_down_its_side_commits_nothing_and_healing_conv
         commit(&c, li).await.unwrap(),
         isolated_commit,
         "the minority committed"
+    );
+    let answer = tokio::time::timeout(LONG, attempt).await.unwrap().unwrap();
+    assert!(
+        answer.is_err(),
+        "a request to the isolated leader was carried out: {answer:?}"
     );
     // Its zone's observations expire; the two others still decide.
     wait_for("the isolated zone's view expires", LONG, || async {
