@@ -13,6 +13,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod node;
 pub mod probe;
+pub mod recovery;
 pub mod scheduler;
 pub mod telemetry;
 pub mod tls;
