@@ -80,6 +80,16 @@ pub fn install() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(PROBE_DURATION.into()), DURATION_BUCKETS)
         .map_err(|e| format!("metrics: {e}"))?
+        .set_buckets_for_metric(
+            Matcher::Full(crate::recovery::metrics::TIME_TO_DETECT.into()),
+            crate::recovery::metrics::TIME_BUCKETS,
+        )
+        .map_err(|e| format!("metrics: {e}"))?
+        .set_buckets_for_metric(
+            Matcher::Full(crate::recovery::metrics::TIME_TO_RECOVER.into()),
+            crate::recovery::metrics::TIME_BUCKETS,
+        )
+        .map_err(|e| format!("metrics: {e}"))?
         .install_recorder()
         .map_err(|e| format!("metrics: {e}"))?;
     describe();
@@ -97,6 +107,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
+    crate::recovery::metrics::describe();
     metrics::describe_histogram!(
         PROBE_DURATION,
         metrics::Unit::Seconds,

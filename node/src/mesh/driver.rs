@@ -1467,7 +1467,13 @@ impl<O: Outbox> Core<O> {
                     Ok(())
                 }
                 EntryType::EntryNormal => match decode(&e.data) {
-                    Ok(cmd) => match shared.sm.apply(&cmd) {
+                    Ok(cmd) => match shared.sm.apply_at(
+                        &cmd,
+                        crate::recovery::incidents::EntryAt {
+                            term: e.term,
+                            index: e.index,
+                        },
+                    ) {
                         Ok(t) => {
                             transitions.extend(t);
                             Ok(())

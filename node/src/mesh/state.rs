@@ -91,6 +91,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::recovery::incidents::{EntryAt, Recovery, RecoveryCmd};
+
 /// A Raft node id.
 pub type NodeId = u64;
 
@@ -242,6 +244,8 @@ pub enum Command {
         /// [`digest`] of the verdicts the proposer believes are recorded.
         digest: u64,
     },
+    /// Incidents and recovery ([`crate::recovery::incidents`]).
+    Recovery(RecoveryCmd),
 }
 
 /// Most audit records the state keeps (the oldest go first).
@@ -369,6 +373,10 @@ pub enum Rejected {
         /// How many views are recorded for it.
         views: usize,
     },
+    /// A recovery entry that does not fit the incident it names (a step
+    /// not next, an outcome from a term that lost leadership, ...).
+    #[error("recovery: {0}")]
+    Recovery(String),
     /// A member address that another member has.
     #[error("addr {addr} is already node {other}'s address")]
     DuplicateAddr {
@@ -534,6 +542,28 @@ pub struct StateMachine {
     /// The latest operator requests, oldest first (at most [`MAX_AUDIT`]).
     #[serde(default)]
     audit: std::collections::VecDeque<AuditRecord>,
+    /// Incidents and recovery. Absent from snapshots written before it.
+    #[serde(default)]
+    recovery: Recovery,
+    /// Where the entry being applied sits in the log (its fencing token):
+    /// set by [`StateMachine::apply_at`] for the one entry, never stored.
+    #[serde(skip)]
+    entry_at: EntryAt,
+}
+
+/// The state as snapshots held it before incidents (postcard names no
+/// field: such a snapshot lacks the last one).
+#[derive(Deserialize)]
+struct StateMachineV1 {
+    cluster_id: String,
+    log_now_ms: u64,
+    log_settled: bool,
+    clocks: BTreeMap<NodeId, u64>,
+    members: BTreeMap<NodeId, Member>,
+    views: BTreeMap<String, BTreeMap<NodeId, NodeView>>,
+    agreed: BTreeMap<String, Agreed>,
+    next_expiry_ms: u64,
+    audit: std::collections::VecDeque<AuditRecord>,
 }
 
 impl StateMachine {
@@ -554,6 +584,46 @@ impl StateMachine {
             cluster_id,
             ..Self::new(members)
         }
+    }
+
+    /// Incidents and recovery.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// Applies a committed entry's command, knowing where the entry sits
+    /// in the log (recovery records it as a step's fencing token, and takes
+    /// an outcome only in the term of its intent).
+    pub fn apply_at(&mut self, cmd: &Command, at: EntryAt) -> Result<Vec<Transition>, Rejected> {
+        self.entry_at = at;
+        let r = self.apply(cmd);
+        self.entry_at = EntryAt::default();
+        r
+    }
+
+    /// The members that see `target` DOWN now, and the earliest time one
+    /// of them measured it so.
+    fn down_nodes(&self, target: &str) -> (Vec<NodeId>, Option<u64>) {
+        let now = self.log_now_ms;
+        let mut nodes = Vec::new();
+        let mut first: Option<u64> = None;
+        if let Some(per_node) = self.views.get(target) {
+            for (id, v) in per_node {
+                if v.verdict == State::Down
+                    && v.expires_at_ms >= now
+                    && self.members.contains_key(id)
+                {
+                    nodes.push(*id);
+                    let m = if v.measured_at_ms == 0 {
+                        v.at_ms
+                    } else {
+                        v.measured_at_ms
+                    };
+                    first = Some(first.map_or(m, |f: u64| f.min(m)));
+                }
+            }
+        }
+        (nodes, first)
     }
 
     /// The latest operator requests, oldest first.
@@ -672,6 +742,11 @@ impl StateMachine {
                         views,
                     });
                 }
+            }
+            Command::Recovery(r) => {
+                self.recovery
+                    .check(r, self.entry_at)
+                    .map_err(Rejected::Recovery)?;
             }
             Command::Audit(r) => {
                 if r.at_ms > MAX_STAMP_MS {
@@ -814,8 +889,21 @@ impl StateMachine {
                 // No target changes.
                 return Ok(Vec::new());
             }
+            Command::Recovery(r) => {
+                let (at, now) = (self.entry_at, self.log_now_ms);
+                self.recovery
+                    .apply(r, at, now)
+                    .map_err(Rejected::Recovery)?;
+                return Ok(Vec::new());
+            }
         }
-        Ok(self.recompute(touched))
+        let transitions = self.recompute(touched);
+        if !transitions.is_empty() {
+            let mut recovery = std::mem::take(&mut self.recovery);
+            recovery.on_transitions(&transitions, |t| self.down_nodes(t));
+            self.recovery = recovery;
+        }
+        Ok(transitions)
     }
 
     /// Moves log time on after a member's clock changed (module doc).
@@ -931,8 +1019,25 @@ impl StateMachine {
     /// latency and error were always taken with it: `measured_at_ms` is
     /// its `at_ms`, as applying the same entries now would make it.
     pub fn restore(data: &[u8]) -> Result<Self, String> {
-        let mut sm: Self =
-            super::codec::decode(data).map_err(|e| format!("corrupt state snapshot: {e}"))?;
+        let mut sm: Self = match super::codec::decode(data) {
+            Ok(sm) => sm,
+            // A snapshot from before incidents: the same, without them.
+            Err(e) => match super::codec::decode::<StateMachineV1>(data) {
+                Ok(v1) => Self {
+                    cluster_id: v1.cluster_id,
+                    log_now_ms: v1.log_now_ms,
+                    log_settled: v1.log_settled,
+                    clocks: v1.clocks,
+                    members: v1.members,
+                    views: v1.views,
+                    agreed: v1.agreed,
+                    next_expiry_ms: v1.next_expiry_ms,
+                    audit: v1.audit,
+                    ..Self::default()
+                },
+                Err(_) => return Err(format!("corrupt state snapshot: {e}")),
+            },
+        };
         if super::codec::is_legacy_json(data) {
             for v in sm.views.values_mut().flat_map(BTreeMap::values_mut) {
                 v.measured_at_ms = v.at_ms;

@@ -9,6 +9,9 @@
 //! fencing token, and commits the outcome.
 
 pub mod actions;
+pub mod executor;
+pub mod incidents;
+pub mod metrics;
 pub mod plan;
 
 pub use plan::{Action, ContainerRef, DockerOp, Plan, RecoveryDefaults, Step};

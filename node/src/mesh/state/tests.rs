@@ -909,7 +909,9 @@ impl Oracle {
             }
             // Operator requests: no target changes (the oracle does not
             // generate them).
-            Command::Audit(_) => return Ok(Vec::new()),
+            // Recovery entries move no agreed state (their own tests are in
+            // recovery::incidents).
+            Command::Audit(_) | Command::Recovery(_) => return Ok(Vec::new()),
         }
         let mut out = Vec::new();
         let targets: Vec<String> = self.records.keys().cloned().collect();
