@@ -1135,3 +1135,339 @@ impl Recovery {
         self.finish_if_done(id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recovery::plan::{Action, Step};
+
+    fn plan(steps: usize, finally: usize) -> Plan {
+        let step = |n: usize| Step {
+            action: Action::Exec {
+                argv: vec![format!("step-{n}")],
+                env: vec![],
+                timeout_ms: 1000,
+            },
+            approval: false,
+            idempotent: false,
+        };
+        Plan {
+            name: "p".into(),
+            steps: (0..steps).map(step).collect(),
+            finally: (steps..steps + finally).map(step).collect(),
+            cooldown_ms: 0,
+            max_attempts: 3,
+            attempt_window_ms: 3_600_000,
+            dry_run: false,
+        }
+    }
+
+    fn info(name: &str, deps: &[&str], plan: Option<Plan>) -> TargetInfo {
+        TargetInfo {
+            name: name.into(),
+            depends_on: deps.iter().map(|d| (*d).to_owned()).collect(),
+            rto_ms: 60_000,
+            plan,
+        }
+    }
+
+    fn to(target: &str, state: State, at_ms: u64) -> Transition {
+        Transition {
+            target: target.into(),
+            from: State::Up,
+            to: state,
+            at_ms,
+            down_zones: vec!["zone-a".into(), "zone-b".into()],
+        }
+    }
+
+    fn with_catalog(targets: Vec<TargetInfo>) -> Recovery {
+        let mut r = Recovery::default();
+        r.apply(&RecoveryCmd::Catalog(targets), EntryAt::default(), 0)
+            .unwrap();
+        r
+    }
+
+    fn nodes(_: &str) -> (Vec<NodeId>, Option<u64>) {
+        (vec![1, 2], Some(900))
+    }
+
+    #[test]
+    fn an_incident_opens_on_down_only_and_resolves_on_up_into_the_history() {
+        let mut r = with_catalog(vec![info("db", &[], None)]);
+        r.on_transitions(&[to("db", State::Suspect, 500)], nodes);
+        assert!(r.open().is_empty(), "SUSPECT opened an incident");
+        r.on_transitions(&[to("db", State::Down, 1000)], nodes);
+        let i = r.open_for("db").unwrap().clone();
+        assert_eq!((i.id, i.detect_ms, i.nodes.clone()), (1, 100, vec![1, 2]));
+        assert_eq!(i.timeline[0].kind, "detected");
+        assert!(
+            i.timeline[0].text.contains("zone-a, zone-b"),
+            "{:?}",
+            i.timeline
+        );
+        // A second DOWN (after UNKNOWN, say) opens nothing new.
+        r.on_transitions(&[to("db", State::Down, 1100)], nodes);
+        assert_eq!(r.open().len(), 1);
+        r.on_transitions(&[to("db", State::Up, 61_000)], nodes);
+        assert!(r.open().is_empty());
+        let done = r.incident(1).unwrap();
+        assert_eq!(
+            (done.phase, done.recover_ms()),
+            (Phase::Resolved, Some(60_000))
+        );
+        assert_eq!(r.stats()["db"].0.last_ms, 60_000);
+    }
+
+    #[test]
+    fn a_dependent_joins_its_dependency_incident_and_recovers_on_its_own_once_that_resolves() {
+        let mut r = with_catalog(vec![
+            info("db", &[], Some(plan(1, 0))),
+            info("app", &["db"], Some(plan(1, 0))),
+        ]);
+        // The app is seen down first, then the database.
+        r.on_transitions(&[to("app", State::Down, 1000)], nodes);
+        r.on_transitions(&[to("db", State::Down, 1200)], nodes);
+        let app = r.open_for("app").unwrap();
+        assert_eq!((app.phase, app.cause), (Phase::Joined, Some(2)));
+        assert_eq!(r.open_for("db").unwrap().joined, vec!["app".to_owned()]);
+        // A joined incident gets no attempt.
+        let begin = RecoveryCmd::Begin {
+            incident: 1,
+            at_ms: 1300,
+        };
+        assert!(r.check(&begin, EntryAt::default()).is_err());
+        // The database comes back, the app does not: its own recovery.
+        r.on_transitions(&[to("db", State::Up, 5000)], nodes);
+        let app = r.open_for("app").unwrap();
+        assert_eq!((app.phase, app.cause), (Phase::Open, None));
+        assert!(r.check(&begin, EntryAt::default()).is_ok());
+    }
+
+    #[test]
+    fn an_outcome_is_taken_only_in_its_intents_term_and_a_later_leader_settles_it() {
+        let mut r = with_catalog(vec![info("db", &[], Some(plan(2, 1)))]);
+        r.on_transitions(&[to("db", State::Down, 1000)], nodes);
+        let at = |term, index| EntryAt { term, index };
+        r.apply(
+            &RecoveryCmd::Begin {
+                incident: 1,
+                at_ms: 1,
+            },
+            at(2, 10),
+            0,
+        )
+        .unwrap();
+        let intent = |step| RecoveryCmd::Intent {
+            incident: 1,
+            step,
+            by: 1,
+            at_ms: 2,
+        };
+        // Not the next step: refused, nothing changes.
+        let before = r.clone();
+        assert!(r.apply(&intent(1), at(2, 11), 0).is_err());
+        assert_eq!(r, before);
+        r.apply(&intent(0), at(2, 11), 0).unwrap();
+        // A second intent while one is pending: refused.
+        assert!(r.apply(&intent(0), at(2, 12), 0).is_err());
+        let outcome = |intent| RecoveryCmd::Outcome {
+            incident: 1,
+            intent,
+            started_ms: 3,
+            at_ms: 4,
+            result: StepResult::Done("ok".into()),
+        };
+        // The same outcome in a later term (its leader lost the term): refused.
+        let before = r.clone();
+        let e = r.apply(&outcome(11), at(3, 13), 0).unwrap_err();
+        assert!(e.contains("lost leadership"), "{e}");
+        assert_eq!(r, before);
+        // The later leader settles it instead; its own term's settle of
+        // its own intent is refused.
+        let settle = |how| RecoveryCmd::Settle {
+            incident: 1,
+            intent: 11,
+            at_ms: 5,
+            how,
+        };
+        assert!(
+            r.check(&settle(Settle::Retry("x".into())), at(2, 13))
+                .is_err()
+        );
+        r.apply(
+            &settle(Settle::Unknown("exec may have run".into())),
+            at(3, 13),
+            0,
+        )
+        .unwrap();
+        assert_eq!(r.open_for("db").unwrap().phase, Phase::OutcomeUnknown);
+        // No intent while a person decides.
+        assert!(r.check(&intent(0), at(3, 14)).is_err());
+        let approve = RecoveryCmd::Approve {
+            incident: 1,
+            by: "alice (operate)".into(),
+            skip: true,
+            at_ms: 6,
+            until_ms: 100,
+        };
+        r.apply(&approve, at(3, 14), 0).unwrap();
+        let a = r.open_for("db").unwrap().attempt.clone().unwrap();
+        assert_eq!((a.next, a.pending), (1, None));
+        // Step 2 fails: the attempt goes on with `finally`, then ends.
+        r.apply(&intent(1), at(3, 15), 0).unwrap();
+        let failed = RecoveryCmd::Outcome {
+            incident: 1,
+            intent: 15,
+            started_ms: 7,
+            at_ms: 8,
+            result: StepResult::Failed("exit 1".into()),
+        };
+        r.apply(&failed, at(3, 16), 0).unwrap();
+        assert_eq!(r.open_for("db").unwrap().attempt.as_ref().unwrap().next, 2);
+        r.apply(&intent(2), at(3, 17), 0).unwrap();
+        r.apply(&outcome(17), at(3, 18), 0).unwrap();
+        let i = r.open_for("db").unwrap();
+        assert!(i.attempt.is_none());
+        assert_eq!(i.phase, Phase::Open);
+        assert_eq!(r.last_end("db"), Some(4));
+        let kinds: Vec<&str> = i.timeline.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "detected",
+                "attempt",
+                "intent",
+                "unknown",
+                "skipped",
+                "intent",
+                "started",
+                "failed",
+                "intent",
+                "started",
+                "done",
+                "attempt_failed"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_target_coming_back_skips_to_finally_and_a_drill_resolves_when_its_attempt_ends() {
+        let mut r = with_catalog(vec![info("db", &[], Some(plan(3, 1)))]);
+        r.on_transitions(&[to("db", State::Down, 1000)], nodes);
+        let at = |index| EntryAt { term: 1, index };
+        r.apply(
+            &RecoveryCmd::Begin {
+                incident: 1,
+                at_ms: 1,
+            },
+            at(1),
+            0,
+        )
+        .unwrap();
+        r.on_transitions(&[to("db", State::Up, 2000)], nodes);
+        let i = r.open().get(&1).unwrap();
+        assert_eq!(
+            i.attempt.as_ref().unwrap().next,
+            3,
+            "did not skip to finally"
+        );
+        r.apply(
+            &RecoveryCmd::Intent {
+                incident: 1,
+                step: 3,
+                by: 1,
+                at_ms: 2,
+            },
+            at(2),
+            0,
+        )
+        .unwrap();
+        r.apply(
+            &RecoveryCmd::Outcome {
+                incident: 1,
+                intent: 2,
+                started_ms: 3,
+                at_ms: 4,
+                result: StepResult::Done(String::new()),
+            },
+            at(3),
+            0,
+        )
+        .unwrap();
+        assert!(r.open().is_empty());
+        assert_eq!(r.incident(1).unwrap().phase, Phase::Resolved);
+        // A drill of an UP target: its plan runs, it resolves at the end,
+        // counted apart.
+        let drill = RecoveryCmd::Drill {
+            target: "db".into(),
+            by: "alice".into(),
+            at_ms: 10_000,
+        };
+        r.apply(&drill, at(4), 0).unwrap();
+        assert!(r.check(&drill, at(5)).is_err(), "two drills at once");
+        r.apply(
+            &RecoveryCmd::Begin {
+                incident: 2,
+                at_ms: 10_001,
+            },
+            at(5),
+            0,
+        )
+        .unwrap();
+        for (k, step) in (0..4u32).enumerate() {
+            let i = 6 + 2 * k as u64;
+            r.apply(
+                &RecoveryCmd::Intent {
+                    incident: 2,
+                    step,
+                    by: 1,
+                    at_ms: 10_002,
+                },
+                at(i),
+                0,
+            )
+            .unwrap();
+            r.apply(
+                &RecoveryCmd::Outcome {
+                    incident: 2,
+                    intent: i,
+                    started_ms: 10_003,
+                    at_ms: 10_500,
+                    result: StepResult::Done(String::new()),
+                },
+                at(i + 1),
+                0,
+            )
+            .unwrap();
+        }
+        assert!(r.open().is_empty());
+        let (real, drills) = &r.stats()["db"];
+        assert_eq!((real.count, drills.count, drills.last_ms), (1, 1, 500));
+    }
+
+    #[test]
+    fn crafted_entries_cannot_grow_the_state_past_its_bounds() {
+        let mut big = plan(MAX_STEPS, 1);
+        big.name = "big".into();
+        let r = Recovery::default();
+        assert!(
+            r.check(
+                &RecoveryCmd::Catalog(vec![info("x", &[], Some(big))]),
+                EntryAt::default()
+            )
+            .is_err()
+        );
+        let mut r = with_catalog(vec![]);
+        for k in 0..(MAX_OPEN as u64 + 10) {
+            r.on_transitions(&[to(&format!("t{k}"), State::Down, k)], nodes);
+        }
+        assert_eq!(r.open().len(), MAX_OPEN);
+        let mut i = r.open().get(&1).unwrap().clone();
+        for k in 0..(MAX_EVENTS * 2) {
+            i.event(k as u64, "x", None, "y".repeat(MAX_TEXT * 2));
+        }
+        assert_eq!(i.timeline.len(), MAX_EVENTS);
+        assert!(i.timeline.iter().all(|e| e.text.len() <= MAX_TEXT + 4));
+    }
+}
