@@ -242,7 +242,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             #[allow(clippy::print_stdout)]
             {
                 println!(
-                    "{}: ok: node {} in zone {}, {} peer(s), {} target(s){}",
+                    "{}: ok: node {} in zone {}, {} peer(s), {} target(s){}{}",
                     file.display(),
                     c.node.id,
                     c.node.zone,
@@ -252,6 +252,11 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                         String::new()
                     } else {
                         format!(" ({})", kinds.join(", "))
+                    },
+                    if c.recovery.plans.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} recovery plan(s)", c.recovery.plans.len())
                     }
                 );
             }

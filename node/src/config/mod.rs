@@ -6,6 +6,7 @@
 //! file, the key's full path and the reason.
 
 mod reader;
+mod recovery;
 mod secret;
 mod targets;
 
@@ -15,10 +16,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use reader::parse_duration;
+pub use recovery::{
+    ACTIONS, APPROVAL_TTL_RANGE, DEFAULT_ATTEMPT_WINDOW, DEFAULT_COOLDOWN, DEFAULT_DOCKER_TIMEOUT,
+    DEFAULT_EXEC_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_REQUEST_TIMEOUT, EXECUTOR_ENV_PREFIX,
+    HTTP_METHODS, RecoveryConfig,
+};
 pub use secret::{Redactor, Secret, SecretSource};
 pub use targets::{
-    BackupCheck, Check, HttpCheck, PostgresCheck, RECOVERY_PLANS, RedisCheck, S3Check, TargetKind,
-    TargetSpec, TcpCheck,
+    BackupCheck, Check, HttpCheck, PostgresCheck, RedisCheck, S3Check, TargetKind, TargetSpec,
+    TcpCheck,
 };
 
 use reader::Section;
@@ -110,6 +116,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// What to probe.
     pub targets: Vec<TargetSpec>,
+    /// `[recovery_defaults]` and the `[recovery.<name>]` plans targets name.
+    pub recovery: RecoveryConfig,
     /// How gRPC connections are secured.
     pub tls: TlsConfig,
 }
@@ -277,11 +285,20 @@ impl Config {
         let tls_table = top.table("tls", &mut p);
         let tls_present = top.has("tls");
         let target_tables = top.tables("targets", &mut p).unwrap_or_default();
+        let recovery_defaults = top.table("recovery_defaults", &mut p);
+        let plan_tables = top.table("recovery", &mut p);
         top.finish(&mut p);
 
         let cluster = parse_cluster(cluster_table, node.as_ref(), &mut p);
         let tls = parse_tls(tls_table, tls_present, &mut p);
-        let targets = targets::parse_targets(&target_tables, &defaults, &mut p);
+        let plan_names = recovery::plan_names(plan_tables);
+        let targets = targets::parse_targets(&target_tables, &defaults, &plan_names, &mut p);
+        let recovery = recovery::parse_recovery(
+            recovery_defaults,
+            plan_tables,
+            &targets::target_names(&target_tables),
+            &mut p,
+        );
         if target_tables.len() > MAX_TARGETS {
             p.push(Problem::new(
                 "targets",
@@ -297,6 +314,7 @@ impl Config {
                 node,
                 cluster,
                 targets,
+                recovery,
                 tls: tls.unwrap_or(TlsConfig::Insecure),
             }),
             _ => Err(p),
@@ -686,6 +704,24 @@ pub(crate) fn url_has_userinfo(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     authority.contains('@')
+}
+
+/// An `http://` or `https://` URL with a host and no credentials (which
+/// are never echoed).
+pub(crate) fn check_http_url(key: &str, url: &str, p: &mut Vec<Problem>) {
+    match url.parse::<hyper::Uri>() {
+        _ if url_has_userinfo(url) => {
+            p.push(Problem::new(key, "must not carry credentials"));
+        }
+        Ok(uri) => {
+            if !matches!(uri.scheme_str(), Some("http" | "https")) {
+                p.push(Problem::new(key, "must start with http:// or https://"));
+            } else if uri.host().is_none_or(str::is_empty) {
+                p.push(Problem::new(key, "names no host"));
+            }
+        }
+        Err(e) => p.push(Problem::new(key, format!("is not a valid URL: {e}"))),
+    }
 }
 
 /// `host:port`, the port a number from 1 to 65535.

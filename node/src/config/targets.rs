@@ -10,10 +10,10 @@ use toml::Table;
 
 use super::reader::Section;
 use super::secret::{Secret, SecretSource};
-use super::{ProbeDefaults, Problem, check_host_port, check_name, check_timing, url_has_userinfo};
-
-/// The recovery plans a target may name (DESIGN.md §2).
-pub const RECOVERY_PLANS: &[&str] = &["postgres", "redis", "app"];
+use super::{
+    ProbeDefaults, Problem, check_host_port, check_http_url, check_name, check_timing,
+    url_has_userinfo,
+};
 
 /// What kind of thing a target is; decides its probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -150,7 +150,8 @@ pub struct TargetSpec {
     pub depends_on: Vec<String>,
     /// Recovery time objective, compared with time-to-recover.
     pub rto: Option<Duration>,
-    /// The recovery plan to run when the target is DOWN.
+    /// The recovery plan to run when the target is DOWN: a key of
+    /// [`super::RecoveryConfig::plans`].
     pub recovery: Option<String>,
     /// How to probe it.
     pub check: Check,
@@ -266,10 +267,24 @@ pub struct BackupCheck {
     pub rpo: Duration,
 }
 
-/// Parses every `[[targets]]` table; problems are collected, bad targets dropped.
+/// The names the `[[targets]]` tables give, including targets with problems
+/// of their own (so that naming one is not also a problem).
+pub(crate) fn target_names(tables: &[Option<&Table>]) -> BTreeSet<String> {
+    tables
+        .iter()
+        .filter_map(|t| match (*t)?.get("name")? {
+            toml::Value::String(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Parses every `[[targets]]` table; problems are collected, bad targets
+/// dropped. `plans` are the names of the config's recovery plans.
 pub(crate) fn parse_targets(
     tables: &[Option<&Table>],
     defaults: &ProbeDefaults,
+    plans: &BTreeSet<String>,
     p: &mut Vec<Problem>,
 ) -> Vec<TargetSpec> {
     // Names first, from every table that has one, so a target with its own
@@ -291,7 +306,7 @@ pub(crate) fn parse_targets(
     let mut out: Vec<(usize, TargetSpec)> = Vec::new();
     for (i, t) in tables.iter().enumerate() {
         let Some(t) = t else { continue };
-        if let Some(spec) = parse_target(t, &format!("targets[{i}]"), defaults, p) {
+        if let Some(spec) = parse_target(t, &format!("targets[{i}]"), defaults, plans, p) {
             out.push((i, spec));
         }
     }
@@ -369,6 +384,7 @@ fn parse_target(
     t: &Table,
     path: &str,
     defaults: &ProbeDefaults,
+    plans: &BTreeSet<String>,
     p: &mut Vec<Problem>,
 ) -> Option<TargetSpec> {
     let before = p.len();
@@ -428,14 +444,11 @@ fn parse_target(
     let rto = s.duration("rto", p);
     let recovery = s.string("recovery", p);
     if let Some(r) = &recovery
-        && !RECOVERY_PLANS.contains(&r.as_str())
+        && !plans.contains(r)
     {
         p.push(Problem::new(
             s.key("recovery"),
-            format!(
-                "unknown recovery plan \"{r}\" (one of: {})",
-                RECOVERY_PLANS.join(", ")
-            ),
+            format!("no plan \"{r}\" ([recovery.{r}])"),
         ));
     }
 
@@ -594,25 +607,7 @@ fn parse_check(kind: TargetKind, s: &mut Section<'_>, p: &mut Vec<Problem>) -> O
                 .int("expect_status", 100, 599, p)
                 .map_or(200, |v| v as u16);
             if let Some(u) = &url {
-                match u.parse::<hyper::Uri>() {
-                    _ if url_has_userinfo(u) => {
-                        p.push(Problem::new(s.key("url"), "must not carry credentials"));
-                    }
-                    Ok(uri) => {
-                        if !matches!(uri.scheme_str(), Some("http" | "https")) {
-                            p.push(Problem::new(
-                                s.key("url"),
-                                "must start with http:// or https://",
-                            ));
-                        } else if uri.host().is_none_or(str::is_empty) {
-                            p.push(Problem::new(s.key("url"), "names no host"));
-                        }
-                    }
-                    Err(e) => p.push(Problem::new(
-                        s.key("url"),
-                        format!("is not a valid URL: {e}"),
-                    )),
-                }
+                check_http_url(&s.key("url"), u, p);
             }
             Some(Check::Http(HttpCheck {
                 url: url?,

@@ -340,3 +340,491 @@ fn peer_addresses_are_what_the_state_machine_takes_and_differ() {
     assert_eq!(p.len(), 2, "{p:?}");
     assert!(p.iter().all(|x| !x.contains("secret")), "{p:?}");
 }
+
+/// Two targets the plans below can wait for.
+const TARGETS: &str = "[[targets]]\nname = \"postgres\"\nkind = \"tcp\"\naddr = \"db:5432\"\n\n\
+     [[targets]]\nname = \"app\"\nkind = \"http\"\nurl = \"http://app:4000/health\"\n";
+
+fn with_plans(plans: &str) -> String {
+    format!("{NODE}\n{TARGETS}\n{plans}")
+}
+
+#[test]
+fn a_plan_with_every_action_parses_and_defaults_fill_what_it_does_not_say() {
+    use crate::recovery::{Action, ContainerRef, DockerOp, Plan, RecoveryDefaults, Step};
+    let c = Config::parse(&with_plans(
+        r#"
+[recovery_defaults]
+notify_url_env = "FAXI_WEBHOOK_URL"
+
+[recovery.postgres]
+steps = [
+  { action = "docker.stop", container = "faxi-app" },
+  { action = "docker.restart", label = "faxi.role=db", timeout = "1m", idempotent = false },
+  { action = "wait_healthy", target = "postgres", timeout = "2m", then = "finish" },
+  { action = "exec", argv = ["/usr/local/bin/restore", "--latest"], env = { PGHOST = "db" }, approval = true },
+  { action = "http", url = "https://orchestrator:8080/scale?app=0" },
+  { action = "notify", message = "postgres restored" },
+]
+finally = [
+  { action = "docker.start", container = "faxi-app" },
+  { action = "wait_healthy", target = "app", timeout = "30s" },
+  { action = "http", method = "PUT", url = "http://orch/x", expect_status = 204, body = "{}", timeout = "3s", idempotent = true },
+  { action = "notify", url_env = "OPS_HOOK", message = "done", timeout = "1s" },
+]
+"#,
+    ))
+    .unwrap();
+    assert_eq!(
+        c.recovery.defaults,
+        RecoveryDefaults {
+            max_concurrent: 1,
+            notify_url_env: Some("FAXI_WEBHOOK_URL".into()),
+            dry_run: false,
+            approval_ttl_ms: 15 * 60_000,
+        }
+    );
+    let step = |action, approval, idempotent| Step {
+        action,
+        approval,
+        idempotent,
+    };
+    let want = Plan {
+        name: "postgres".into(),
+        steps: vec![
+            step(
+                Action::Docker {
+                    op: DockerOp::Stop,
+                    container: ContainerRef::Name("faxi-app".into()),
+                    timeout_ms: 30_000,
+                },
+                false,
+                true,
+            ),
+            step(
+                Action::Docker {
+                    op: DockerOp::Restart,
+                    container: ContainerRef::Label("faxi.role=db".into()),
+                    timeout_ms: 60_000,
+                },
+                false,
+                false,
+            ),
+            step(
+                Action::WaitHealthy {
+                    target: "postgres".into(),
+                    timeout_ms: 120_000,
+                    finish: true,
+                },
+                false,
+                true,
+            ),
+            step(
+                Action::Exec {
+                    argv: vec!["/usr/local/bin/restore".into(), "--latest".into()],
+                    env: vec![("PGHOST".into(), "db".into())],
+                    timeout_ms: 60_000,
+                },
+                true,
+                false,
+            ),
+            step(
+                Action::Http {
+                    method: "POST".into(),
+                    url: "https://orchestrator:8080/scale?app=0".into(),
+                    expect_status: 200,
+                    body: None,
+                    timeout_ms: 10_000,
+                },
+                false,
+                false,
+            ),
+            step(
+                Action::Notify {
+                    url_env: "FAXI_WEBHOOK_URL".into(),
+                    message: "postgres restored".into(),
+                    timeout_ms: 10_000,
+                },
+                false,
+                false,
+            ),
+        ],
+        finally: vec![
+            step(
+                Action::Docker {
+                    op: DockerOp::Start,
+                    container: ContainerRef::Name("faxi-app".into()),
+                    timeout_ms: 30_000,
+                },
+                false,
+                true,
+            ),
+            step(
+                Action::WaitHealthy {
+                    target: "app".into(),
+                    timeout_ms: 30_000,
+                    finish: false,
+                },
+                false,
+                true,
+            ),
+            step(
+                Action::Http {
+                    method: "PUT".into(),
+                    url: "http://orch/x".into(),
+                    expect_status: 204,
+                    body: Some("{}".into()),
+                    timeout_ms: 3_000,
+                },
+                false,
+                true,
+            ),
+            step(
+                Action::Notify {
+                    url_env: "OPS_HOOK".into(),
+                    message: "done".into(),
+                    timeout_ms: 1_000,
+                },
+                false,
+                false,
+            ),
+        ],
+        cooldown_ms: 10 * 60_000,
+        max_attempts: 3,
+        attempt_window_ms: 60 * 60_000,
+        dry_run: false,
+    };
+    assert_eq!(c.recovery.plan("postgres"), Some(&want));
+    assert_eq!(c.recovery.plans.len(), 1);
+    // Every action the config takes is the action's own name.
+    let names: Vec<&str> = want.steps.iter().map(|s| s.action.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "docker.stop",
+            "docker.restart",
+            "wait_healthy",
+            "exec",
+            "http",
+            "notify"
+        ]
+    );
+    for n in ACTIONS {
+        assert!(
+            names.contains(&n) || n == "docker.start",
+            "{n} is not exercised"
+        );
+    }
+}
+
+#[test]
+fn plan_and_default_settings_are_read_and_a_plan_dry_runs_as_the_defaults_say() {
+    let c = Config::parse(&with_plans(
+        r#"
+[recovery_defaults]
+max_concurrent = 2
+dry_run = true
+approval_ttl = "1h"
+
+[recovery.a]
+steps = [{ action = "docker.restart", container = "a" }]
+cooldown = "5m"
+max_attempts = 5
+attempt_window = "2h"
+
+[recovery.b]
+steps = [{ action = "docker.restart", container = "b" }]
+dry_run = false
+"#,
+    ))
+    .unwrap();
+    let d = &c.recovery.defaults;
+    assert_eq!(
+        (
+            d.max_concurrent,
+            d.dry_run,
+            d.approval_ttl_ms,
+            &d.notify_url_env
+        ),
+        (2, true, 3_600_000, &None)
+    );
+    let a = c.recovery.plan("a").unwrap();
+    assert_eq!(
+        (
+            a.cooldown_ms,
+            a.max_attempts,
+            a.attempt_window_ms,
+            a.dry_run
+        ),
+        (300_000, 5, 7_200_000, true)
+    );
+    assert!(!c.recovery.plan("b").unwrap().dry_run);
+    // No recovery at all: the defaults, no plans.
+    let c = Config::parse(NODE).unwrap();
+    assert_eq!(c.recovery, RecoveryConfig::default());
+}
+
+#[test]
+fn recovery_defaults_are_checked() {
+    let p = problems(&with_plans(
+        "[recovery_defaults]\nmax_concurrent = 0\nnotify_url_env = \"faxi-hook\"\n\
+         dry_run = \"yes\"\napproval_ttl = \"30s\"\nretries = 2\n",
+    ));
+    assert_eq!(
+        p,
+        [
+            "recovery_defaults.max_concurrent: 0 is out of range: must be between 1 and 1000",
+            "recovery_defaults.notify_url_env: \"faxi-hook\" is not an environment variable name: \
+             use letters, digits and '_', not starting with a digit (like FAXI_WEBHOOK_URL)",
+            "recovery_defaults.dry_run: expected true or false, found string",
+            "recovery_defaults.approval_ttl: 30s is out of range: must be between 1m and 1day",
+            "recovery_defaults.retries: unknown key (known keys here: approval_ttl, dry_run, \
+             max_concurrent, notify_url_env)",
+        ]
+    );
+    assert_eq!(
+        problems(&with_plans("[recovery_defaults]\napproval_ttl = \"25h\"\n")),
+        ["recovery_defaults.approval_ttl: 1day 1h is out of range: must be between 1m and 1day"]
+    );
+    for ok in ["1m", "24h"] {
+        let text = with_plans(&format!("[recovery_defaults]\napproval_ttl = \"{ok}\"\n"));
+        assert_eq!(problems(&text), Vec::<String>::new(), "{ok}");
+    }
+}
+
+#[test]
+fn a_plan_is_checked_as_a_whole() {
+    let p = problems(&with_plans(
+        r#"
+[recovery."bad name!"]
+steps = [{ action = "docker.restart", container = "a" }]
+
+[recovery.none]
+cooldown = "soon"
+
+[recovery.empty]
+steps = []
+max_attempts = 0
+attempt_window = "0s"
+retry = true
+
+[recovery.flat]
+steps = ["docker.restart"]
+"#,
+    ));
+    assert_eq!(
+        p,
+        [
+            "recovery.\"bad name!\": \"bad name!\" is not a valid name: use 1 to 63 letters, digits, '-', '_' or '.'",
+            "recovery.empty.steps: is empty: a plan needs at least one step",
+            "recovery.empty.max_attempts: 0 is out of range: must be between 1 and 1000",
+            "recovery.empty.attempt_window: duration \"0s\" must be greater than zero",
+            "recovery.empty.retry: unknown key (known keys here: attempt_window, cooldown, \
+             dry_run, finally, max_attempts, steps)",
+            "recovery.flat.steps[0]: expected a table, found string",
+            "recovery.none.steps: missing: at least one step, like steps = [{ action = \
+             \"docker.restart\", container = \"faxi-postgres\" }]",
+            "recovery.none.cooldown: invalid duration \"soon\" (expected number at 0); write it like \
+             \"250ms\", \"30s\" or \"2h\"",
+        ]
+    );
+    assert_eq!(
+        problems(&with_plans("[recovery]\nsteps = []\n")),
+        ["recovery.steps: expected a table ([recovery.steps] with steps = [...]), found array"]
+    );
+}
+
+#[test]
+fn each_step_is_checked_against_its_action() {
+    let step = |s: &str| problems(&with_plans(&format!("[recovery.p]\nsteps = [{s}]\n")));
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "{ action = \"docker.kill\", container = \"a\", bogus = 1 }",
+            &[
+                "recovery.p.steps[0].action: unknown action \"docker.kill\" (one of: docker.restart, \
+                 docker.stop, docker.start, wait_healthy, exec, http, notify)",
+                "recovery.p.steps[0].bogus: unknown key (known keys here: action, approval, argv, \
+                 body, container, env, expect_status, idempotent, label, message, method, target, \
+                 then, timeout, url, url_env)",
+            ],
+        ),
+        (
+            "{ container = \"a\" }",
+            &[
+                "recovery.p.steps[0].action: missing: one of docker.restart, docker.stop, \
+                 docker.start, wait_healthy, exec, http, notify",
+            ],
+        ),
+        (
+            "{ action = \"docker.stop\", container = \"a\", label = \"x=y\" }",
+            &["recovery.p.steps[0].label: set only one of container and label"],
+        ),
+        (
+            "{ action = \"docker.stop\" }",
+            &[
+                "recovery.p.steps[0].container: missing: set container (a container's name) or \
+                 label (key=value, every container carrying it)",
+            ],
+        ),
+        (
+            "{ action = \"docker.stop\", container = \"-a b\" }",
+            &[
+                "recovery.p.steps[0].container: \"-a b\" is not a container name: a letter or \
+                 digit, then letters, digits, '_', '.' or '-', at most 128 characters",
+            ],
+        ),
+        (
+            "{ action = \"docker.stop\", label = \"faxi.role\" }",
+            &[
+                "recovery.p.steps[0].label: \"faxi.role\" is not a label: write key=value, like \
+                 \"faxi.role=worker\" (no spaces, at most 255 bytes)",
+            ],
+        ),
+        (
+            "{ action = \"docker.stop\", container = \"a\", argv = [\"x\"], approval = 1 }",
+            &[
+                "recovery.p.steps[0].approval: expected true or false, found integer",
+                "recovery.p.steps[0].argv: unknown key (known keys here: action, approval, \
+                 container, idempotent, label, timeout)",
+            ],
+        ),
+        (
+            "{ action = \"wait_healthy\", target = \"redis\", then = \"later\" }",
+            &[
+                "recovery.p.steps[0].target: no target is named \"redis\"",
+                "recovery.p.steps[0].timeout: missing: how long to wait, like \"2m\"",
+                "recovery.p.steps[0].then: \"later\" is not allowed: the only value is \"finish\" \
+                 (end the plan once the target is healthy)",
+            ],
+        ),
+        (
+            "{ action = \"wait_healthy\", timeout = \"1m\" }",
+            &["recovery.p.steps[0].target: missing: the target to wait for"],
+        ),
+        (
+            "{ action = \"exec\", argv = [] }",
+            &["recovery.p.steps[0].argv: is empty: give the program and its arguments"],
+        ),
+        (
+            "{ action = \"exec\" }",
+            &[
+                "recovery.p.steps[0].argv: missing: the program and its arguments, like \
+                 [\"/usr/local/bin/restore\", \"--latest\"]",
+            ],
+        ),
+        (
+            "{ action = \"exec\", argv = [\"\", \"a\\u0000b\", 3] }",
+            &[
+                "recovery.p.steps[0].argv[2]: expected a string, found integer",
+                "recovery.p.steps[0].argv[0]: the program must not be empty",
+                "recovery.p.steps[0].argv[1]: contains a NUL character",
+            ],
+        ),
+        (
+            "{ action = \"exec\", argv = [\"x\"], env = { FAXI_FENCE_TERM = \"1\", \"A-B\" = \"c\", \
+             N = 1, OK = \"a\\u0000\" } }",
+            &[
+                "recovery.p.steps[0].env.A-B: \"A-B\" is not an environment variable name: use \
+                 letters, digits and '_', not starting with a digit (like FAXI_WEBHOOK_URL)",
+                "recovery.p.steps[0].env.FAXI_FENCE_TERM: names starting with FAXI_ are the \
+                 executor's (FAXI_INCIDENT, FAXI_TARGET, FAXI_FENCE_TERM, FAXI_FENCE_INDEX): use \
+                 another name",
+                "recovery.p.steps[0].env.N: expected a string, found integer",
+                "recovery.p.steps[0].env.OK: contains a NUL character",
+            ],
+        ),
+        (
+            "{ action = \"http\", url = \"https://ops:pw@orch/x\", method = \"post\", \
+             expect_status = 600 }",
+            &[
+                "recovery.p.steps[0].url: must not carry credentials",
+                "recovery.p.steps[0].method: \"post\" is not a method here (one of: GET, POST, PUT, \
+                 PATCH, DELETE)",
+                "recovery.p.steps[0].expect_status: 600 is out of range: must be between 100 and 599",
+            ],
+        ),
+        (
+            "{ action = \"http\", url = \"ftp://orch/x\" }",
+            &["recovery.p.steps[0].url: must start with http:// or https://"],
+        ),
+        (
+            "{ action = \"http\" }",
+            &["recovery.p.steps[0].url: missing: like \"http://orchestrator:8080/scale\""],
+        ),
+        (
+            "{ action = \"notify\", message = \"hi\" }",
+            &[
+                "recovery.p.steps[0].url_env: missing: name the environment variable holding the \
+                 webhook URL here, or set notify_url_env in [recovery_defaults]",
+            ],
+        ),
+        (
+            "{ action = \"notify\", url_env = \"1HOOK\", message = \"\" }",
+            &[
+                "recovery.p.steps[0].message: must not be empty",
+                "recovery.p.steps[0].url_env: \"1HOOK\" is not an environment variable name: use \
+                 letters, digits and '_', not starting with a digit (like FAXI_WEBHOOK_URL)",
+            ],
+        ),
+    ];
+    for (s, want) in cases {
+        assert_eq!(step(s), *want, "{s}");
+    }
+    // `then = "finish"` ends the steps; in finally it has nothing to end.
+    assert_eq!(
+        problems(&with_plans(
+            "[recovery.p]\nsteps = [{ action = \"docker.restart\", container = \"a\" }]\n\
+             finally = [{ action = \"wait_healthy\", target = \"app\", timeout = \"1m\", then = \"finish\" }]\n"
+        )),
+        [
+            "recovery.p.finally[0].then: \"finish\" ends the plan's steps, so it has no place in finally"
+        ]
+    );
+}
+
+#[test]
+fn a_targets_recovery_is_a_plan_of_this_config() {
+    let target = |plans: &str| {
+        problems(&format!(
+            "{NODE}\n[[targets]]\nname = \"db\"\nkind = \"tcp\"\naddr = \"db:5432\"\n\
+             recovery = \"postgres\"\n\n{plans}"
+        ))
+    };
+    assert_eq!(
+        target(""),
+        ["targets[0].recovery: no plan \"postgres\" ([recovery.postgres])"]
+    );
+    assert_eq!(
+        target(
+            "[recovery.postgres]\nsteps = [{ action = \"wait_healthy\", target = \"db\", timeout = \"1m\" }]\n"
+        ),
+        Vec::<String>::new()
+    );
+    // A plan with problems of its own still exists for the target, and a
+    // target with problems of its own still exists for wait_healthy.
+    assert_eq!(
+        target("[recovery.postgres]\nsteps = [{ action = \"reboot\" }]\n"),
+        [
+            "recovery.postgres.steps[0].action: unknown action \"reboot\" (one of: docker.restart, \
+          docker.stop, docker.start, wait_healthy, exec, http, notify)"
+        ]
+    );
+    assert_eq!(
+        problems(&format!(
+            "{NODE}\n[[targets]]\nname = \"db\"\nkind = \"tcp\"\n\n\
+             [recovery.p]\nsteps = [{{ action = \"wait_healthy\", target = \"db\", timeout = \"1m\" }}]\n"
+        )),
+        ["targets[0].addr: missing: host:port"]
+    );
+    let c = Config::parse(&format!(
+        "{NODE}\n[[targets]]\nname = \"db\"\nkind = \"tcp\"\naddr = \"db:5432\"\n\
+         recovery = \"postgres\"\n\n\
+         [recovery.postgres]\nsteps = [{{ action = \"docker.restart\", container = \"pg\" }}]\n"
+    ))
+    .unwrap();
+    let plan = c.targets[0]
+        .recovery
+        .as_deref()
+        .and_then(|r| c.recovery.plan(r));
+    assert_eq!(plan.map(|p| p.name.as_str()), Some("postgres"));
+}
