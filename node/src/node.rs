@@ -187,6 +187,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         handle,
         health.clone(),
     ));
+    // Recovery: acts only while this node leads, from committed incidents.
+    let executor = tokio::spawn(
+        crate::recovery::executor::Executor::new(
+            mesh.clone(),
+            config.node.id,
+            crate::recovery::executor::Settings::from_config(&config),
+        )
+        .run(),
+    );
     let mut raft_done = tokio::task::spawn_blocking(move || raft_thread.join());
     let mut stalled = tokio::spawn(watch_raft_loop(mesh.clone(), health.clone()));
 
@@ -214,6 +223,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tracing::info!("shutting down");
     }
     let deadline = Instant::now() + SHUTDOWN_BUDGET;
+    executor.abort();
     proposer.abort();
     grpc.abort();
     stalled.abort();

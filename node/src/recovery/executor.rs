@@ -79,6 +79,32 @@ pub struct Settings {
     pub defaults: RecoveryDefaults,
 }
 
+impl Settings {
+    /// The catalog (every target's dependencies, RTO and plan) and the
+    /// recovery defaults from a node's config.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let catalog = config
+            .targets
+            .iter()
+            .map(|t| TargetInfo {
+                name: t.name.clone(),
+                depends_on: t.depends_on.clone(),
+                rto_ms: t
+                    .rto
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                plan: t
+                    .recovery
+                    .as_ref()
+                    .and_then(|name| config.recovery.plans.get(name).cloned()),
+            })
+            .collect();
+        Self {
+            catalog,
+            defaults: config.recovery.defaults.clone(),
+        }
+    }
+}
+
 /// The executor of one node.
 pub struct Executor {
     mesh: Mesh,
