@@ -20,7 +20,10 @@
 //!   the sender had flushed when it sent it;
 //! - DOWN only when, by the simulator's own record of what each node's
 //!   probes said (not the state machine's output), a quorum of zones had a
-//!   majority of their nodes seeing DOWN within the freshness window.
+//!   majority of their nodes seeing DOWN within the freshness window;
+//! - recovery ([`executor`]): no step runs twice, none without a committed
+//!   DOWN, none by a node that was not its term's leader when its read
+//!   index confirmed it.
 //!
 //! Checked at the end, after healing: a leader, every member converged to
 //! the same commit and byte-identical state, and proposals commit again.
@@ -179,6 +182,10 @@ pub struct Tally {
     /// Refreshes taken, and refused for a stale digest.
     refreshed: usize,
     stale_digests: usize,
+    /// Recovery: side effects run, incidents seen, outcomes unknown.
+    steps_run: usize,
+    incidents: usize,
+    unknowns: usize,
 }
 
 /// A membership operation in progress.
@@ -216,6 +223,9 @@ struct Sim {
     /// A member is compromised: the safety checks (which hold for honest
     /// members only) are off; only panics and liveness are checked.
     byzantine: bool,
+    /// Each node's executor, and the side effects they ran.
+    exec: BTreeMap<NodeId, executor::Exec>,
+    effects: executor::Effects,
 }
 
 /// Who proposed, and what: `Some(verdict)` for an observation, `None` for
@@ -275,6 +285,8 @@ impl Sim {
             last_leader_state: None,
             plant_ack_before_persist: false,
             byzantine: false,
+            exec: BTreeMap::new(),
+            effects: executor::Effects::default(),
         };
         for id in 1..=n {
             let storage = SledStorage::simulated(sim.rng.random::<u64>() | 1).unwrap();
@@ -564,6 +576,11 @@ impl Sim {
         }
         self.world_step();
         self.observe_step();
+        // The executor acts while faults happen (a step takes its time: a
+        // leader decides now and then); healing lets the log settle.
+        if faults_on && !self.byzantine {
+            self.exec_step();
+        }
         if faults_on {
             self.faults_step();
             self.member_step();
@@ -737,6 +754,9 @@ impl Sim {
         let n = &mut self.nodes[i];
         n.core = None;
         n.storage = storage;
+        // Its executor's memory goes with it.
+        self.exec.remove(&n.id);
+        self.effects.unrun.remove(&n.id);
         // A restarted proposer knows nothing of the log: whole set first.
         n.sent = None;
         n.nonce_refresh(&mut self.rng);
@@ -1264,6 +1284,9 @@ fn add(total: &mut Tally, t: &Tally) {
     total.promoted += t.promoted;
     total.refreshed += t.refreshed;
     total.stale_digests += t.stale_digests;
+    total.steps_run += t.steps_run;
+    total.incidents += t.incidents;
+    total.unknowns += t.unknowns;
 }
 
 #[test]
@@ -1306,6 +1329,12 @@ fn seeded_fault_runs_keep_raft_and_agreement_safe_and_converge() {
             ("promotions", total.promoted),
             ("refreshes taken", total.refreshed),
             ("refreshes refused for a stale digest", total.stale_digests),
+            ("incidents", total.incidents),
+            ("recovery steps run", total.steps_run),
+            (
+                "outcomes unknown after a leader died mid-step",
+                total.unknowns,
+            ),
         ] {
             assert!(n > 0, "no {what} in {} runs: {total:?}", seeds.len());
         }
@@ -1330,6 +1359,7 @@ fn campaign(seeds: &[u64]) -> Tally {
                 );
             }
         };
+        sim.count_incidents();
         sim.tally.elections = sim.leaders.len();
         sim.tally.commits = sim.committed.len();
         sim.tally.promoted = sim
@@ -1677,3 +1707,4 @@ fn hostile_messages_from_a_member_never_panic_a_node_and_the_cluster_goes_on() {
 // gRPC edge does, so it may use protobuf and the peer types.
 #[allow(clippy::disallowed_types, clippy::disallowed_methods)]
 mod edge;
+mod executor;
