@@ -7,7 +7,15 @@
 //! - `app` (http) and `app-port` (tcp): UP everywhere;
 //! - `cache` (tcp): zone-c's node is pointed at a closed port, as if that
 //!   zone had lost its route to it: SUSPECT, "zone-c cannot reach cache";
-//! - `legacy-db` (tcp): a closed port everywhere: DOWN.
+//! - `legacy-db` (tcp): a closed port everywhere: DOWN, an incident with
+//!   no recovery plan (a person's).
+//!
+//! Recovery: the demo app listens on 127.0.0.1:7400 when that port is free
+//! (another free port otherwise). `curl -X POST 127.0.0.1:7400/break` makes
+//! its `/health` answer 503: the zones agree `app` is DOWN, an incident
+//! opens, and the leader runs the `app` plan: an `http` step that asks the
+//! app to restart (`POST /restart`, carrying the fencing token), then
+//! `wait_healthy`. `faxictl incidents`, `incident show` and `rto` show it.
 //!
 //! The nodes stop when this process stops (they watch their stdin). When
 //! one node stops on its own, the others are stopped and the error names
@@ -22,6 +30,8 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
 const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
+/// Where the demo app listens when it can.
+const DEMO_APP: &str = "127.0.0.1:7400";
 
 /// Where the mesh keeps its logs and data.
 pub fn default_dir() -> PathBuf {
@@ -36,9 +46,12 @@ pub async fn run(
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let app = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| format!("cannot start the demo app: {e}"))?;
+    let app = match TcpListener::bind(DEMO_APP).await {
+        Ok(l) => l,
+        Err(_) => TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("cannot start the demo app: {e}"))?,
+    };
     let app_addr = app
         .local_addr()
         .map_err(|e| format!("cannot start the demo app: {e}"))?;
@@ -90,6 +103,7 @@ pub async fn run(
          metrics http://127.0.0.1:9401/metrics (9402, 9403)\n  \
          logs, configs and raft logs in {}\n  \
          demo app at http://{app_addr}/health\n  \
+         break it: curl -X POST {app_addr}/break   (the leader restarts it)\n  \
          mutual TLS: CA and certificates in {}\n  \
          faxictl's client config: {client}\n\
          try: faxictl status    (Ctrl-C here stops the mesh)",
@@ -296,26 +310,68 @@ fn node_config(
         );
     };
     target(&mut c, "app", "http", "url", format!("http://{app}/health"));
+    let _ = writeln!(c, "rto = \"5m\"\nrecovery = \"app\"\n");
     target(&mut c, "app-port", "tcp", "addr", app.to_string());
     let cache = if zone == "zone-c" { closed } else { app };
     target(&mut c, "cache", "tcp", "addr", cache.to_string());
     target(&mut c, "legacy-db", "tcp", "addr", closed.to_string());
+    // The app's recovery: ask it to restart (as a scaler's API would be
+    // asked), then wait for the mesh to agree it is UP.
+    let _ = writeln!(
+        c,
+        "[recovery.app]\ncooldown = \"30s\"\nsteps = [\n  \
+         {{ action = \"http\", method = \"POST\", url = \"http://{app}/restart\" }},\n  \
+         {{ action = \"wait_healthy\", target = \"app\", timeout = \"30s\" }},\n]"
+    );
     c
 }
 
+/// The demo app: `/health` is 200 until `POST /break`, then 503 until
+/// `POST /restart` (which the leader's recovery step sends).
 async fn serve_demo_app(listener: TcpListener) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use bytes::Bytes;
     use http_body_util::Full;
-    use hyper::{Response, StatusCode};
-    crate::metrics::serve_http(listener, "demo app", |req| async move {
-        let (status, body) = if req.uri().path() == "/health" {
-            (StatusCode::OK, "ok\n")
-        } else {
-            (StatusCode::NOT_FOUND, "not found\n")
-        };
-        let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-        *resp.status_mut() = status;
-        Ok::<_, std::convert::Infallible>(resp)
+    use hyper::{Method, Response, StatusCode};
+    let broken = Arc::new(AtomicBool::new(false));
+    crate::metrics::serve_http(listener, "demo app", move |req| {
+        let broken = broken.clone();
+        async move {
+            let (status, body) = match (req.method(), req.uri().path()) {
+                (_, "/health") if broken.load(Ordering::Relaxed) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "broken\n")
+                }
+                (_, "/health") => (StatusCode::OK, "ok\n"),
+                (&Method::POST, "/break") => {
+                    broken.store(true, Ordering::Relaxed);
+                    eprintln!("faxi-watchdog dev: the demo app is broken (its /health says 503)");
+                    (StatusCode::OK, "broken: /health now answers 503\n")
+                }
+                (&Method::POST, "/restart") => {
+                    broken.store(false, Ordering::Relaxed);
+                    let h = |k: &str| {
+                        req.headers()
+                            .get(k)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_owned()
+                    };
+                    eprintln!(
+                        "faxi-watchdog dev: the demo app was restarted by recovery (incident {}, fence {}:{})",
+                        h("x-faxi-incident"),
+                        h("x-faxi-fence-term"),
+                        h("x-faxi-fence-index")
+                    );
+                    (StatusCode::OK, "restarted\n")
+                }
+                _ => (StatusCode::NOT_FOUND, "not found\n"),
+            };
+            let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+            *resp.status_mut() = status;
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     })
     .await;
 }
