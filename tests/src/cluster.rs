@@ -60,6 +60,8 @@ pub struct Spec {
     pub targets: fn(u64, &str, &Ctx) -> String,
     /// Extra `[tls]` keys (TOML lines), after the certificate files.
     pub tls: String,
+    /// More TOML at the end of every node's config (recovery plans).
+    pub extra: String,
 }
 
 /// What target configs may refer to.
@@ -85,6 +87,7 @@ impl Spec {
                 .into(),
             targets: |_, _, _| String::new(),
             tls: String::new(),
+            extra: String::new(),
         }
     }
 }
@@ -148,7 +151,7 @@ impl Cluster {
                 })
                 .collect();
             let text = format!(
-                "[node]\nid = {id}\nzone = \"{zone}\"\ndata_dir = \"{}\"\nlisten = \"{}\"\nmetrics_listen = \"{}\"\n\n{}[cluster]\n{}peers = [\n{}\n]\n\n[probe_defaults]\n{}\n{}",
+                "[node]\nid = {id}\nzone = \"{zone}\"\ndata_dir = \"{}\"\nlisten = \"{}\"\nmetrics_listen = \"{}\"\n\n{}[cluster]\n{}peers = [\n{}\n]\n\n[probe_defaults]\n{}\n{}\n{}",
                 dir.path().join(format!("data{id}")).display(),
                 addrs[i].0,
                 addrs[i].1,
@@ -157,6 +160,7 @@ impl Cluster {
                 peers.join("\n"),
                 spec.probe_defaults,
                 (spec.targets)(id, zone, ctx),
+                spec.extra,
             );
             let config = dir.path().join(format!("node{id}.toml"));
             std::fs::write(&config, text).unwrap();

@@ -1,0 +1,193 @@
+//! Recovery on real node processes (three zones, mutual TLS, default
+//! cluster settings): a target a zone quorum agrees is DOWN opens an
+//! incident on every node, the leader alone runs the plan's `exec` step
+//! (once, with the incident and its fencing token in its environment), the
+//! target comes back, the incident resolves with its times measured; when
+//! only a minority of zones sees the target down, nothing opens and nothing
+//! runs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use faxi_tests::cluster::{Cluster, Ctx, Spec};
+use faxi_tests::{http::AppStub, http_get, metric, wait_for};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// A plan whose one step appends the incident, the fencing token and the
+/// node's pid to `effects` (the side effect the test counts).
+fn plan(effects: &Path) -> String {
+    format!(
+        "[recovery.app]\ncooldown = \"1h\"\nsteps = [\n  {{ action = \"exec\", argv = [\"/bin/sh\", \"-c\", \
+         \"echo $FAXI_INCIDENT $FAXI_FENCE_TERM $FAXI_FENCE_INDEX $PPID >> {}\"] }},\n]\n",
+        effects.display()
+    )
+}
+
+fn spec(effects: &Path) -> Spec {
+    let mut spec = Spec::zones(3);
+    spec.cluster = String::new();
+    spec.probe_defaults = "interval = \"200ms\"\ntimeout = \"150ms\"\nfall = 2\nrise = 1\n".into();
+    spec.targets = |_, _, ctx| {
+        format!(
+            "[[targets]]\nname = \"app\"\nkind = \"http\"\nurl = \"http://{}/health\"\nrto = \"1m\"\nrecovery = \"app\"\n",
+            ctx.service.unwrap()
+        )
+    };
+    spec.extra = plan(effects);
+    spec
+}
+
+fn ctx(app: &AppStub) -> Ctx {
+    Ctx {
+        service: Some(app.addr),
+        closed: None,
+    }
+}
+
+/// The lines the plan's step wrote.
+fn effects(path: &PathBuf) -> Vec<Vec<String>> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+/// A metric on node `i` (0 when absent).
+async fn node_metric(c: &Cluster, i: usize, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = http_get(c.nodes[i].metrics, "/metrics")
+        .await
+        .unwrap_or_default();
+    metric(&text, name, labels).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_runs_the_plan_once_with_its_fencing_token_and_the_incident_resolves() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("effects");
+    let app = AppStub::start().await;
+    let c = Cluster::start(&spec(&file), &ctx(&app)).await;
+    c.wait_state(&[0, 1, 2], "app", "UP", LONG).await;
+    let (leader, _) = c.wait_leader(&[0, 1, 2], LONG).await;
+
+    // The app fails everywhere: a zone quorum agrees it is DOWN.
+    app.set_status(503);
+    let lines = wait_for("the plan's step ran", LONG, || async {
+        let lines = effects(&file);
+        if lines.is_empty() {
+            Err("no side effect yet".to_owned())
+        } else {
+            Ok(lines)
+        }
+    })
+    .await;
+    // The step "restarted" the app.
+    app.set_status(200);
+    c.wait_state(&[0, 1, 2], "app", "UP", LONG).await;
+    // Resolved on every node, with its times measured.
+    for i in 0..3 {
+        wait_for("the incident resolved on every node", LONG, || async {
+            let n = node_metric(
+                &c,
+                i,
+                "faxi_incidents_total",
+                &[("target", "app"), ("outcome", "resolved")],
+            )
+            .await;
+            if n == 1.0 {
+                Ok(())
+            } else {
+                Err(format!("node {}: {n}", i + 1))
+            }
+        })
+        .await;
+        assert_eq!(node_metric(&c, i, "faxi_incidents_open", &[]).await, 0.0);
+        assert_eq!(
+            node_metric(
+                &c,
+                i,
+                "faxi_time_to_recover_seconds_count",
+                &[("target", "app")]
+            )
+            .await,
+            1.0
+        );
+    }
+    // Once, by the leader, with incident 1 and a fencing token of the
+    // leader's term.
+    let lines = effects(&file);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let (_, term) = c.wait_leader(&[0, 1, 2], LONG).await;
+    let line = &lines[0];
+    assert_eq!(line[0], "1", "{line:?}");
+    assert!(line[1].parse::<u64>().unwrap() <= term, "{line:?}");
+    assert!(line[2].parse::<u64>().unwrap() > 1, "{line:?}");
+    assert_eq!(
+        line[3],
+        c.pid(c.index(leader)).unwrap().to_string(),
+        "not run by the leader: {line:?}"
+    );
+    let steps = node_metric(
+        &c,
+        c.index(leader),
+        "faxi_recovery_steps_total",
+        &[("plan", "app"), ("action", "exec"), ("result", "done")],
+    )
+    .await;
+    assert_eq!(steps, 1.0);
+    let _ = lines;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_of_zones_seeing_down_opens_no_incident_and_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("effects");
+    let app = AppStub::start().await;
+    let closed = faxi_tests::free_port();
+    let mut spec = spec(&file);
+    // Zone c alone is pointed at a closed port: it sees the app down.
+    spec.targets = |_, zone, ctx| {
+        let addr = if zone == "zone-c" {
+            ctx.closed.unwrap()
+        } else {
+            ctx.service.unwrap()
+        };
+        format!(
+            "[[targets]]\nname = \"app\"\nkind = \"http\"\nurl = \"http://{addr}/health\"\nrecovery = \"app\"\n"
+        )
+    };
+    let ctx = Ctx {
+        service: Some(app.addr),
+        closed: Some(([127, 0, 0, 1], closed).into()),
+    };
+    let c = Cluster::start(&spec, &ctx).await;
+    c.wait_state(&[0, 1, 2], "app", "SUSPECT", LONG).await;
+    // Long enough for every node's executor to have looked many times
+    // (every 500 ms, and on every applied entry): ten refreshes committed.
+    let before = c.status(0).await.unwrap().cluster.unwrap().commit_index;
+    wait_for("ten more entries committed", LONG, || async {
+        let now = c.status(0).await?.cluster.unwrap_or_default().commit_index;
+        if now >= before + 10 {
+            Ok(())
+        } else {
+            Err(format!("commit {now}"))
+        }
+    })
+    .await;
+    c.wait_state(&[0, 1, 2], "app", "SUSPECT", LONG).await;
+    for i in 0..3 {
+        assert_eq!(node_metric(&c, i, "faxi_incidents_open", &[]).await, 0.0);
+        assert_eq!(
+            node_metric(&c, i, "faxi_incidents_total", &[("target", "app")]).await,
+            0.0
+        );
+    }
+    assert!(
+        effects(&file).is_empty(),
+        "a step ran: {:?}",
+        effects(&file)
+    );
+}
