@@ -23,12 +23,33 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// One pooled HTTP(S) client shared by every http target of a node, so a
 /// probe reuses a kept-alive connection instead of a handshake each time.
-#[derive(Clone, Debug)]
-pub struct HttpClient(Client<Connector, Empty<Bytes>>);
+///
+/// Its request body type is `B`: the probes send none ([`Empty`], the
+/// default); the recovery actions that send JSON use
+/// `HttpClient<http_body_util::Full<Bytes>>`, a pool of their own built the
+/// same way.
+pub struct HttpClient<B = Empty<Bytes>>(Client<Connector, B>);
 
-impl HttpClient {
+impl<B> Clone for HttpClient<B> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<B> std::fmt::Debug for HttpClient<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient").finish_non_exhaustive()
+    }
+}
+
+impl<B> HttpClient<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     /// A client trusting the system's root certificates (none if it has none:
-    /// https probes then fail with a certificate error, http ones work).
+    /// https requests then fail with a certificate error, http ones work).
     pub fn new() -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -37,7 +58,7 @@ impl HttpClient {
         let tls = match builder.with_native_roots() {
             Ok(b) => b,
             Err(e) => {
-                tracing::warn!(error = %e, "no system root certificates: https probes will fail");
+                tracing::warn!(error = %e, "no system root certificates: https requests will fail");
                 let cfg = rustls::ClientConfig::builder()
                     .with_root_certificates(rustls::RootCertStore::empty())
                     .with_no_client_auth();
@@ -51,12 +72,36 @@ impl HttpClient {
             .build(connector);
         Self(client)
     }
+
+    /// Sends one request over the pool (no retry, no redirect).
+    pub fn request(&self, req: hyper::Request<B>) -> hyper_util::client::legacy::ResponseFuture {
+        self.0.request(req)
+    }
 }
 
-impl Default for HttpClient {
+impl<B> Default for HttpClient<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Reads and throws away at most `max` bytes of a response body, so its
+/// connection can go back to the pool (a bigger body closes it instead).
+pub async fn drain_body(body: &mut hyper::body::Incoming, max: usize) -> Result<(), hyper::Error> {
+    let mut read = 0usize;
+    while read <= max {
+        match body.frame().await {
+            Some(Ok(f)) => read += f.data_ref().map_or(0, |d| d.len()),
+            Some(Err(e)) => return Err(e),
+            None => break,
+        }
+    }
+    Ok(())
 }
 
 /// Probes one URL.
@@ -92,21 +137,15 @@ impl Probe for HttpProbe {
                 .map_err(|e| ProbeError::new(format!("bad request: {e}")))?;
             let resp = self
                 .client
-                .0
                 .request(req)
                 .await
                 .map_err(|e| ProbeError::from_error("request failed", &e))?;
             let status = resp.status().as_u16();
             // Drain a bounded body so the connection returns to the pool.
             let mut body = resp.into_body();
-            let mut read = 0usize;
-            while read <= MAX_BODY {
-                match body.frame().await {
-                    Some(Ok(f)) => read += f.data_ref().map_or(0, |d| d.len()),
-                    Some(Err(e)) => return Err(ProbeError::from_error("reading body failed", &e)),
-                    None => break,
-                }
-            }
+            drain_body(&mut body, MAX_BODY)
+                .await
+                .map_err(|e| ProbeError::from_error("reading body failed", &e))?;
             if status == self.expect {
                 Ok(Healthy {
                     detail: format!("HTTP {status}"),

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::config::{Check, Redactor, TargetSpec};
 use crate::verdict::Outcome;
 
-pub use http::HttpClient;
+pub use http::{HttpClient, drain_body};
 pub use s3::http_client as s3_http_client;
 
 /// What a probe's future resolves to.

@@ -21,6 +21,10 @@ use std::sync::Arc;
 
 pub use docker::DockerEngine;
 
+/// The HTTP(S) client of the `http` and `notify` steps: pooled and
+/// rustls-based like the probes' one, with a body.
+pub type ActionHttpClient = crate::probe::HttpClient<http_body_util::Full<bytes::Bytes>>;
+
 use super::plan::Action;
 use crate::mesh::state::State;
 
@@ -112,8 +116,9 @@ pub struct World {
     pub docker: DockerEngine,
     /// The replicated agreed state.
     pub agreed: Arc<dyn AgreedStates>,
-    /// HTTP(S) for `http` and `notify`.
-    pub http: crate::probe::HttpClient,
+    /// HTTP(S) for `http` and `notify` (`ActionHttpClient::new()`, or
+    /// `Default`).
+    pub http: ActionHttpClient,
 }
 
 impl std::fmt::Debug for World {
