@@ -995,7 +995,7 @@ pub fn rto_table(r: &pb::RtoResponse) -> String {
             "Drill last",
             "Drill p95",
             "Drills",
-            "Open",
+            "Open incident",
         ],
         &rows,
     ));
