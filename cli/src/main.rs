@@ -154,6 +154,69 @@ enum Command {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=256))]
         limit: u32,
     },
+    /// Open incidents: phase, detection and recovery times against the
+    /// target's RTO, the step running (`--all`: the finished ones the
+    /// nodes keep too).
+    Incidents {
+        /// Also the finished incidents (the nodes keep the latest 100).
+        #[arg(long)]
+        all: bool,
+    },
+    /// One incident.
+    Incident {
+        #[command(subcommand)]
+        command: IncidentCommand,
+    },
+    /// Recovery time tracking: each target's RTO against its actual
+    /// recovery times (last, p95, count), drills apart.
+    Rto,
+    /// Approve the step an incident waits on (or re-run a step whose
+    /// outcome is unknown).
+    Approve {
+        /// The incident.
+        id: u64,
+        /// Skip the step instead of running it.
+        #[arg(long)]
+        skip: bool,
+    },
+    /// Show cluster-wide maintenance, or turn it on or off (recovery
+    /// pauses, detection goes on).
+    Maintenance {
+        #[command(subcommand)]
+        change: Option<MaintenanceCommand>,
+    },
+    /// Run a target's recovery plan now, for real, as a drill (its time is
+    /// counted apart from real incidents').
+    Drill {
+        /// The target.
+        target: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IncidentCommand {
+    /// The incident and its timeline.
+    Show {
+        /// Its id (`faxictl incidents`).
+        id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MaintenanceCommand {
+    /// Show it (the default).
+    Show,
+    /// Turn it on, for a while.
+    On {
+        /// Why (1 to 256 bytes, shown to everyone).
+        #[arg(long, value_parser = parse_reason)]
+        reason: String,
+        /// For how long: 1m to 7d (`2h`, `90m`).
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_maintenance)]
+        duration: Duration,
+    },
+    /// Turn it off.
+    Off,
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,6 +255,29 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
+}
+
+/// Shortest and longest maintenance (the nodes say the same).
+const MIN_MAINTENANCE: Duration = Duration::from_secs(60);
+const MAX_MAINTENANCE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest maintenance reason, in bytes.
+const MAX_REASON: usize = 256;
+
+fn parse_maintenance(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if !(MIN_MAINTENANCE..=MAX_MAINTENANCE).contains(&d) {
+        return Err("must be from 1m to 7d".into());
+    }
+    Ok(d)
+}
+
+fn parse_reason(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() || s.len() > MAX_REASON || s.chars().any(char::is_control) {
+        return Err(format!(
+            "must be 1 to {MAX_REASON} bytes without control characters"
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 fn parse_pattern(s: &str) -> Result<String, String> {
@@ -509,7 +595,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Some(MemberCommand::Add { id, zone, addr }) => {
                 let req = pb::AddMemberRequest { id, zone, addr };
                 let (_, r) = conn
-                    .write(|mut c, t| {
+                    .write("`faxictl members`", |mut c, t| {
                         let mut req = tonic::Request::new(req.clone());
                         req.set_timeout(t);
                         async move { c.add_member(req).await }
@@ -525,7 +611,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Some(MemberCommand::Remove { id, force }) => {
                 let (_, r) = conn
-                    .write(|mut c, t| {
+                    .write("`faxictl members`", |mut c, t| {
                         let mut req = tonic::Request::new(pb::RemoveMemberRequest { id, force });
                         req.set_timeout(t);
                         async move { c.remove_member(req).await }
@@ -560,9 +646,124 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             });
             Ok(())
         }
+        Command::Incidents { all } => {
+            let allow_stale = conn.allow_stale;
+            let (_, r) = conn
+                .read(|mut c, t| {
+                    let mut req = tonic::Request::new(pb::IncidentsRequest {
+                        allow_stale,
+                        include_finished: all,
+                        finished_limit: 0,
+                    });
+                    req.set_timeout(t);
+                    async move { c.incidents(req).await }
+                })
+                .await?;
+            print(&match cli.output {
+                Output::Table => output::incidents_table(&r, all),
+                Output::Json => output::incidents_json(&r),
+            });
+            Ok(())
+        }
+        Command::Incident {
+            command: IncidentCommand::Show { id },
+        } => {
+            let allow_stale = conn.allow_stale;
+            let (_, r) = conn
+                .read(|mut c, t| {
+                    let mut req = tonic::Request::new(pb::IncidentRequest { id, allow_stale });
+                    req.set_timeout(t);
+                    async move { c.incident(req).await }
+                })
+                .await?;
+            print(&match cli.output {
+                Output::Table => output::incident_show(&r),
+                Output::Json => output::incident_json(&r),
+            });
+            Ok(())
+        }
+        Command::Rto => {
+            let allow_stale = conn.allow_stale;
+            let (_, r) = conn
+                .read(|mut c, t| {
+                    let mut req = tonic::Request::new(pb::RtoRequest { allow_stale });
+                    req.set_timeout(t);
+                    async move { c.rto(req).await }
+                })
+                .await?;
+            print(&match cli.output {
+                Output::Table => output::rto_table(&r),
+                Output::Json => output::rto_json(&r),
+            });
+            Ok(())
+        }
+        Command::Approve { id, skip } => {
+            let (_, r) = conn
+                .write("`faxictl incident show ID`", |mut c, t| {
+                    let mut req = tonic::Request::new(pb::ApproveRequest { id, skip });
+                    req.set_timeout(t);
+                    async move { c.approve(req).await }
+                })
+                .await?;
+            print(&output::approved(cli.output == Output::Json, id, skip, &r));
+            Ok(())
+        }
+        Command::Maintenance { change } => {
+            let req = match change {
+                None | Some(MaintenanceCommand::Show) => {
+                    let allow_stale = conn.allow_stale;
+                    let (_, r) = conn
+                        .read(|mut c, t| {
+                            let mut req = tonic::Request::new(pb::IncidentsRequest {
+                                allow_stale,
+                                include_finished: false,
+                                finished_limit: 0,
+                            });
+                            req.set_timeout(t);
+                            async move { c.incidents(req).await }
+                        })
+                        .await?;
+                    let m = r.maintenance.unwrap_or_default();
+                    print(&output::maintenance(cli.output == Output::Json, &m));
+                    return Ok(());
+                }
+                Some(MaintenanceCommand::On { reason, duration }) => pb::MaintenanceRequest {
+                    on: true,
+                    reason,
+                    duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+                },
+                Some(MaintenanceCommand::Off) => pb::MaintenanceRequest {
+                    on: false,
+                    reason: String::new(),
+                    duration_ms: 0,
+                },
+            };
+            let (_, r) = conn
+                .write("`faxictl maintenance`", |mut c, t| {
+                    let mut req = tonic::Request::new(req.clone());
+                    req.set_timeout(t);
+                    async move { c.maintenance(req).await }
+                })
+                .await?;
+            let m = r.maintenance.unwrap_or_default();
+            print(&output::maintenance(cli.output == Output::Json, &m));
+            Ok(())
+        }
+        Command::Drill { target } => {
+            let req = pb::DrillRequest { target };
+            let (_, r) = conn
+                .write("`faxictl incidents`", |mut c, t| {
+                    let mut req = tonic::Request::new(req.clone());
+                    req.set_timeout(t);
+                    async move { c.drill(req).await }
+                })
+                .await?;
+            print(&output::drilled(cli.output == Output::Json, &r));
+            Ok(())
+        }
         Command::TransferLeader { id } => {
             let (_, r) = conn
-                .write(|mut c, t| {
+                .write("`faxictl members`", |mut c, t| {
                     let mut req = tonic::Request::new(pb::TransferLeaderRequest { to: id });
                     req.set_timeout(t);
                     async move { c.transfer_leader(req).await }
@@ -597,6 +798,29 @@ fn print(s: &str) {
     // A closed pipe (`faxictl status | head`) is not an error worth a panic.
     let _ = out.write_all(s.as_bytes());
     let _ = out.flush();
+}
+
+/// A read answer that says whether the leader confirmed it.
+trait Confirmed {
+    fn freshness(&self) -> Option<&pb::Freshness>;
+}
+
+impl Confirmed for pb::IncidentsResponse {
+    fn freshness(&self) -> Option<&pb::Freshness> {
+        self.freshness.as_ref()
+    }
+}
+
+impl Confirmed for pb::IncidentResponse {
+    fn freshness(&self) -> Option<&pb::Freshness> {
+        self.freshness.as_ref()
+    }
+}
+
+impl Confirmed for pb::RtoResponse {
+    fn freshness(&self) -> Option<&pb::Freshness> {
+        self.freshness.as_ref()
+    }
 }
 
 /// What one endpoint did with a call.
@@ -721,12 +945,44 @@ impl Conn {
         .await
     }
 
+    /// A read other than status: from the first endpoint that answers
+    /// fresh (or answers at all, with `--allow-stale`). `f` makes the
+    /// call, with the request's own deadline set to the time it is given.
+    async fn read<T, F, Fut>(&self, f: F) -> Result<(String, T), Failure>
+    where
+        T: Confirmed,
+        F: Fn(Client, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let allow_stale = self.allow_stale;
+        self.each(Instant::now() + self.timeout, |c, t| {
+            let call = f(c, t);
+            async move {
+                match tokio::time::timeout(t, call).await {
+                    Ok(Ok(r)) => {
+                        let r = r.into_inner();
+                        match r.freshness() {
+                            Some(fr) if fr.stale && !allow_stale => Attempt::Skip {
+                                why: format!("stale: {}", output::stale_line(fr)),
+                                answered: true,
+                            },
+                            _ => Attempt::Answer(r),
+                        }
+                    }
+                    Ok(Err(s)) => read_error(&s, t),
+                    Err(_) => no_answer(t),
+                }
+            }
+        })
+        .await
+    }
+
     /// A write: the endpoint is first checked with a small status within its
     /// share of the time (so a silent or non-gRPC endpoint is skipped), then
     /// the write gets all the time left; once sent, its answer is final
     /// (another node might apply it a second time), unless the node says it
     /// is unavailable (no leader: nothing was proposed).
-    async fn write<T, F, Fut>(&self, f: F) -> Result<(String, T), Failure>
+    async fn write<T, F, Fut>(&self, check: &'static str, f: F) -> Result<(String, T), Failure>
     where
         F: Fn(Client, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -764,7 +1020,7 @@ impl Conn {
                             message: format!(
                                 "outcome unknown: the connection failed after the request was \
                                  sent ({}); the change may or may not be applied: check with \
-                                 `faxictl members` and `faxictl audit` before trying again",
+                                 {check} and `faxictl audit` before trying again",
                                 status_chain(&s)
                             ),
                         })
@@ -776,7 +1032,7 @@ impl Conn {
                     Err(_) => Attempt::Fail(Failure {
                         code: EXIT_ERROR,
                         message: format!(
-                            "outcome unknown: no answer within --timeout {}; the change may still be applied: check with `faxictl members` and `faxictl audit`",
+                            "outcome unknown: no answer within --timeout {}; the change may still be applied: check with {check} and `faxictl audit`",
                             humantime::format_duration(Duration::from_millis(
                                 u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
                             ))

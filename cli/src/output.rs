@@ -67,19 +67,31 @@ fn age_ms(ms: i64) -> Option<String> {
 /// reason, and when it last heard from a leader.
 pub fn staleness(s: &pb::StatusResponse) -> String {
     let c = s.cluster.clone().unwrap_or_default();
-    let heard = match age_ms(s.staleness_ms) {
+    stale_line(&pb::Freshness {
+        node_id: c.node_id,
+        node_zone: c.node_zone,
+        stale: s.stale,
+        stale_reason: s.stale_reason.clone(),
+        staleness_ms: s.staleness_ms,
+        read_index: s.read_index,
+    })
+}
+
+/// [`staleness`] for the answers that carry a [`pb::Freshness`].
+pub fn stale_line(f: &pb::Freshness) -> String {
+    let heard = match age_ms(f.staleness_ms) {
         Some(a) => format!("it last heard from a leader {a} ago"),
         None => "it never heard from a leader".to_owned(),
     };
-    let reason = if s.stale_reason.is_empty() {
+    let reason = if f.stale_reason.is_empty() {
         "not confirmed with the leader"
     } else {
-        s.stale_reason.as_str()
+        f.stale_reason.as_str()
     };
-    format!(
+    printable(&format!(
         "node {} ({}) answered from its own view: {reason}; {heard}",
-        c.node_id, c.node_zone
-    )
+        f.node_id, f.node_zone
+    ))
 }
 
 fn member_json(m: &pb::Member) -> Value {
@@ -135,9 +147,8 @@ fn status_value(s: &pb::StatusResponse) -> Value {
             "members": c.members.iter().map(member_json).collect::<Vec<_>>(),
         },
         "targets": targets,
-        "incidents": s.incidents.iter().map(|i| json!({
-            "id": i.id, "target": i.target, "state": i.state, "opened": rfc3339(i.opened_unix_ms),
-        })).collect::<Vec<_>>(),
+        "incidents": s.incidents.iter().map(|i| incident_value(i, false)).collect::<Vec<_>>(),
+        "maintenance": maintenance_value(&s.maintenance.clone().unwrap_or_default()),
     })
 }
 
@@ -192,6 +203,13 @@ fn printable(cell: &str) -> String {
             }
         })
         .collect()
+}
+
+/// A line as a terminal may show it (see [`printable`]), then a newline.
+fn line(text: &str) -> String {
+    let mut l = printable(text);
+    l.push('\n');
+    l
 }
 
 /// A boxed table, as `patronictl list` draws them.
@@ -417,16 +435,16 @@ pub fn status_table(s: &pb::StatusResponse, shown: Shown) -> String {
     } else {
         "confirmed with the leader"
     };
-    out.push_str(&format!(
-        "Answered by node {} ({}): applied {}, {lag} behind its commit index, {contact}; {confirmed}\n",
+    out.push_str(&line(&format!(
+        "Answered by node {} ({}): applied {}, {lag} behind its commit index, {contact}; {confirmed}",
         c.node_id, c.node_zone, c.applied_index
-    ));
+    )));
     out.push_str(&members_table(&c.members));
     let total: u64 = s.counts.values().fold(0, |a, n| a.saturating_add(*n));
     if total == 0 && s.targets.is_empty() {
         out.push_str("No targets observed yet.\n");
     } else {
-        out.push_str(&counts_line(s));
+        out.push_str(&line(counts_line(s).trim_end_matches('\n')));
         let rows: Vec<Vec<String>> = s
             .targets
             .iter()
@@ -456,8 +474,23 @@ pub fn status_table(s: &pb::StatusResponse, shown: Shown) -> String {
             Shown::Filtered | Shown::All => {}
         }
     }
-    if !s.incidents.is_empty() {
-        out.push_str(&format!("{} open incident(s)\n", s.incidents.len()));
+    if let Some(m) = s.maintenance.as_ref().filter(|m| m.on) {
+        out.push_str(&maintenance_line(m));
+    }
+    for i in &s.incidents {
+        out.push_str(&line(&format!(
+            "Incident {}: {}{} {}, opened {}{} (faxictl incident show {})",
+            i.id,
+            i.target,
+            if i.drill { " (drill)" } else { "" },
+            i.phase,
+            ago(unix(i.opened_ms)),
+            match step_cell(i).as_str() {
+                "-" => String::new(),
+                step => format!(", step {step}"),
+            },
+            i.id
+        )));
     }
     out
 }
@@ -494,14 +527,48 @@ pub fn changes(prev: Option<&pb::StatusResponse>, now: &pb::StatusResponse) -> S
             .collect();
         out.push_str(&format!("{stamp} members: {}\n", desc.join(" ")));
     }
+    for i in &now.incidents {
+        match prev.incidents.iter().find(|p| p.id == i.id) {
+            None => out.push_str(&line(&format!(
+                "{stamp} incident {} opened: {}{} {}",
+                i.id,
+                i.target,
+                if i.drill { " (drill)" } else { "" },
+                i.phase
+            ))),
+            Some(p) if p.phase != i.phase => out.push_str(&line(&format!(
+                "{stamp} incident {} {}: {} -> {}",
+                i.id, i.target, p.phase, i.phase
+            ))),
+            Some(_) => {}
+        }
+    }
+    for p in &prev.incidents {
+        if !now.incidents.iter().any(|i| i.id == p.id) {
+            out.push_str(&line(&format!(
+                "{stamp} incident {} {}: finished",
+                p.id, p.target
+            )));
+        }
+    }
+    let (pm_on, nm_on) = (
+        prev.maintenance.as_ref().is_some_and(|m| m.on),
+        now.maintenance.as_ref().is_some_and(|m| m.on),
+    );
+    if pm_on != nm_on {
+        match now.maintenance.as_ref().filter(|m| m.on) {
+            Some(m) => out.push_str(&format!("{stamp} {}", maintenance_line(m))),
+            None => out.push_str(&format!("{stamp} maintenance off\n")),
+        }
+    }
     for t in &now.targets {
         let before = prev.targets.iter().find(|p| p.name == t.name);
         let changed = before.is_none_or(|b| b.state != t.state || b.zones != t.zones);
         if changed {
             let from = before.map_or("-", |b| b.state.as_str());
             let n = note(t);
-            out.push_str(&format!(
-                "{stamp} {} {from} -> {} [{}]{}\n",
+            out.push_str(&line(&format!(
+                "{stamp} {} {from} -> {} [{}]{}",
                 t.name,
                 t.state,
                 zones_cell(t),
@@ -510,10 +577,528 @@ pub fn changes(prev: Option<&pb::StatusResponse>, now: &pb::StatusResponse) -> S
                 } else {
                     format!(" {n}")
                 }
-            ));
+            )));
         }
     }
     out
+}
+
+/// A node's Unix milliseconds (never negative on the wire) as the
+/// printers take them.
+fn unix(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// A length of time in milliseconds: `850 ms`, `12.3 s`, `3m12s`.
+fn took(ms: u64) -> String {
+    age_ms(unix(ms)).unwrap_or_else(|| "-".into())
+}
+
+/// Milliseconds from `from_ms` (a node's Unix time) to now, by this
+/// side's clock (0 when `from_ms` is ahead).
+fn since(from_ms: u64) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    now.saturating_sub(from_ms)
+}
+
+fn null_if_zero(n: u64) -> Value {
+    if n == 0 { Value::Null } else { json!(n) }
+}
+
+fn null_if_empty(s: &str) -> Value {
+    if s.is_empty() {
+        Value::Null
+    } else {
+        Value::String(s.to_owned())
+    }
+}
+
+/// An incident as JSON (stable snake_case fields); the timeline when
+/// asked.
+fn incident_value(i: &pb::Incident, timeline: bool) -> Value {
+    let resolved = i.resolved_ms != 0;
+    let mut v = json!({
+        "id": i.id,
+        "target": i.target,
+        "drill": i.drill,
+        "phase": i.phase,
+        "finished": i.finished,
+        "opened": rfc3339(unix(i.opened_ms)),
+        "opened_ms": i.opened_ms,
+        "detect_ms": i.detect_ms,
+        "recover_ms": if resolved { json!(i.recover_ms) } else { Value::Null },
+        "resolved": if resolved { rfc3339(unix(i.resolved_ms)) } else { Value::Null },
+        "resolved_ms": null_if_zero(i.resolved_ms),
+        "rto_ms": null_if_zero(i.rto_ms),
+        "zones": i.zones,
+        "nodes": i.nodes,
+        "cause": null_if_zero(i.cause),
+        "joined": i.joined,
+        "attempts": i.attempts,
+        "events": i.events,
+        "step": i.step.as_ref().map_or(Value::Null, |s| json!({
+            "index": s.index,
+            "of": s.of,
+            "description": s.description,
+            "plan": s.plan,
+            "needs_approval": s.needs_approval,
+            "approved_until": if s.approved_until_ms == 0 { Value::Null } else { rfc3339(unix(s.approved_until_ms)) },
+            "is_finally": s.is_finally,
+        })),
+        "pending": i.pending.as_ref().map_or(Value::Null, |p| json!({
+            "term": p.term,
+            "index": p.index,
+            "step": p.step,
+            "by": p.by,
+            "at": rfc3339(unix(p.at_ms)),
+        })),
+    });
+    if timeline && let Value::Object(m) = &mut v {
+        m.insert(
+            "timeline".into(),
+            i.timeline
+                .iter()
+                .map(|e| {
+                    json!({
+                        "at": rfc3339(unix(e.at_ms)),
+                        "at_ms": e.at_ms,
+                        "kind": e.kind,
+                        "step": null_if_zero(u64::from(e.step)),
+                        "text": e.text,
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into(),
+        );
+    }
+    v
+}
+
+fn maintenance_value(m: &pb::MaintenanceState) -> Value {
+    json!({
+        "on": m.on,
+        "until": if m.until_ms == 0 { Value::Null } else { rfc3339(unix(m.until_ms)) },
+        "until_ms": null_if_zero(m.until_ms),
+        "reason": null_if_empty(&m.reason),
+        "by": null_if_empty(&m.by),
+    })
+}
+
+/// `Maintenance ON until ...` in a line.
+fn maintenance_line(m: &pb::MaintenanceState) -> String {
+    let until = match rfc3339(unix(m.until_ms)) {
+        Value::String(t) => t,
+        _ => "-".into(),
+    };
+    let left = i64::try_from(m.until_ms)
+        .ok()
+        .and_then(unix_time)
+        .and_then(|t| t.duration_since(SystemTime::now()).ok())
+        .map_or_else(String::new, |d| format!(" (in {})", span(d.as_secs())));
+    line(&format!(
+        "MAINTENANCE ON until {until}{left}: {:?}, by {}. Recovery is paused; detection goes on.",
+        m.reason, m.by
+    ))
+}
+
+/// Recovery so far against the RTO: `4.2 s / RTO 15m0s`, `open 3m12s / RTO
+/// 15m0s`, `OVER` past it.
+fn recover_cell(i: &pb::Incident) -> String {
+    let (ms, text) = if i.resolved_ms != 0 {
+        (i.recover_ms, took(i.recover_ms))
+    } else {
+        let open = since(i.opened_ms);
+        (open, format!("open {}", took(open)))
+    };
+    if i.rto_ms == 0 {
+        text
+    } else {
+        format!(
+            "{text} / RTO {}{}",
+            took(i.rto_ms),
+            if ms > i.rto_ms { " OVER" } else { "" }
+        )
+    }
+}
+
+fn cause_cell(i: &pb::Incident) -> String {
+    let mut parts = Vec::new();
+    if i.cause != 0 {
+        parts.push(format!("part of {}", i.cause));
+    }
+    if !i.joined.is_empty() {
+        parts.push(format!("+ {}", i.joined.join(", ")));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// The step an attempt is at: `2/5 docker.restart faxi-postgres`, with
+/// whether it waits for approval and its fencing token while it runs.
+fn step_cell(i: &pb::Incident) -> String {
+    let Some(s) = &i.step else {
+        return "-".into();
+    };
+    let mut out = format!("{}/{} {}", s.index, s.of, s.description);
+    if s.is_finally {
+        out.push_str(" (finally)");
+    }
+    if i.phase == "AWAITING_APPROVAL" {
+        out.push_str(" [needs approval]");
+    } else if s.approved_until_ms != 0 {
+        out.push_str(" [approved]");
+    }
+    if let Some(p) = &i.pending {
+        out.push_str(&format!(" (fence {}:{})", p.term, p.index));
+    }
+    out
+}
+
+/// `incidents` as a table, with maintenance when it is on.
+pub fn incidents_table(r: &pb::IncidentsResponse, all: bool) -> String {
+    let mut out = String::new();
+    if let Some(f) = r.freshness.as_ref().filter(|f| f.stale) {
+        out.push_str(&format!("STALE ANSWER: {}\n", stale_line(f)));
+    }
+    if let Some(m) = r.maintenance.as_ref().filter(|m| m.on) {
+        out.push_str(&maintenance_line(m));
+    }
+    if r.incidents.is_empty() {
+        out.push_str(if all {
+            "No incidents.\n"
+        } else {
+            "No open incidents (--all lists the finished ones too).\n"
+        });
+        return out;
+    }
+    let rows: Vec<Vec<String>> = r
+        .incidents
+        .iter()
+        .map(|i| {
+            vec![
+                i.id.to_string(),
+                format!("{}{}", i.target, if i.drill { " (drill)" } else { "" }),
+                i.phase.clone(),
+                ago(unix(i.opened_ms)),
+                if i.drill {
+                    "-".into()
+                } else {
+                    took(i.detect_ms)
+                },
+                recover_cell(i),
+                cause_cell(i),
+                step_cell(i),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "ID",
+            "Target",
+            "Phase",
+            "Opened",
+            "Detect",
+            "Recover / RTO",
+            "Cause / Joined",
+            "Step",
+        ],
+        &rows,
+    ));
+    out
+}
+
+/// `incidents --output json`: `{"incidents": [...], "maintenance": {...},
+/// "stale": bool}`.
+pub fn incidents_json(r: &pb::IncidentsResponse) -> String {
+    let v = json!({
+        "incidents": r.incidents.iter().map(|i| incident_value(i, false)).collect::<Vec<_>>(),
+        "maintenance": maintenance_value(&r.maintenance.clone().unwrap_or_default()),
+        "stale": r.freshness.as_ref().is_some_and(|f| f.stale),
+    });
+    format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default())
+}
+
+/// `incident show`: the incident, then its timeline.
+pub fn incident_show(r: &pb::IncidentResponse) -> String {
+    let mut out = String::new();
+    if let Some(f) = r.freshness.as_ref().filter(|f| f.stale) {
+        out.push_str(&format!("STALE ANSWER: {}\n", stale_line(f)));
+    }
+    let Some(i) = &r.incident else {
+        out.push_str("No incident in the answer.\n");
+        return out;
+    };
+    let time = |ms: u64| match rfc3339(unix(ms)) {
+        Value::String(t) => t,
+        _ => "-".into(),
+    };
+    let mut lines = vec![format!(
+        "Incident {}: {}{}{}",
+        i.id,
+        i.target,
+        if i.drill { " (drill)" } else { "" },
+        if i.finished { ", finished" } else { "" }
+    )];
+    lines.push(format!("  Phase:      {}", i.phase));
+    lines.push(format!(
+        "  Opened:     {} ({})",
+        time(i.opened_ms),
+        ago(unix(i.opened_ms))
+    ));
+    if !i.drill {
+        let nodes: Vec<String> = i.nodes.iter().map(u64::to_string).collect();
+        lines.push(format!(
+            "  Detected:   in {}, DOWN in {} (nodes {})",
+            took(i.detect_ms),
+            if i.zones.is_empty() {
+                "-".into()
+            } else {
+                i.zones.join(", ")
+            },
+            if nodes.is_empty() {
+                "-".into()
+            } else {
+                nodes.join(", ")
+            }
+        ));
+    }
+    lines.push(format!(
+        "  Recovered:  {}",
+        if i.resolved_ms != 0 {
+            format!("at {}, {}", time(i.resolved_ms), recover_cell(i))
+        } else {
+            format!("not yet: {}", recover_cell(i))
+        }
+    ));
+    if i.rto_ms == 0 {
+        lines.push("  RTO:        none known".into());
+    }
+    if i.cause != 0 {
+        lines.push(format!(
+            "  Cause:      incident {} (this target depends on it)",
+            i.cause
+        ));
+    }
+    if !i.joined.is_empty() {
+        lines.push(format!("  Joined:     {}", i.joined.join(", ")));
+    }
+    lines.push(format!("  Attempts:   {}", i.attempts));
+    if let Some(s) = &i.step {
+        lines.push(format!("  Step:       {} (plan {})", step_cell(i), s.plan));
+        if s.approved_until_ms != 0 {
+            lines.push(format!("  Approved:   until {}", time(s.approved_until_ms)));
+        }
+    }
+    if let Some(p) = &i.pending {
+        lines.push(format!(
+            "  Fence:      step {}: term {}, index {}, by node {} at {} (outcome not recorded yet)",
+            p.step,
+            p.term,
+            p.index,
+            p.by,
+            time(p.at_ms)
+        ));
+    }
+    for l in lines {
+        out.push_str(&printable(&l));
+        out.push('\n');
+    }
+    let rows: Vec<Vec<String>> = i
+        .timeline
+        .iter()
+        .map(|e| {
+            vec![
+                time(e.at_ms),
+                if e.step == 0 {
+                    "-".into()
+                } else {
+                    e.step.to_string()
+                },
+                e.kind.clone(),
+                e.text.clone(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        out.push_str("No events.\n");
+    } else {
+        out.push_str(&table(&["Time", "Step", "Kind", "Text"], &rows));
+    }
+    out
+}
+
+/// `incident show --output json`: the incident with its timeline.
+pub fn incident_json(r: &pb::IncidentResponse) -> String {
+    let v = match &r.incident {
+        Some(i) => incident_value(i, true),
+        None => Value::Null,
+    };
+    format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default())
+}
+
+/// `rto`: the runbook's Recovery Time Tracking table, drills apart.
+pub fn rto_table(r: &pb::RtoResponse) -> String {
+    let mut out = String::new();
+    if let Some(f) = r.freshness.as_ref().filter(|f| f.stale) {
+        out.push_str(&format!("STALE ANSWER: {}\n", stale_line(f)));
+    }
+    if r.targets.is_empty() {
+        out.push_str("No targets observed yet.\n");
+        return out;
+    }
+    let actual = |ms: u64, n: u64, rto: u64| {
+        if n == 0 {
+            "-".to_owned()
+        } else if rto != 0 && ms > rto {
+            format!("{} OVER", took(ms))
+        } else {
+            took(ms)
+        }
+    };
+    let rows: Vec<Vec<String>> = r
+        .targets
+        .iter()
+        .map(|t| {
+            vec![
+                t.target.clone(),
+                if t.rto_ms == 0 {
+                    "-".into()
+                } else {
+                    took(t.rto_ms)
+                },
+                actual(t.last_ms, t.count, t.rto_ms),
+                actual(t.p95_ms, t.count, t.rto_ms),
+                t.count.to_string(),
+                actual(t.drill_last_ms, t.drill_count, t.rto_ms),
+                actual(t.drill_p95_ms, t.drill_count, t.rto_ms),
+                t.drill_count.to_string(),
+                if t.open_incident == 0 {
+                    "-".into()
+                } else {
+                    t.open_incident.to_string()
+                },
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "Component",
+            "Target RTO",
+            "Last actual",
+            "p95 actual",
+            "Incidents",
+            "Drill last",
+            "Drill p95",
+            "Drills",
+            "Open incident",
+        ],
+        &rows,
+    ));
+    out
+}
+
+/// `rto --output json`: `{"targets": [{target, rto_ms, last_ms, p95_ms,
+/// count, drill_last_ms, drill_p95_ms, drill_count, open_incident,
+/// over_rto}]}`, times null where nothing was measured.
+pub fn rto_json(r: &pb::RtoResponse) -> String {
+    let targets: Vec<Value> = r
+        .targets
+        .iter()
+        .map(|t| {
+            let measured = |ms: u64, n: u64| if n == 0 { Value::Null } else { json!(ms) };
+            json!({
+                "target": t.target,
+                "rto_ms": null_if_zero(t.rto_ms),
+                "last_ms": measured(t.last_ms, t.count),
+                "p95_ms": measured(t.p95_ms, t.count),
+                "count": t.count,
+                "drill_last_ms": measured(t.drill_last_ms, t.drill_count),
+                "drill_p95_ms": measured(t.drill_p95_ms, t.drill_count),
+                "drill_count": t.drill_count,
+                "open_incident": null_if_zero(t.open_incident),
+                "over_rto": t.rto_ms != 0 && t.count != 0 && t.p95_ms > t.rto_ms,
+            })
+        })
+        .collect();
+    let v = json!({
+        "targets": targets,
+        "stale": r.freshness.as_ref().is_some_and(|f| f.stale),
+    });
+    format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default())
+}
+
+/// The answer to `approve`.
+pub fn approved(json: bool, id: u64, skip: bool, r: &pb::ApproveResponse) -> String {
+    if json {
+        let v = json!({
+            "id": id,
+            "skipped": skip,
+            "until": if r.until_ms == 0 { Value::Null } else { rfc3339(unix(r.until_ms)) },
+            "incident": r.incident.as_ref().map_or(Value::Null, |i| incident_value(i, false)),
+        });
+        return format!("{v}\n");
+    }
+    let what = if skip {
+        format!("incident {id}: step skipped")
+    } else {
+        let until = match rfc3339(unix(r.until_ms)) {
+            Value::String(t) => t,
+            _ => "-".into(),
+        };
+        format!("incident {id}: approved until {until}")
+    };
+    let now = r.incident.as_ref().map_or_else(String::new, |i| {
+        format!(
+            "; now {}{}",
+            i.phase,
+            match step_cell(i).as_str() {
+                "-" => String::new(),
+                s => format!(", step {s}"),
+            }
+        )
+    });
+    line(&format!("{what}{now}"))
+}
+
+/// The answer to `maintenance` (shown, on or off).
+pub fn maintenance(json: bool, m: &pb::MaintenanceState) -> String {
+    if json {
+        return format!("{}\n", maintenance_value(m));
+    }
+    if m.on {
+        return maintenance_line(m);
+    }
+    if m.until_ms == 0 {
+        return "Maintenance is off.\n".into();
+    }
+    line(&format!(
+        "Maintenance is off (the last one, {:?} by {}, ended {}).",
+        m.reason,
+        m.by,
+        ago(unix(m.until_ms))
+    ))
+}
+
+/// The answer to `drill`.
+pub fn drilled(json: bool, r: &pb::DrillResponse) -> String {
+    if json {
+        let v = json!({
+            "incident": r.incident.as_ref().map_or(Value::Null, |i| incident_value(i, false)),
+        });
+        return format!("{v}\n");
+    }
+    match &r.incident {
+        Some(i) => line(&format!(
+            "drill of {} opened as incident {} ({}; faxictl incident show {})",
+            i.target, i.id, i.phase, i.id
+        )),
+        None => "drill asked; its incident is not in the answer (faxictl incidents)\n".into(),
+    }
 }
 
 #[cfg(test)]
@@ -560,12 +1145,7 @@ mod tests {
                     measured_at_unix_ms: time,
                 }],
             }],
-            incidents: vec![pb::Incident {
-                id: String::new(),
-                target: String::new(),
-                state: String::new(),
-                opened_unix_ms: time,
-            }],
+            incidents: vec![hostile_incident(time)],
             counts: [
                 ("UP".to_owned(), u64::MAX),
                 ("DOWN".to_owned(), u64::MAX),
@@ -576,6 +1156,57 @@ mod tests {
             staleness_ms: ms,
             stale_reason: String::new(),
             read_index: u64::MAX,
+            maintenance: Some(pb::MaintenanceState {
+                on: true,
+                until_ms: time.unsigned_abs(),
+                reason: "\u{1b}[2J".into(),
+                by: String::new(),
+            }),
+        }
+    }
+
+    /// An incident holding the most hostile values a node could send.
+    fn hostile_incident(time: i64) -> pb::Incident {
+        let t = time.unsigned_abs();
+        pb::Incident {
+            id: u64::MAX,
+            target: "\u{1b}]0;x\u{7}".into(),
+            phase: "SIDEWAYS".into(),
+            opened_ms: t,
+            drill: true,
+            detect_ms: u64::MAX,
+            recover_ms: u64::MAX,
+            rto_ms: 1,
+            zones: vec!["z\n".into()],
+            nodes: vec![u64::MAX],
+            cause: u64::MAX,
+            joined: vec![String::new()],
+            attempts: u32::MAX,
+            resolved_ms: t,
+            finished: true,
+            timeline: vec![pb::IncidentEvent {
+                at_ms: t,
+                kind: "\r".into(),
+                step: u32::MAX,
+                text: "é".repeat(2000),
+            }],
+            events: u32::MAX,
+            step: Some(pb::IncidentStep {
+                index: u32::MAX,
+                of: 0,
+                description: "\u{1b}[31m".into(),
+                needs_approval: true,
+                approved_until_ms: t,
+                is_finally: true,
+                plan: String::new(),
+            }),
+            pending: Some(pb::Fence {
+                term: u64::MAX,
+                index: u64::MAX,
+                step: u32::MAX,
+                by: 0,
+                at_ms: t,
+            }),
         }
     }
 
@@ -623,6 +1254,152 @@ mod tests {
         };
         let _ = member_change(false, u64::MAX, "added", &r);
         let _ = member_change(true, 0, "removed", &r);
+    }
+
+    #[test]
+    fn incident_printers_take_any_value_and_never_print_a_control_character() {
+        let raw = |text: &str| {
+            let bad: Vec<char> = text
+                .chars()
+                .filter(|c| c.is_control() && *c != '\n')
+                .collect();
+            assert!(bad.is_empty(), "{bad:?} in {text}");
+        };
+        let parses = |text: &str| {
+            let _: Value = serde_json::from_str(text).unwrap();
+        };
+        for time in TIMES {
+            let i = hostile_incident(time);
+            let fresh = pb::Freshness {
+                node_id: u64::MAX,
+                node_zone: "\u{1b}[1m".into(),
+                stale: true,
+                stale_reason: "\u{7}".into(),
+                staleness_ms: time,
+                read_index: 0,
+            };
+            let m = hostile(time, 0, false).maintenance.unwrap();
+            let list = pb::IncidentsResponse {
+                incidents: vec![i.clone()],
+                maintenance: Some(m.clone()),
+                freshness: Some(fresh.clone()),
+            };
+            let one = pb::IncidentResponse {
+                incident: Some(i.clone()),
+                freshness: Some(fresh.clone()),
+            };
+            let rto = pb::RtoResponse {
+                targets: vec![pb::RtoRow {
+                    target: "\u{1b}x".into(),
+                    rto_ms: 1,
+                    last_ms: u64::MAX,
+                    p95_ms: u64::MAX,
+                    count: u64::MAX,
+                    drill_last_ms: u64::MAX,
+                    drill_p95_ms: 0,
+                    drill_count: 1,
+                    open_incident: u64::MAX,
+                }],
+                freshness: Some(fresh),
+            };
+            let approve = pb::ApproveResponse {
+                incident: Some(i.clone()),
+                until_ms: time.unsigned_abs(),
+            };
+            let drill = pb::DrillResponse {
+                incident: Some(i.clone()),
+            };
+            for all in [false, true] {
+                raw(&incidents_table(&list, all));
+            }
+            raw(&incident_show(&one));
+            raw(&rto_table(&rto));
+            for skip in [false, true] {
+                raw(&approved(false, u64::MAX, skip, &approve));
+                parses(&approved(true, 0, skip, &approve));
+            }
+            let mut off = m.clone();
+            off.on = false;
+            for m in [&m, &off, &pb::MaintenanceState::default()] {
+                raw(&maintenance(false, m));
+                parses(&maintenance(true, m));
+            }
+            raw(&drilled(false, &drill));
+            parses(&drilled(true, &drill));
+            parses(&incidents_json(&list));
+            let j: Value = serde_json::from_str(&incident_json(&one)).unwrap();
+            assert_eq!(j["timeline"].as_array().unwrap().len(), 1);
+            parses(&rto_json(&rto));
+            let s = hostile(time, 0, false);
+            raw(&status_table(&s, Shown::All));
+            let mut before = s.clone();
+            before.incidents[0].phase = "OPEN".into();
+            raw(&changes(Some(&before), &s));
+            raw(&changes(Some(&s), &pb::StatusResponse::default()));
+        }
+        // Empty answers say so.
+        assert!(
+            incidents_table(&pb::IncidentsResponse::default(), false)
+                .starts_with("No open incidents")
+        );
+        assert_eq!(
+            incident_show(&pb::IncidentResponse::default()),
+            "No incident in the answer.\n"
+        );
+        parses(&incident_json(&pb::IncidentResponse::default()));
+        assert_eq!(
+            rto_table(&pb::RtoResponse::default()),
+            "No targets observed yet.\n"
+        );
+        parses(&rto_json(&pb::RtoResponse::default()));
+        let _ = drilled(false, &pb::DrillResponse::default());
+    }
+
+    #[test]
+    fn an_incident_row_compares_recovery_with_the_rto() {
+        let mut i = pb::Incident {
+            id: 7,
+            target: "redis".into(),
+            phase: "RESOLVED".into(),
+            opened_ms: 1_700_000_000_000,
+            resolved_ms: 1_700_000_004_200,
+            recover_ms: 4_200,
+            rto_ms: 900_000,
+            ..pb::Incident::default()
+        };
+        assert_eq!(recover_cell(&i), "4.2 s / RTO 15m0s");
+        i.recover_ms = 1_000_000;
+        assert_eq!(recover_cell(&i), "16m40s / RTO 15m0s OVER");
+        i.rto_ms = 0;
+        assert_eq!(recover_cell(&i), "16m40s");
+        // Open since long ago: over.
+        i.resolved_ms = 0;
+        i.rto_ms = 1_000;
+        assert!(
+            recover_cell(&i).starts_with("open "),
+            "{}",
+            recover_cell(&i)
+        );
+        assert!(recover_cell(&i).ends_with(" OVER"), "{}", recover_cell(&i));
+        i.cause = 3;
+        i.joined = vec!["app".into(), "worker".into()];
+        assert_eq!(cause_cell(&i), "part of 3; + app, worker");
+        i.phase = "AWAITING_APPROVAL".into();
+        i.step = Some(pb::IncidentStep {
+            index: 4,
+            of: 6,
+            description: "exec restore.sh".into(),
+            needs_approval: true,
+            ..pb::IncidentStep::default()
+        });
+        assert_eq!(step_cell(&i), "4/6 exec restore.sh [needs approval]");
+        i.phase = "RECOVERING".into();
+        i.pending = Some(pb::Fence {
+            term: 3,
+            index: 120,
+            ..pb::Fence::default()
+        });
+        assert_eq!(step_cell(&i), "4/6 exec restore.sh (fence 3:120)");
     }
 
     #[test]

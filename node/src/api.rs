@@ -33,7 +33,9 @@ use crate::mesh::state::{AuditRecord, Command, Member, NodeId, State};
 use crate::mesh::transport::MAX_MESSAGE_BYTES;
 use crate::tls::{Caller, Role, Tls, caller_of};
 
+mod incidents;
 mod incoming;
+pub use incidents::{APPROVAL_TTL, MAX_MAINTENANCE, MAX_REASON, MIN_MAINTENANCE};
 pub use incoming::{Conn, FIRST_REQUEST, MAX_CONNECTIONS, Proven, incoming};
 
 /// Deadline for a membership change to commit.
@@ -368,9 +370,11 @@ impl Api {
                 nodes,
             });
         }
-        let contact_ms = s
-            .leader_contact()
-            .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let contact_ms = incidents::contact_ms(&s);
+        let rec = s.sm.recovery();
+        let incidents = incidents::open_incidents(rec, |t| named.is_none_or(|set| set.contains(t)));
+        let maintenance =
+            incidents::maintenance_pb(rec.maintenance(), crate::recovery::executor::now_ms());
         pb::StatusResponse {
             cluster: Some(pb::ClusterStatus {
                 leader: info.leader,
@@ -384,12 +388,13 @@ impl Api {
                 cluster_id: s.sm.cluster_id().to_owned(),
             }),
             targets,
-            incidents: Vec::new(),
+            incidents,
             counts: counts.into_iter().collect(),
             stale: fresh.stale,
             staleness_ms: contact_ms,
             stale_reason: fresh.reason.clone(),
             read_index: fresh.read_index,
+            maintenance: Some(maintenance),
         }
     }
 }
@@ -892,6 +897,76 @@ impl Watchdog for Api {
         audit.log(&result);
         result
     }
+
+    async fn incidents(
+        &self,
+        request: Request<pb::IncidentsRequest>,
+    ) -> Result<Response<pb::IncidentsResponse>, Status> {
+        self.authorize(&request, Role::Read, "read the incidents")?;
+        self.incidents_read(request).await
+    }
+
+    async fn incident(
+        &self,
+        request: Request<pb::IncidentRequest>,
+    ) -> Result<Response<pb::IncidentResponse>, Status> {
+        self.authorize(&request, Role::Read, "read the incidents")?;
+        self.incident_read(request).await
+    }
+
+    async fn rto(
+        &self,
+        request: Request<pb::RtoRequest>,
+    ) -> Result<Response<pb::RtoResponse>, Status> {
+        self.authorize(&request, Role::Read, "read the recovery times")?;
+        self.rto_read(request).await
+    }
+
+    async fn approve(
+        &self,
+        request: Request<pb::ApproveRequest>,
+    ) -> Result<Response<pb::ApproveResponse>, Status> {
+        let caller = self.authorize(&request, Role::Operate, "approve a recovery step")?;
+        let r = request.get_ref();
+        let audit = Audit::new(
+            &caller,
+            &request,
+            format!("approve {}{}", r.id, if r.skip { " --skip" } else { "" }),
+        );
+        let result = self.approve_inner(request, &audit).await;
+        audit.log(&result);
+        result
+    }
+
+    async fn maintenance(
+        &self,
+        request: Request<pb::MaintenanceRequest>,
+    ) -> Result<Response<pb::MaintenanceResponse>, Status> {
+        let caller = self.authorize(&request, Role::Operate, "turn maintenance on or off")?;
+        let audit = Audit::new(
+            &caller,
+            &request,
+            incidents::maintenance_action(request.get_ref()),
+        );
+        let result = self.maintenance_inner(request, &audit).await;
+        audit.log(&result);
+        result
+    }
+
+    async fn drill(
+        &self,
+        request: Request<pb::DrillRequest>,
+    ) -> Result<Response<pb::DrillResponse>, Status> {
+        let caller = self.authorize(&request, Role::Operate, "run a drill")?;
+        let audit = Audit::new(
+            &caller,
+            &request,
+            format!("drill {}", request.get_ref().target),
+        );
+        let result = self.drill_inner(request, &audit).await;
+        audit.log(&result);
+        result
+    }
 }
 
 /// The mutations, once the caller is authorised.
@@ -1233,6 +1308,21 @@ mod tests {
         );
         seeds.push(pb::RemoveMemberRequest { id: 3, force: true }.encode_to_vec());
         seeds.push(pb::AuditRequest { limit: 7 }.encode_to_vec());
+        seeds.push(
+            pb::MaintenanceRequest {
+                on: true,
+                reason: "db upgrade".into(),
+                duration_ms: 3_600_000,
+            }
+            .encode_to_vec(),
+        );
+        seeds.push(
+            pb::DrillRequest {
+                target: "redis".into(),
+            }
+            .encode_to_vec(),
+        );
+        seeds.push(pb::ApproveRequest { id: 7, skip: true }.encode_to_vec());
         let sm = crate::mesh::state::StateMachine::new([(
             1,
             Member {
@@ -1272,6 +1362,17 @@ mod tests {
                         Err(s) => short(&s),
                     }
                 }
+                if let Ok(r) = pb::MaintenanceRequest::decode(bytes.as_slice())
+                    && let Err(s) = incidents::maintenance_ask(&r)
+                {
+                    short(&s);
+                }
+                if let Ok(r) = pb::DrillRequest::decode(bytes.as_slice())
+                    && let Err(s) = incidents::drill_target(&r)
+                {
+                    short(&s);
+                }
+                let _ = pb::ApproveRequest::decode(bytes.as_slice());
                 let _ = pb::RemoveMemberRequest::decode(bytes.as_slice());
                 let _ = pb::AuditRequest::decode(bytes.as_slice());
             });

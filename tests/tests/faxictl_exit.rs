@@ -67,6 +67,45 @@ impl Watchdog for NoLeader {
     ) -> Result<Response<pb::AuditResponse>, Status> {
         unavailable()
     }
+
+    async fn incidents(
+        &self,
+        _: Request<pb::IncidentsRequest>,
+    ) -> Result<Response<pb::IncidentsResponse>, Status> {
+        unavailable()
+    }
+
+    async fn incident(
+        &self,
+        _: Request<pb::IncidentRequest>,
+    ) -> Result<Response<pb::IncidentResponse>, Status> {
+        unavailable()
+    }
+
+    async fn rto(&self, _: Request<pb::RtoRequest>) -> Result<Response<pb::RtoResponse>, Status> {
+        unavailable()
+    }
+
+    async fn approve(
+        &self,
+        _: Request<pb::ApproveRequest>,
+    ) -> Result<Response<pb::ApproveResponse>, Status> {
+        unavailable()
+    }
+
+    async fn maintenance(
+        &self,
+        _: Request<pb::MaintenanceRequest>,
+    ) -> Result<Response<pb::MaintenanceResponse>, Status> {
+        unavailable()
+    }
+
+    async fn drill(
+        &self,
+        _: Request<pb::DrillRequest>,
+    ) -> Result<Response<pb::DrillResponse>, Status> {
+        unavailable()
+    }
 }
 
 async fn no_leader() -> (SocketAddr, tokio::task::JoinHandle<()>) {
@@ -101,6 +140,20 @@ async fn connected_but_unavailable_is_exit_1_not_3() {
         ),
         (format!("http://{a}"), vec!["transfer-leader", "2"]),
         (format!("http://{a},http://{dead}"), vec!["audit"]),
+        (format!("http://{a},http://{dead}"), vec!["incidents"]),
+        (
+            format!("http://{dead},http://{a}"),
+            vec!["incident", "show", "3"],
+        ),
+        (format!("http://{a}"), vec!["rto"]),
+        (format!("http://{a}"), vec!["maintenance"]),
+        (format!("http://{a},http://{b}"), vec!["approve", "3"]),
+        (
+            format!("http://{a}"),
+            vec!["maintenance", "on", "--reason", "x", "--for", "1h"],
+        ),
+        (format!("http://{a}"), vec!["maintenance", "off"]),
+        (format!("http://{a}"), vec!["drill", "redis"]),
     ] {
         let out = Cluster::faxictl(&endpoints, &args).await;
         let err = String::from_utf8_lossy(&out.stderr);
@@ -178,6 +231,48 @@ impl Watchdog for DiesMidWrite {
     ) -> Result<Response<pb::AuditResponse>, Status> {
         unavailable()
     }
+
+    async fn incidents(
+        &self,
+        _: Request<pb::IncidentsRequest>,
+    ) -> Result<Response<pb::IncidentsResponse>, Status> {
+        unavailable()
+    }
+
+    async fn incident(
+        &self,
+        _: Request<pb::IncidentRequest>,
+    ) -> Result<Response<pb::IncidentResponse>, Status> {
+        unavailable()
+    }
+
+    async fn rto(&self, _: Request<pb::RtoRequest>) -> Result<Response<pb::RtoResponse>, Status> {
+        unavailable()
+    }
+
+    async fn approve(
+        &self,
+        _: Request<pb::ApproveRequest>,
+    ) -> Result<Response<pb::ApproveResponse>, Status> {
+        unavailable()
+    }
+
+    async fn maintenance(
+        &self,
+        _: Request<pb::MaintenanceRequest>,
+    ) -> Result<Response<pb::MaintenanceResponse>, Status> {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.got_write.notify_waiters();
+        std::future::pending().await
+    }
+
+    async fn drill(
+        &self,
+        _: Request<pb::DrillRequest>,
+    ) -> Result<Response<pb::DrillResponse>, Status> {
+        unavailable()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,6 +328,17 @@ async fn a_write_whose_node_dies_after_it_was_sent_is_outcome_unknown_and_never_
     assert!(err.contains("faxictl audit"), "{err}");
     // Sent once, to the first node only: never again elsewhere.
     assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 1, "{err}");
+    // So is a maintenance request.
+    let out = Cluster::faxictl(
+        &format!("http://{proxy_addr},http://{second_addr}"),
+        &["maintenance", "on", "--reason", "db upgrade", "--for", "1h"],
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("outcome unknown"), "{err}");
+    assert!(err.contains("faxictl maintenance"), "{err}");
+    assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 2, "{err}");
     proxy_task.abort();
     task.abort();
     task2.abort();

@@ -224,6 +224,32 @@ impl Mesh {
         self.version.clone()
     }
 
+    /// A handle on no driver, for tests of what calls one: readers see
+    /// `shared` (also returned, for a test's own driver to write), and what
+    /// is sent arrives in the returned inbox of `size`.
+    #[cfg(test)]
+    pub(crate) fn detached(
+        shared: Shared,
+        size: usize,
+    ) -> (Mesh, Arc<RwLock<Shared>>, Receiver<Input>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(size);
+        let (_version, version) = watch::channel(0);
+        let shared = Arc::new(RwLock::new(shared));
+        let mesh = Mesh {
+            tx,
+            stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            shared: shared.clone(),
+            version,
+        };
+        (mesh, shared, rx)
+    }
+
+    /// The state readers share, for a test that stands in for the driver.
+    #[cfg(test)]
+    pub(crate) fn shared_for_tests(&self) -> &Arc<RwLock<Shared>> {
+        &self.shared
+    }
+
     /// Hands an input to the driver without blocking.
     pub fn send(&self, input: Input) -> Result<(), MeshError> {
         self.tx.try_send(input).map_err(|e| match e {

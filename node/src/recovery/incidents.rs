@@ -161,6 +161,22 @@ impl Attempt {
         u32::try_from(self.plan.steps.len()).unwrap_or(u32::MAX)
     }
 
+    /// Steps in the plan, `finally` included.
+    pub fn total(&self) -> u32 {
+        self.len()
+    }
+
+    /// The step the attempt is at: the one whose intent awaits its
+    /// outcome, else the next (0-based over steps then `finally`).
+    pub fn at(&self) -> u32 {
+        self.pending.as_ref().map_or(self.next, |p| p.step)
+    }
+
+    /// Whether step `i` is one of the plan's `finally` steps.
+    pub fn in_finally(&self, i: u32) -> bool {
+        i >= self.finally_start()
+    }
+
     /// The step at `i` (0-based over steps then `finally`).
     pub fn step(&self, i: u32) -> Option<&super::plan::Step> {
         let i = usize::try_from(i).ok()?;
