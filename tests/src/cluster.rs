@@ -261,6 +261,17 @@ impl Cluster {
         wait_listening("node gRPC", self.nodes[i].grpc, Duration::from_secs(20)).await;
     }
 
+    /// Waits until node `i`'s process has exited (on its own, or killed
+    /// by someone else), at most `deadline`; forgets it.
+    pub async fn wait_exited(&mut self, i: usize, deadline: Duration) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            tokio::time::timeout(deadline, c.wait())
+                .await
+                .unwrap_or_else(|_| panic!("node {} still runs after {deadline:?}", i + 1))
+                .unwrap();
+        }
+    }
+
     /// kill -9.
     pub async fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].child.take() {

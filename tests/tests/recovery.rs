@@ -190,3 +190,94 @@ async fn a_minority_of_zones_seeing_down_opens_no_incident_and_runs_nothing() {
         effects(&file)
     );
 }
+
+/// How many leaders the kill test kills: `FAXI_KILL_LOOPS`, 50 by default
+/// (`tests/recovery-campaign` runs more).
+fn kill_loops() -> usize {
+    std::env::var("FAXI_KILL_LOOPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50)
+}
+
+/// `faxictl incidents --output json` as admin, through every node.
+async fn incidents(c: &Cluster) -> Result<serde_json::Value, String> {
+    let out = Cluster::faxictl(&c.endpoints(&[0, 1, 2]), &["incidents", "--output", "json"]).await;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_between_intent_and_outcome_never_gets_its_step_run_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("effects");
+    let app = AppStub::start().await;
+    let mut spec = spec(&file);
+    // The step writes its fencing token and its node's pid, then kills its
+    // node (its parent) with SIGKILL: the leader dies after the side
+    // effect and before its outcome is recorded, every time.
+    spec.extra = format!(
+        "[recovery.app]\ncooldown = \"1ms\"\nmax_attempts = 1000\nsteps = [\n  {{ action = \"exec\", argv = [\"/bin/sh\", \"-c\", \
+         \"echo $FAXI_INCIDENT $FAXI_FENCE_TERM $FAXI_FENCE_INDEX $PPID >> {}; kill -9 $PPID\"] }},\n]\n",
+        file.display()
+    );
+    let mut c = Cluster::start(&spec, &ctx(&app)).await;
+    c.wait_state(&[0, 1, 2], "app", "UP", LONG).await;
+    app.set_status(503);
+    let eps = c.endpoints(&[0, 1, 2]);
+    for round in 1..=kill_loops() {
+        // The step ran once more: by the leader, which it killed.
+        let line = wait_for("the step ran and killed its leader", LONG, || async {
+            let lines = effects(&file);
+            if lines.len() == round {
+                Ok(lines[round - 1].clone())
+            } else if lines.len() > round {
+                Err(format!(
+                    "ran {} times in round {round}: {lines:?}",
+                    lines.len()
+                ))
+            } else {
+                Err(format!("{} lines", lines.len()))
+            }
+        })
+        .await;
+        let pid: u32 = line[3].parse().unwrap();
+        let dead = (0..3)
+            .find(|i| c.pid(*i) == Some(pid))
+            .unwrap_or_else(|| panic!("round {round}: pid {pid} is no node of this cluster"));
+        c.wait_exited(dead, LONG).await;
+        // A later leader finds the intent without an outcome: exec is not
+        // idempotent, so it waits for a person, never runs it again.
+        let (incident, fence) = (line[0].clone(), line[2].clone());
+        wait_for("the step marked outcome unknown", LONG, || async {
+            let v = incidents(&c).await?;
+            let i = v["incidents"]
+                .as_array()
+                .and_then(|a| a.iter().find(|i| i["id"].to_string() == incident))
+                .ok_or("incident not shown")?;
+            let pending = i["pending"]["index"].to_string();
+            if i["phase"] == "OUTCOME_UNKNOWN" && pending == fence {
+                Ok(())
+            } else {
+                Err(format!("{} pending {pending}", i["phase"]))
+            }
+        })
+        .await;
+        assert_eq!(effects(&file).len(), round, "round {round}: run again");
+        c.restart(dead).await;
+        // The person skips it; the next attempt begins, under the new
+        // leader, with a new intent.
+        let out = Cluster::faxictl(&eps, &["approve", &incident, "--skip"]).await;
+        assert!(
+            out.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Every intent ran at most once.
+    let lines = effects(&file);
+    let fences: std::collections::BTreeSet<&String> = lines.iter().map(|l| &l[2]).collect();
+    assert_eq!(fences.len(), lines.len(), "an intent ran twice: {lines:?}");
+}

@@ -601,12 +601,13 @@ impl StateMachine {
         r
     }
 
-    /// The members that see `target` DOWN now, and the earliest time one
-    /// of them measured it so.
+    /// The members that see `target` DOWN now, and the time to detect: from
+    /// the first of them measuring it DOWN to the last (whose report made
+    /// the quorum), by their own clocks.
     fn down_nodes(&self, target: &str) -> (Vec<NodeId>, Option<u64>) {
         let now = self.log_now_ms;
         let mut nodes = Vec::new();
-        let mut first: Option<u64> = None;
+        let mut span: Option<(u64, u64)> = None;
         if let Some(per_node) = self.views.get(target) {
             for (id, v) in per_node {
                 if v.verdict == State::Down
@@ -619,11 +620,11 @@ impl StateMachine {
                     } else {
                         v.measured_at_ms
                     };
-                    first = Some(first.map_or(m, |f: u64| f.min(m)));
+                    span = Some(span.map_or((m, m), |(a, b)| (a.min(m), b.max(m))));
                 }
             }
         }
-        (nodes, first)
+        (nodes, span.map(|(first, last)| last - first))
     }
 
     /// The latest operator requests, oldest first.

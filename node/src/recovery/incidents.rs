@@ -198,7 +198,9 @@ pub struct Incident {
     pub drill: bool,
     /// Log time it opened (the agreed DOWN).
     pub opened_ms: u64,
-    /// From the first node's DOWN verdict to the agreed DOWN, ms.
+    /// From the first node's DOWN verdict to the verdict that made the
+    /// quorum (by those nodes' clocks), ms: the mesh's share of detection
+    /// (the probes' `fall × interval` comes before it).
     pub detect_ms: u64,
     /// The zones that saw it down.
     pub zones: Vec<String>,
@@ -527,7 +529,8 @@ impl Recovery {
 
     /// Opens and resolves incidents for the agreed-state changes an entry
     /// caused. `down_nodes(target)` names the members that see it DOWN and
-    /// the earliest time one of them measured it.
+    /// the time to detect (from the first of them measuring it DOWN to the
+    /// last).
     pub fn on_transitions(
         &mut self,
         transitions: &[Transition],
@@ -538,15 +541,15 @@ impl Recovery {
                 if self.open_for(&t.target).is_some() {
                     continue;
                 }
-                let (nodes, first) = down_nodes(&t.target);
-                self.open_incident(t, nodes, first);
+                let (nodes, detect) = down_nodes(&t.target);
+                self.open_incident(t, nodes, detect);
             } else if t.to == State::Up {
                 self.resolve(&t.target, t.at_ms);
             }
         }
     }
 
-    fn open_incident(&mut self, t: &Transition, nodes: Vec<NodeId>, first_ms: Option<u64>) {
+    fn open_incident(&mut self, t: &Transition, nodes: Vec<NodeId>, detect_ms: Option<u64>) {
         if self.open.len() >= MAX_OPEN {
             return;
         }
@@ -564,7 +567,7 @@ impl Recovery {
             target: t.target.clone(),
             drill: false,
             opened_ms: t.at_ms,
-            detect_ms: first_ms.map_or(0, |f| t.at_ms.saturating_sub(f)),
+            detect_ms: detect_ms.unwrap_or(0),
             zones: t.down_zones.clone(),
             nodes,
             cause: None,
@@ -1205,7 +1208,7 @@ mod tests {
     }
 
     fn nodes(_: &str) -> (Vec<NodeId>, Option<u64>) {
-        (vec![1, 2], Some(900))
+        (vec![1, 2], Some(100))
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub const INCIDENTS: &str = "faxi_incidents_total";
 pub const OPEN: &str = "faxi_incidents_open";
 /// Recovery steps run by this node, by plan, action and result.
 pub const STEPS: &str = "faxi_recovery_steps_total";
-/// From the first node's DOWN verdict to the agreed DOWN.
+/// From the first node's DOWN verdict to the one that made the quorum.
 pub const TIME_TO_DETECT: &str = "faxi_time_to_detect_seconds";
 /// From the agreed DOWN to the agreed UP.
 pub const TIME_TO_RECOVER: &str = "faxi_time_to_recover_seconds";
@@ -43,7 +43,7 @@ pub fn describe() {
     );
     metrics::describe_histogram!(
         TIME_TO_DETECT,
-        "From the first DOWN verdict to the agreed DOWN, seconds."
+        "From the first node's DOWN verdict to the one that made the zone quorum, seconds."
     );
     metrics::describe_histogram!(
         TIME_TO_RECOVER,
