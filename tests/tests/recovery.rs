@@ -255,7 +255,12 @@ async fn a_leader_killed_between_intent_and_outcome_never_gets_its_step_run_twic
             let v = incidents(&c).await?;
             let i = v["incidents"]
                 .as_array()
-                .and_then(|a| a.iter().find(|i| i["id"].to_string() == incident))
+                .and_then(|a| {
+                    a.iter().find(|i| {
+                        i["id"].as_u64().map(|n| n.to_string()).as_deref()
+                            == Some(incident.as_str())
+                    })
+                })
                 .ok_or("incident not shown")?;
             let pending = i["pending"]["index"].to_string();
             if i["phase"] == "OUTCOME_UNKNOWN" && pending == fence {
