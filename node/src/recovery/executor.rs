@@ -61,6 +61,9 @@ impl AgreedStates for MeshStates {
 
     fn changed(&self) -> ActionFuture<'_, ()> {
         let mut rx = self.0.subscribe();
+        // A new receiver has seen nothing: without this it would wake at
+        // once, every time.
+        rx.borrow_and_update();
         Box::pin(async move {
             // A stopped driver: wait a little rather than spin.
             if rx.changed().await.is_err() {
@@ -154,55 +157,82 @@ impl Executor {
         }
     }
 
-    /// Runs until the task is dropped.
+    /// Runs until the task is dropped. It looks again when the recovery
+    /// state or this node's leadership changed, when one of its tasks
+    /// ended, and every [`RECHECK`] (cooldowns, approvals and maintenance
+    /// end with time); not on every applied entry, which at thousands of
+    /// targets come by the hundred a second.
     pub async fn run(self) {
         let this = Arc::new(self);
         let mut version = this.mesh.subscribe();
+        version.borrow_and_update();
+        let ended = Arc::new(tokio::sync::Notify::new());
         let mut tasks: BTreeMap<u64, JoinHandle<()>> = BTreeMap::new();
         let mut catalog_task: Option<JoinHandle<()>> = None;
+        // The term in which the log's catalog was found to be this config's.
+        let mut catalog_verified: Option<u64> = None;
         let mut metrics = super::metrics::Observer::default();
+        let mut seen = None;
+        let mut timer = true;
         loop {
-            metrics.observe(&this.mesh.read().sm);
             tasks.retain(|_, h| !h.is_finished());
-            let (leads, term) = {
+            let (leads, term, changes) = {
                 let s = this.mesh.read();
                 (
                     s.info.leader == this.me && s.info.role == "leader",
                     s.info.term,
+                    s.sm.recovery().changes(),
                 )
             };
-            if leads {
-                let stale_catalog = {
-                    let s = this.mesh.read();
-                    let want: BTreeMap<&str, &TargetInfo> = this
-                        .settings
-                        .catalog
-                        .iter()
-                        .map(|t| (t.name.as_str(), t))
-                        .collect();
-                    let have = s.sm.recovery().catalog();
-                    want.len() != have.len() || want.iter().any(|(k, v)| have.get(*k) != Some(*v))
-                };
-                if stale_catalog && catalog_task.as_ref().is_none_or(JoinHandle::is_finished) {
-                    let e = this.clone();
-                    catalog_task = Some(tokio::spawn(async move {
-                        let cmd = RecoveryCmd::Catalog(e.settings.catalog.clone());
-                        if let Err(err) = e.propose(cmd).await {
-                            tracing::warn!(error = %err, "could not record the recovery catalog");
-                        }
-                    }));
-                } else if !stale_catalog {
-                    for (id, m) in this.decide(term, &tasks) {
+            let now = (changes, leads, term, tasks.len());
+            if timer || seen != Some(now) {
+                seen = Some(now);
+                metrics.observe(&this.mesh.read().sm);
+                if leads && catalog_verified != Some(term) {
+                    if this.catalog_is_current() {
+                        catalog_verified = Some(term);
+                    } else if catalog_task.as_ref().is_none_or(JoinHandle::is_finished) {
                         let e = this.clone();
-                        tasks.insert(id, tokio::spawn(async move { e.act(id, m, term).await }));
+                        catalog_task = Some(tokio::spawn(async move {
+                            let cmd = RecoveryCmd::Catalog(e.settings.catalog.clone());
+                            if let Err(err) = e.propose(cmd).await {
+                                tracing::warn!(error = %err, "could not record the recovery catalog");
+                            }
+                        }));
+                    }
+                }
+                if leads && catalog_verified == Some(term) {
+                    for (id, m) in this.decide(term, &tasks) {
+                        let (e, ended) = (this.clone(), ended.clone());
+                        tasks.insert(
+                            id,
+                            tokio::spawn(async move {
+                                e.act(id, m, term).await;
+                                ended.notify_one();
+                            }),
+                        );
                     }
                 }
             }
+            timer = false;
             tokio::select! {
                 r = version.changed() => if r.is_err() { return },
-                () = tokio::time::sleep(RECHECK) => {}
+                () = ended.notified() => {}
+                () = tokio::time::sleep(RECHECK) => timer = true,
             }
         }
+    }
+
+    /// Whether the log's catalog is this node's config's.
+    fn catalog_is_current(&self) -> bool {
+        let s = self.mesh.read();
+        let have = s.sm.recovery().catalog();
+        have.len() == self.settings.catalog.len()
+            && self
+                .settings
+                .catalog
+                .iter()
+                .all(|t| have.get(&t.name) == Some(t))
     }
 
     async fn propose(&self, cmd: RecoveryCmd) -> Result<u64, MeshError> {
@@ -220,6 +250,9 @@ impl Executor {
     fn decide(&self, term: u64, tasks: &BTreeMap<u64, JoinHandle<()>>) -> Vec<(u64, Move)> {
         let s = self.mesh.read();
         let rec = s.sm.recovery();
+        if rec.open().is_empty() {
+            return Vec::new();
+        }
         let now = now_ms();
         let maintenance = rec.maintenance().is_some_and(|m| m.until_ms > now);
         let running = rec.open().values().filter(|i| i.attempt.is_some()).count();

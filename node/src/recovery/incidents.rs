@@ -436,6 +436,9 @@ pub struct Recovery {
     last_end: BTreeMap<String, u64>,
     /// Maintenance, if on.
     maintenance: Option<Maintenance>,
+    /// Counts the changes applied here: readers (the executor, metrics)
+    /// look again only when it moved.
+    changes: u64,
 }
 
 /// Where in the log an entry is: its fencing token.
@@ -455,6 +458,12 @@ fn clip(text: &str) -> String {
 }
 
 impl Recovery {
+    /// How many changes were applied: a reader that saw this count has
+    /// seen everything.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
     /// The catalog.
     pub fn catalog(&self) -> &BTreeMap<String, TargetInfo> {
         &self.catalog
@@ -537,6 +546,9 @@ impl Recovery {
         down_nodes: impl Fn(&str) -> (Vec<NodeId>, Option<u64>),
     ) {
         for t in transitions {
+            if matches!(t.to, State::Down | State::Up) {
+                self.changes += 1;
+            }
             if t.to == State::Down {
                 if self.open_for(&t.target).is_some() {
                     continue;
@@ -846,6 +858,7 @@ impl Recovery {
     /// Applies a command [`Recovery::check`] takes.
     pub fn apply(&mut self, cmd: &RecoveryCmd, at: EntryAt, log_now_ms: u64) -> Result<(), String> {
         self.check(cmd, at)?;
+        self.changes += 1;
         match cmd {
             RecoveryCmd::Catalog(targets) => {
                 self.catalog = targets
