@@ -222,7 +222,39 @@ impl Config {
     /// Hides every secret of this config (each target's passwords and S3
     /// keys) in a text: for log lines and probe errors.
     pub fn redactor(&self) -> Redactor {
-        Redactor::new(self.targets.iter().flat_map(TargetSpec::secrets))
+        // Webhook URLs (they often carry a token in their path), from the
+        // variables `notify` steps and escalations read.
+        let hooks: Vec<Secret> = self
+            .webhook_envs()
+            .filter_map(|name| std::env::var(name).ok())
+            .filter(|v| !v.is_empty())
+            .map(Secret::new)
+            .collect();
+        Redactor::new(
+            self.targets
+                .iter()
+                .flat_map(TargetSpec::secrets)
+                .chain(hooks.iter()),
+        )
+    }
+
+    /// The environment variables that hold webhook URLs.
+    fn webhook_envs(&self) -> impl Iterator<Item = &str> {
+        let steps = self
+            .recovery
+            .plans
+            .values()
+            .flat_map(|p| p.steps.iter().chain(p.finally.iter()))
+            .filter_map(|s| match &s.action {
+                crate::recovery::Action::Notify { url_env, .. } => Some(url_env.as_str()),
+                _ => None,
+            });
+        self.recovery
+            .defaults
+            .notify_url_env
+            .as_deref()
+            .into_iter()
+            .chain(steps)
     }
 
     /// Reads, parses and validates `path`.

@@ -828,3 +828,19 @@ fn a_targets_recovery_is_a_plan_of_this_config() {
         .and_then(|r| c.recovery.plan(r));
     assert_eq!(plan.map(|p| p.name.as_str()), Some("postgres"));
 }
+
+#[test]
+fn webhook_urls_from_the_environment_are_redacted_like_secrets() {
+    // A variable every test process has stands in for a webhook's.
+    let path = std::env::var("PATH").unwrap();
+    let c = Config::parse(&format!(
+        "{NODE}\n[recovery_defaults]\nnotify_url_env = \"PATH\"\n\
+         [[targets]]\nname = \"app\"\nkind = \"http\"\nurl = \"http://app:4000/health\"\nrecovery = \"app\"\n\
+         [recovery.app]\nsteps = [ {{ action = \"notify\", message = \"down\" }} ]\n"
+    ))
+    .unwrap();
+    let line = format!("posting to {path} failed");
+    let shown = c.redactor().redact(&line).into_owned();
+    assert!(!shown.contains(&path), "{shown}");
+    assert!(shown.contains("***"), "{shown}");
+}
