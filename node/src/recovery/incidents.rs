@@ -238,7 +238,10 @@ impl Incident {
         if self.timeline.len() >= MAX_EVENTS {
             self.timeline.pop();
         }
-        self.timeline.push(e);
+        // In time order: a step's `started` is recorded with its outcome,
+        // after events that came meanwhile (the target's recovery).
+        let at = self.timeline.partition_point(|x| x.at_ms <= e.at_ms);
+        self.timeline.insert(at, e);
     }
 
     /// Whether recovery has been tried (an attempt begun).
@@ -1284,17 +1287,18 @@ mod tests {
         r.apply(
             &RecoveryCmd::Begin {
                 incident: 1,
-                at_ms: 1,
+                at_ms: 1001,
             },
             at(2, 10),
             0,
         )
         .unwrap();
-        let intent = |step| RecoveryCmd::Intent {
+        // Each step's intent 5 ms after the one before, from 1002.
+        let intent = |step: u32| RecoveryCmd::Intent {
             incident: 1,
             step,
             by: 1,
-            at_ms: 2,
+            at_ms: 1002 + 5 * u64::from(step),
         };
         // Not the next step: refused, nothing changes.
         let before = r.clone();
@@ -1303,11 +1307,12 @@ mod tests {
         r.apply(&intent(0), at(2, 11), 0).unwrap();
         // A second intent while one is pending: refused.
         assert!(r.apply(&intent(0), at(2, 12), 0).is_err());
-        let outcome = |intent| RecoveryCmd::Outcome {
+        // The step's side effect right after its intent.
+        let outcome = |intent: u64| RecoveryCmd::Outcome {
             incident: 1,
             intent,
-            started_ms: 3,
-            at_ms: 4,
+            started_ms: if intent == 11 { 1003 } else { 1013 },
+            at_ms: if intent == 11 { 1004 } else { 1014 },
             result: StepResult::Done("ok".into()),
         };
         // The same outcome in a later term (its leader lost the term): refused.
@@ -1320,7 +1325,7 @@ mod tests {
         let settle = |how| RecoveryCmd::Settle {
             incident: 1,
             intent: 11,
-            at_ms: 5,
+            at_ms: 1005,
             how,
         };
         assert!(
@@ -1340,7 +1345,7 @@ mod tests {
             incident: 1,
             by: "alice (operate)".into(),
             skip: true,
-            at_ms: 6,
+            at_ms: 1006,
             until_ms: 100,
         };
         r.apply(&approve, at(3, 14), 0).unwrap();
@@ -1351,8 +1356,8 @@ mod tests {
         let failed = RecoveryCmd::Outcome {
             incident: 1,
             intent: 15,
-            started_ms: 7,
-            at_ms: 8,
+            started_ms: 1008,
+            at_ms: 1009,
             result: StepResult::Failed("exit 1".into()),
         };
         r.apply(&failed, at(3, 16), 0).unwrap();
@@ -1362,7 +1367,7 @@ mod tests {
         let i = r.open_for("db").unwrap();
         assert!(i.attempt.is_none());
         assert_eq!(i.phase, Phase::Open);
-        assert_eq!(r.last_end("db"), Some(4));
+        assert_eq!(r.last_end("db"), Some(1014));
         let kinds: Vec<&str> = i.timeline.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(
             kinds,
