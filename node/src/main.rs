@@ -290,7 +290,11 @@ fn dev(dir: Option<PathBuf>) -> ExitCode {
     let Some(runtime) = runtime(Some(1)) else {
         return ExitCode::from(EXIT_FAILURE);
     };
-    let result = runtime.block_on(faxi_watchdog::dev::run(&dir, shutdown_signal()));
+    let stop = {
+        let _in = runtime.enter();
+        shutdown_signal()
+    };
+    let result = runtime.block_on(faxi_watchdog::dev::run(&dir, stop));
     runtime.shutdown_timeout(LEFTOVERS);
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -322,14 +326,20 @@ fn run(file: &std::path::Path, log_format: LogFormat, stop_on_stdin_eof: bool) -
     let Some(runtime) = runtime(None) else {
         return ExitCode::from(EXIT_FAILURE);
     };
+    // Listening for the stop signals starts now, before the node: one that
+    // comes while it starts still stops it cleanly.
+    let stop = {
+        let _in = runtime.enter();
+        shutdown_signal()
+    };
     let shutdown = async move {
         if stop_on_stdin_eof {
             tokio::select! {
-                () = shutdown_signal() => {}
+                () = stop => {}
                 () = stdin_closed() => {}
             }
         } else {
-            shutdown_signal().await;
+            stop.await;
         }
     };
     let result = runtime.block_on(faxi_watchdog::node::run(config, shutdown));
@@ -358,23 +368,24 @@ async fn stdin_closed() {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM: both are listened for from
+/// this call on (inside a runtime), not from the first poll.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    let int = signal(SignalKind::interrupt()).ok();
+    let term = signal(SignalKind::terminate()).ok();
+    let recv = |s: Option<Signal>| async move {
+        match s {
+            Some(mut s) => {
                 s.recv().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            None => std::future::pending::<()>().await,
         }
     };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    async move {
+        tokio::select! {
+            () = recv(int) => {}
+            () = recv(term) => {}
+        }
     }
 }
