@@ -28,3 +28,4 @@ pub mod storage;
 // Peer traffic: raft-rs's messages as protobuf bytes inside our gRPC batch.
 #[allow(clippy::disallowed_types, clippy::disallowed_methods)]
 pub mod transport;
+pub mod vecmap;

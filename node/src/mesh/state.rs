@@ -91,6 +91,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::vecmap::VecMap;
 use crate::recovery::incidents::{EntryAt, Recovery, RecoveryCmd};
 
 /// A Raft node id.
@@ -293,7 +294,7 @@ pub struct Agreed {
     /// Log time of the last change of `state`.
     pub since_ms: u64,
     /// Each zone's verdict (zones with members only).
-    pub zones: BTreeMap<String, State>,
+    pub zones: VecMap<String, State>,
     /// The zones that see the target DOWN: with several zones, those whose
     /// verdict is DOWN; with a single zone, that zone when any of its fresh
     /// observations is DOWN (its verdict may still be UP: one node of three
@@ -530,7 +531,7 @@ pub struct StateMachine {
     clocks: BTreeMap<NodeId, u64>,
     members: BTreeMap<NodeId, Member>,
     /// target -> node -> view.
-    views: BTreeMap<String, BTreeMap<NodeId, NodeView>>,
+    views: BTreeMap<String, VecMap<NodeId, NodeView>>,
     /// target -> agreed state.
     agreed: BTreeMap<String, Agreed>,
     /// The earliest expiry among fresh views (`u64::MAX` for none). Until log
@@ -560,7 +561,7 @@ struct StateMachineV1 {
     log_settled: bool,
     clocks: BTreeMap<NodeId, u64>,
     members: BTreeMap<NodeId, Member>,
-    views: BTreeMap<String, BTreeMap<NodeId, NodeView>>,
+    views: BTreeMap<String, VecMap<NodeId, NodeView>>,
     agreed: BTreeMap<String, Agreed>,
     next_expiry_ms: u64,
     audit: std::collections::VecDeque<AuditRecord>,
@@ -653,7 +654,7 @@ impl StateMachine {
     }
 
     /// Each node's view of a target (expired ones included, for display).
-    pub fn views(&self, target: &str) -> Option<&BTreeMap<NodeId, NodeView>> {
+    pub fn views(&self, target: &str) -> Option<&VecMap<NodeId, NodeView>> {
         self.views.get(target)
     }
 
@@ -969,7 +970,7 @@ impl StateMachine {
             let entry = self.agreed.entry(target.clone()).or_insert_with(|| Agreed {
                 state: State::Unknown,
                 since_ms: now,
-                zones: BTreeMap::new(),
+                zones: VecMap::new(),
                 down_zones: Vec::new(),
             });
             if entry.state != state {
@@ -991,7 +992,7 @@ impl StateMachine {
             self.next_expiry_ms = self
                 .views
                 .values()
-                .flat_map(BTreeMap::values)
+                .flat_map(VecMap::values)
                 .map(|v| v.expires_at_ms)
                 .filter(|e| *e >= now)
                 .min()
@@ -1040,7 +1041,7 @@ impl StateMachine {
             },
         };
         if super::codec::is_legacy_json(data) {
-            for v in sm.views.values_mut().flat_map(BTreeMap::values_mut) {
+            for v in sm.views.values_mut().flat_map(VecMap::values_mut) {
                 v.measured_at_ms = v.at_ms;
             }
         }
@@ -1056,15 +1057,15 @@ fn settled() -> bool {
 fn agree(
     members: &BTreeMap<NodeId, Member>,
     zones: &BTreeMap<String, BTreeSet<NodeId>>,
-    per_node: &BTreeMap<NodeId, NodeView>,
+    per_node: &VecMap<NodeId, NodeView>,
     now_ms: u64,
-) -> (State, BTreeMap<String, State>, Vec<String>) {
+) -> (State, VecMap<String, State>, Vec<String>) {
     let fresh = |id: &NodeId| {
         per_node
             .get(id)
             .filter(|v| v.expires_at_ms >= now_ms && members.contains_key(id))
     };
-    let mut zone_states = BTreeMap::new();
+    let mut zone_states = VecMap::new();
     for (zone, ids) in zones {
         let verdicts: Vec<State> = ids.iter().filter_map(fresh).map(|v| v.verdict).collect();
         zone_states.insert(zone.clone(), majority(&verdicts));

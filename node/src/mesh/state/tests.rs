@@ -762,7 +762,7 @@ impl Oracle {
                 let a = Agreed {
                     state: r.state,
                     since_ms: self.read(r.since, r.provisional),
-                    zones: r.zones.clone(),
+                    zones: r.zones.iter().map(|(z, v)| (z.clone(), *v)).collect(),
                     down_zones: r.down_zones.clone(),
                 };
                 (t.clone(), a)
