@@ -466,14 +466,7 @@ impl Executor {
             })
             .await?;
         // The fencing token, as the state recorded it.
-        let pending = {
-            let s = self.mesh.read();
-            s.sm.recovery()
-                .open()
-                .get(&id)
-                .and_then(|i| i.attempt.as_ref())
-                .and_then(|a| a.pending.clone())
-        };
+        let pending = self.pending(id);
         let Some(p) = pending.filter(|p| p.index == index) else {
             return Ok(index);
         };
@@ -572,16 +565,19 @@ impl Executor {
         }
     }
 
+    /// The incident's intent without an outcome, as the state records it.
+    fn pending(&self, id: u64) -> Option<super::incidents::Intent> {
+        let s = self.mesh.read();
+        s.sm.recovery()
+            .open()
+            .get(&id)
+            .and_then(|i| i.attempt.as_ref())
+            .and_then(|a| a.pending.clone())
+    }
+
     /// Settles an intent an earlier leader left without an outcome.
     async fn settle(&self, id: u64, term: u64) -> Result<u64, MeshError> {
-        let pending = {
-            let s = self.mesh.read();
-            s.sm.recovery()
-                .open()
-                .get(&id)
-                .and_then(|i| i.attempt.as_ref())
-                .and_then(|a| a.pending.clone())
-        };
+        let pending = self.pending(id);
         let Some(p) = pending else { return Ok(0) };
         let Some(b) = self.bound(
             id,

@@ -223,6 +223,26 @@ pub struct Incident {
 }
 
 impl Incident {
+    /// A new incident, open, with nothing happened yet.
+    fn new(id: u64, target: &str, drill: bool, opened_ms: u64) -> Self {
+        Self {
+            id,
+            target: target.to_owned(),
+            drill,
+            opened_ms,
+            detect_ms: 0,
+            zones: Vec::new(),
+            nodes: Vec::new(),
+            cause: None,
+            joined: Vec::new(),
+            phase: Phase::Open,
+            resolved_ms: None,
+            attempts: 0,
+            attempt: None,
+            timeline: Vec::new(),
+        }
+    }
+
     /// Time to recover, ms, once resolved.
     pub fn recover_ms(&self) -> Option<u64> {
         self.resolved_ms.map(|r| r.saturating_sub(self.opened_ms))
@@ -578,20 +598,10 @@ impl Recovery {
             .find(|i| self.depends(&t.target, &i.target))
             .map(|i| (i.id, i.target.clone()));
         let mut inc = Incident {
-            id,
-            target: t.target.clone(),
-            drill: false,
-            opened_ms: t.at_ms,
             detect_ms: detect_ms.unwrap_or(0),
             zones: t.down_zones.clone(),
             nodes,
-            cause: None,
-            joined: Vec::new(),
-            phase: Phase::Open,
-            resolved_ms: None,
-            attempts: 0,
-            attempt: None,
-            timeline: Vec::new(),
+            ..Incident::new(id, &t.target, false, t.at_ms)
         };
         let seen_by = format!(
             "DOWN in {} (nodes {})",
@@ -1071,22 +1081,7 @@ impl Recovery {
                 }
                 self.last_id += 1;
                 let id = self.last_id;
-                let mut inc = Incident {
-                    id,
-                    target: target.clone(),
-                    drill: true,
-                    opened_ms: *at_ms,
-                    detect_ms: 0,
-                    zones: Vec::new(),
-                    nodes: Vec::new(),
-                    cause: None,
-                    joined: Vec::new(),
-                    phase: Phase::Open,
-                    resolved_ms: None,
-                    attempts: 0,
-                    attempt: None,
-                    timeline: Vec::new(),
-                };
+                let mut inc = Incident::new(id, target, true, *at_ms);
                 inc.event(*at_ms, "drill", None, format!("drill asked by {by}"));
                 self.open.insert(id, inc);
             }
