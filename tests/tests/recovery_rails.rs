@@ -7,7 +7,8 @@
 //!   approves it;
 //! - an approval expires after the leader's `approval_ttl`: the step asks
 //!   again instead of running on a stale approval;
-//! - maintenance pauses recovery, not detection;
+//! - maintenance pauses recovery (no attempt begins, no next step starts),
+//!   not detection;
 //! - `cooldown` spaces attempts, `max_attempts` per `attempt_window` ends
 //!   in an escalation (one webhook) and no more attempts;
 //! - `dry_run` records what would run and runs nothing;
@@ -434,7 +435,9 @@ async fn an_approval_that_expired_before_its_step_could_start_is_asked_again() {
         },
     )
     .await;
-    rig.executor_looked(3).await;
+    // The executor looked every 500 ms meanwhile; one entry committed
+    // after the expiry shows it looked once more since.
+    rig.executor_looked(1).await;
     assert!(rig.effects().is_empty(), "{:?}", rig.effects());
 
     // Maintenance off: the expired approval does not let the step run;
@@ -449,9 +452,10 @@ async fn an_approval_that_expired_before_its_step_could_start_is_asked_again() {
     assert_eq!(asked[1]["text"], "the approval expired", "{again}");
     assert_eq!(asked[1]["step"], 1, "{again}");
     assert_eq!(again["step"]["approved_until"], Value::Null, "{again}");
-    rig.executor_looked(3).await;
+    // Asking again is what the executor decided instead of running the
+    // step (an approval is cleared only by asking or by the step's
+    // outcome): it did not run.
     assert!(rig.effects().is_empty(), "{:?}", rig.effects());
-    assert_eq!(rig.incident(id).await["phase"], "AWAITING_APPROVAL");
 
     // A fresh approval runs it.
     json("operator", &rig.eps, &["approve", &ids]).await;
@@ -484,8 +488,14 @@ async fn maintenance_pauses_recovery_but_not_detection() {
     let rig = Rig::start(
         app_target,
         |f| {
+            // Step 1 says it started, then holds until the file `go` exists.
+            let go = f.with_file_name("go");
             format!(
-                "[recovery.app]\ncooldown = \"1h\"\nsteps = [\n  {},\n]\n",
+                "[recovery.app]\ncooldown = \"1h\"\nsteps = [\n  {{ action = \"exec\", argv = \
+                 [\"/bin/sh\", \"-c\", \"echo stop $FAXI_INCIDENT >> {}; \
+                 while [ ! -e {} ]; do sleep 0.05; done\"] }},\n  {},\n]\n",
+                f.display(),
+                go.display(),
                 record(f, "restart", "")
             )
         },
@@ -518,20 +528,67 @@ async fn maintenance_pauses_recovery_but_not_detection() {
     // Maintenance off: the plan runs.
     let off_at = now_ms();
     table("operator", &rig.eps, &["maintenance", "off"]).await;
+    wait_for("step 1 started", LONG, || async {
+        match rig.effects().as_slice() {
+            [] => Err("not yet".to_owned()),
+            lines => Ok(lines.to_vec()),
+        }
+    })
+    .await;
+    let i = rig.incident(id).await;
+    let began = events(&i, "attempt")[0]["at_ms"].as_u64().unwrap();
+    assert!(
+        began >= off_at,
+        "attempt at {began}, maintenance off at {off_at}"
+    );
+
+    // On again while step 1 runs: step 1 finishes, step 2 does not start.
+    table(
+        "operator",
+        &rig.eps,
+        &["maintenance", "on", "--reason", "db upgrade", "--for", "1h"],
+    )
+    .await;
+    std::fs::write(rig.effects.with_file_name("go"), "").unwrap();
+    rig.wait_incident("step 1 done", id, |i| {
+        kinds(i).contains(&("done".to_owned(), 1))
+    })
+    .await;
+    rig.executor_looked(3).await;
+    let i = rig.incident(id).await;
+    assert_eq!(i["phase"], "RECOVERING", "{i}");
+    assert_eq!(i["step"]["index"], 2, "{i}");
+    assert_eq!(i["pending"], Value::Null, "{i}");
+    assert_eq!(events(&i, "intent").len(), 1, "{i}");
+    let lines = rig.effects();
+    assert_eq!(lines, [["stop".to_owned(), id.to_string()]], "{lines:?}");
+
+    // Off: the attempt goes on.
+    table("operator", &rig.eps, &["maintenance", "off"]).await;
     let done = rig
         .wait_incident("the attempt ended", id, |i| {
             events(i, "attempt_done").len() == 1
         })
         .await;
     let lines = rig.effects();
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    assert_eq!(lines[0][..2], ["restart".to_owned(), id.to_string()]);
-    let began = events(&done, "attempt")[0]["at_ms"].as_u64().unwrap();
-    assert!(
-        began >= off_at,
-        "attempt at {began}, maintenance off at {off_at}"
-    );
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[1][..2], ["restart".to_owned(), id.to_string()]);
     assert_eq!(done["attempts"], 1, "{done}");
+    assert_eq!(
+        kinds(&done),
+        pairs(&[
+            ("detected", 0),
+            ("attempt", 0),
+            ("intent", 1),
+            ("started", 1),
+            ("done", 1),
+            ("intent", 2),
+            ("started", 2),
+            ("done", 2),
+            ("attempt_done", 0),
+        ]),
+        "{done}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
