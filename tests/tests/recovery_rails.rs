@@ -57,7 +57,7 @@ fn app_target(_id: u64, _zone: &str, ctx: &Ctx) -> String {
 impl Rig {
     /// Starts the stub (answering 200) and the cluster; `extra(effects)`
     /// is the recovery config, `env` the nodes' extra environment.
-    /// Returns once `app` is UP on every node.
+    /// Returns once every target is UP on every node.
     async fn start(
         targets: fn(u64, &str, &Ctx) -> String,
         extra: impl FnOnce(&Path) -> String,
