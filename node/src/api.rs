@@ -71,6 +71,9 @@ pub struct Api {
     /// Connections still to authenticate a request (nodes that take
     /// tokens: a TLS handshake without a certificate proves nothing).
     proven: Proven,
+    /// How long an operator's approval holds once this node, as the
+    /// leader, records it (`[recovery_defaults] approval_ttl`).
+    approval_ttl: Duration,
 }
 
 impl Api {
@@ -89,7 +92,16 @@ impl Api {
             kinds,
             tls,
             proven: Proven::default(),
+            approval_ttl: APPROVAL_TTL,
         }
+    }
+
+    /// The same API, with approvals holding `ttl` (from the node's
+    /// `[recovery_defaults] approval_ttl`; [`APPROVAL_TTL`] otherwise).
+    #[must_use]
+    pub fn with_approval_ttl(mut self, ttl: Duration) -> Self {
+        self.approval_ttl = ttl;
+        self
     }
 
     /// What [`incoming`] needs to close connections that never

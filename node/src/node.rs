@@ -151,7 +151,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.node.zone.clone(),
         kinds,
         tls.clone(),
-    );
+    )
+    .with_approval_ttl(Duration::from_millis(
+        config.recovery.defaults.approval_ttl_ms,
+    ));
     let first_request = api.first_request();
     let (watchdog_svc, peer_svc) = api.services();
     // HTTP/2 pings find a connection whose other end vanished; streams per

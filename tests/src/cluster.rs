@@ -45,6 +45,8 @@ pub struct Cluster {
     pub net: Option<Net>,
     /// Where configs, logs and data live.
     pub dir: TempDir,
+    /// Extra environment of every node process ([`Spec::env`]).
+    env: Vec<(String, String)>,
 }
 
 /// What a cluster is made of.
@@ -62,6 +64,10 @@ pub struct Spec {
     pub tls: String,
     /// More TOML at the end of every node's config (recovery plans).
     pub extra: String,
+    /// Extra environment of every node process, on every (re)start: what
+    /// a node reads from its environment when a step runs (a webhook's
+    /// URL for `notify_url_env` or a step's `url_env`).
+    pub env: Vec<(String, String)>,
 }
 
 /// What target configs may refer to.
@@ -88,6 +94,7 @@ impl Spec {
             targets: |_, _, _| String::new(),
             tls: String::new(),
             extra: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -176,7 +183,12 @@ impl Cluster {
                 child: None,
             });
         }
-        let mut c = Cluster { nodes, net, dir };
+        let mut c = Cluster {
+            nodes,
+            net,
+            dir,
+            env: spec.env.clone(),
+        };
         if bootstrap > 0 {
             crate::node::init(&c.nodes[0].config, &[]).await;
         }
@@ -246,6 +258,7 @@ impl Cluster {
         let child = cmd
             .args(["run", "--log-format", "json", "--config"])
             .arg(&m.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("FAXI_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

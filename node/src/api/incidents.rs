@@ -17,8 +17,9 @@ use crate::mesh::state::{Command, MAX_NAME_BYTES, Shown};
 use crate::recovery::executor::now_ms;
 use crate::recovery::incidents::{Incident, Maintenance, Recovery, RecoveryCmd};
 
-/// How long an operator's approval holds once given (the default of
-/// `[recovery_defaults] approval_ttl`; the API does not read config yet).
+/// How long an operator's approval holds once given, unless the leader's
+/// config says otherwise (`[recovery_defaults] approval_ttl`, which
+/// defaults to it: [`Api::with_approval_ttl`]).
 pub const APPROVAL_TTL: Duration = Duration::from_secs(15 * 60);
 /// The shortest maintenance an operator may ask for.
 pub const MIN_MAINTENANCE: Duration = Duration::from_secs(60);
@@ -347,7 +348,7 @@ impl Api {
         }
         self.record(audit).await?;
         let at_ms = now_ms();
-        let until_ms = at_ms.saturating_add(ms(APPROVAL_TTL));
+        let until_ms = at_ms.saturating_add(ms(self.approval_ttl));
         self.propose_recovery(RecoveryCmd::Approve {
             incident: id,
             by: audit.by.clone(),
@@ -893,5 +894,54 @@ mod tests {
         assert_eq!(list.incidents.len(), 1);
         assert!(list.incidents[0].timeline.is_empty());
         assert_eq!(list.incidents[0].events, 4);
+    }
+
+    #[tokio::test]
+    async fn an_approval_holds_for_the_approval_ttl_the_api_was_given() {
+        use faxi_proto::v1::watchdog_server::Watchdog as _;
+        let (api, proposed) = api();
+        let api = api.with_approval_ttl(Duration::from_secs(60));
+        let op = "operatortoken";
+        api.drill(as_(
+            op,
+            pb::DrillRequest {
+                target: "db".into(),
+            },
+        ))
+        .await
+        .unwrap();
+        commit(
+            &api,
+            RecoveryCmd::Begin {
+                incident: 1,
+                at_ms: now_ms(),
+            },
+        );
+        commit(
+            &api,
+            RecoveryCmd::AwaitApproval {
+                incident: 1,
+                step: 0,
+                at_ms: now_ms(),
+                reason: "step 1 needs approval".into(),
+            },
+        );
+        let r = api
+            .approve(as_(op, pb::ApproveRequest { id: 1, skip: false }))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(Command::Recovery(RecoveryCmd::Approve {
+            at_ms, until_ms, ..
+        })) = proposed.lock().unwrap().last().cloned()
+        else {
+            panic!("no approval proposed")
+        };
+        assert_eq!(until_ms - at_ms, 60_000);
+        assert_eq!(until_ms, r.until_ms);
+        assert_eq!(
+            r.incident.unwrap().step.unwrap().approved_until_ms,
+            until_ms
+        );
     }
 }

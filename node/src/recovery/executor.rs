@@ -255,7 +255,17 @@ impl Executor {
         }
         let now = now_ms();
         let maintenance = rec.maintenance().is_some_and(|m| m.until_ms > now);
-        let running = rec.open().values().filter(|i| i.attempt.is_some()).count();
+        // An incident with a task but no attempt yet is beginning one (its
+        // Begin proposed, not applied): it counts, or every entry applied
+        // meanwhile would let another attempt begin past the budget. (Once
+        // escalated, its task only sends the webhook.)
+        let running = rec
+            .open()
+            .values()
+            .filter(|i| {
+                i.attempt.is_some() || (tasks.contains_key(&i.id) && i.phase != Phase::Escalated)
+            })
+            .count();
         let mut budget = usize::try_from(self.settings.defaults.max_concurrent)
             .unwrap_or(usize::MAX)
             .saturating_sub(running);
@@ -682,4 +692,143 @@ fn depth(catalog: &BTreeMap<String, TargetInfo>, target: &str) -> usize {
         level = next;
     }
     d
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::mesh::driver::{RaftInfo, Shared};
+    use crate::mesh::state::{Member, StateMachine};
+    use crate::recovery::incidents::EntryAt;
+    use crate::recovery::plan::{Action, Plan, Step};
+
+    /// The executor of node 1, leader of term 1 of a one-node cluster with
+    /// no raft under it, `max_concurrent = 1`, and two independent targets
+    /// with a plan each, both drilled: incidents 1 and 2, open, no attempt.
+    fn two_incidents() -> Executor {
+        let sm = StateMachine::new([(
+            1,
+            Member {
+                zone: "zone-a".into(),
+                addr: "127.0.0.1:7401".into(),
+                instance: 0,
+            },
+        )]);
+        let shared = Shared {
+            sm,
+            info: RaftInfo {
+                id: 1,
+                leader: 1,
+                term: 1,
+                role: "leader",
+                ..RaftInfo::default()
+            },
+            leader_heard: None,
+        };
+        let (mesh, _, _) = Mesh::detached(shared, 64);
+        let info = |name: &str| TargetInfo {
+            name: name.into(),
+            depends_on: Vec::new(),
+            rto_ms: 0,
+            plan: Some(Plan {
+                name: name.into(),
+                steps: vec![Step {
+                    action: Action::Exec {
+                        argv: vec!["restart".into()],
+                        env: Vec::new(),
+                        timeout_ms: 1000,
+                    },
+                    approval: false,
+                    idempotent: false,
+                }],
+                finally: Vec::new(),
+                cooldown_ms: 0,
+                max_attempts: 3,
+                attempt_window_ms: 3_600_000,
+                dry_run: false,
+            }),
+        };
+        let settings = Settings {
+            catalog: vec![info("db"), info("cache")],
+            defaults: RecoveryDefaults::default(),
+        };
+        let mut index = 0;
+        let mut commit = |cmd: RecoveryCmd| {
+            index += 1;
+            let mut s = mesh.shared_for_tests().write().unwrap();
+            s.sm.apply_at(&Command::Recovery(cmd), EntryAt { term: 1, index })
+                .unwrap();
+        };
+        commit(RecoveryCmd::Catalog(settings.catalog.clone()));
+        for target in ["db", "cache"] {
+            commit(RecoveryCmd::Drill {
+                target: target.into(),
+                by: "alice".into(),
+                at_ms: now_ms(),
+            });
+        }
+        Executor::new(mesh.clone(), 1, settings)
+    }
+
+    #[tokio::test]
+    async fn an_attempt_whose_begin_is_on_its_way_counts_against_max_concurrent() {
+        let e = two_incidents();
+        let none = BTreeMap::new();
+        let moves = e.decide(1, &none);
+        assert!(matches!(moves.as_slice(), [(1, Move::Begin)]), "{moves:?}");
+        // Incident 1's task proposes its Begin; before that entry is
+        // applied, another one wakes the executor: incident 2 must wait.
+        let begin = tokio::spawn(std::future::pending::<()>());
+        let tasks = BTreeMap::from([(1, begin)]);
+        let moves = e.decide(1, &tasks);
+        assert!(moves.is_empty(), "a second attempt began: {moves:?}");
+        for (_, t) in tasks {
+            t.abort();
+        }
+        // Applied, the attempt counts on its own.
+        e.mesh
+            .shared_for_tests()
+            .write()
+            .unwrap()
+            .sm
+            .apply_at(
+                &Command::Recovery(RecoveryCmd::Begin {
+                    incident: 1,
+                    at_ms: now_ms(),
+                }),
+                EntryAt { term: 1, index: 10 },
+            )
+            .unwrap();
+        let moves = e.decide(1, &none);
+        assert!(matches!(moves.as_slice(), [(1, Move::Run(0))]), "{moves:?}");
+    }
+
+    #[tokio::test]
+    async fn an_escalated_incident_sending_its_webhook_holds_no_budget() {
+        let e = two_incidents();
+        e.mesh
+            .shared_for_tests()
+            .write()
+            .unwrap()
+            .sm
+            .apply_at(
+                &Command::Recovery(RecoveryCmd::Escalate {
+                    incident: 1,
+                    at_ms: now_ms(),
+                    reason: "a person takes over".into(),
+                }),
+                EntryAt { term: 1, index: 10 },
+            )
+            .unwrap();
+        // Its task still sends the escalation's webhook (up to 10 s).
+        let webhook = tokio::spawn(std::future::pending::<()>());
+        let tasks = BTreeMap::from([(1, webhook)]);
+        let moves = e.decide(1, &tasks);
+        assert!(matches!(moves.as_slice(), [(2, Move::Begin)]), "{moves:?}");
+        for (_, t) in tasks {
+            t.abort();
+        }
+    }
 }
