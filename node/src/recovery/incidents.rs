@@ -893,11 +893,15 @@ impl Recovery {
                 };
                 i.attempts += 1;
                 i.phase = Phase::Recovering;
-                let times = self.attempt_times.entry(i.target.clone()).or_default();
-                if times.len() >= MAX_ATTEMPT_TIMES {
-                    times.pop_front();
+                // A drill is no attempt at a failure: it counts toward
+                // neither `max_attempts` nor the cooldown.
+                if !i.drill {
+                    let times = self.attempt_times.entry(i.target.clone()).or_default();
+                    if times.len() >= MAX_ATTEMPT_TIMES {
+                        times.pop_front();
+                    }
+                    times.push_back(*at_ms);
                 }
-                times.push_back(*at_ms);
                 i.event(
                     *at_ms,
                     "attempt",
@@ -1136,7 +1140,9 @@ impl Recovery {
         let failed = a.failed;
         let started = a.started_ms;
         i.attempt = None;
-        self.last_end.insert(i.target.clone(), at_ms);
+        if !i.drill {
+            self.last_end.insert(i.target.clone(), at_ms);
+        }
         i.event(
             at_ms,
             if failed {
@@ -1474,6 +1480,9 @@ mod tests {
             .unwrap();
         }
         assert!(r.open().is_empty());
+        // The drill moved neither the cooldown nor the attempts window.
+        assert_eq!(r.last_end("db"), Some(4));
+        assert_eq!(r.attempt_times("db").collect::<Vec<_>>(), [1]);
         let (real, drills) = &r.stats()["db"];
         assert_eq!((real.count, drills.count, drills.last_ms), (1, 1, 500));
     }
