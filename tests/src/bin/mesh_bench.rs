@@ -303,8 +303,11 @@ async fn failover(args: &Args) -> String {
     };
     let mut c = Cluster::start(&spec, &ctx).await;
     let mut times = Vec::new();
+    // Terms per failover: 1 when the first election wins (no split vote,
+    // no failed pre-vote round that moved the term).
+    let mut elections: Vec<u64> = Vec::new();
     for _ in 0..args.failovers {
-        let (old, _) = c.wait_leader(&[0, 1, 2], Duration::from_secs(30)).await;
+        let (old, old_term) = c.wait_leader(&[0, 1, 2], Duration::from_secs(30)).await;
         let li = c.index(old);
         let rest: Vec<usize> = (0..3).filter(|i| *i != li).collect();
         c.kill(li).await;
@@ -317,14 +320,15 @@ async fn failover(args: &Args) -> String {
                         .await
                         .ok()
                         .and_then(|s| s.cluster)
-                        .map(|c| c.leader),
+                        .map(|c| (c.leader, c.term)),
                 );
             }
-            if let [Some(a), Some(b)] = ls[..]
+            if let [Some((a, ta)), Some((b, _))] = ls[..]
                 && a == b
                 && a != 0
                 && a != old
             {
+                elections.push(ta.saturating_sub(old_term));
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -332,9 +336,13 @@ async fn failover(args: &Args) -> String {
         times.push(t.elapsed().as_secs_f64() * 1e3);
         c.restart(li).await;
     }
+    let first = elections.iter().filter(|e| **e == 1).count();
     format!(
-        "| leader failover (ms), kill -9 → both survivors name the new leader; 100 ms tick, 10 election ticks | {} |\n",
-        summary(times)
+        "| leader failover (ms), kill -9 → both survivors name the new leader; 100 ms tick, 10 election ticks | {} |\n\
+         | elections per failover (terms the new leader's is past the old) | {first} of {} won at the first election; most {} |\n",
+        summary(times),
+        elections.len(),
+        elections.iter().max().copied().unwrap_or(0)
     )
 }
 
