@@ -285,4 +285,16 @@ async fn a_leader_killed_between_intent_and_outcome_never_gets_its_step_run_twic
     let lines = effects(&file);
     let fences: std::collections::BTreeSet<&String> = lines.iter().map(|l| &l[2]).collect();
     assert_eq!(fences.len(), lines.len(), "an intent ran twice: {lines:?}");
+    assert_eq!(lines.len(), kill_loops(), "{lines:?}");
+    let terms: std::collections::BTreeSet<u64> =
+        lines.iter().map(|l| l[1].parse().unwrap()).collect();
+    eprintln!(
+        "{} leaders killed between a step's intent and its outcome: {} intents (terms {} to {}), \
+         each run once and left outcome unknown, none run again",
+        kill_loops(),
+        fences.len(),
+        terms.first().unwrap_or(&0),
+        terms.last().unwrap_or(&0),
+    );
 }
+
