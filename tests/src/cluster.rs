@@ -409,6 +409,28 @@ impl Cluster {
         Self::faxictl_as("admin", endpoints, args).await
     }
 
+    /// faxictl as admin with `--output json`: its answer, or what it said
+    /// on stderr when it failed.
+    pub async fn faxictl_json(endpoints: &str, args: &[&str]) -> Result<serde_json::Value, String> {
+        let mut args = args.to_vec();
+        args.extend(["--output", "json"]);
+        let out = Self::faxictl(endpoints, &args).await;
+        if !out.status.success() {
+            return Err(format!(
+                "faxictl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| {
+            format!(
+                "faxictl {}: {e}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
     /// `faxictl watch --output json` as admin, running (killed on drop), and
     /// its output's lines.
     pub fn faxictl_watch(

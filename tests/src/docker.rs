@@ -25,6 +25,10 @@ pub const BUSYBOX_IMAGE: &str = "faxi-test-busybox:latest";
 /// stop would wait for the engine's kill).
 pub const SLEEPER: &[&str] = &["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"];
 
+/// A container command serving HTTP on port 8080 (busybox's httpd, in the
+/// foreground, over the root): a TCP service that dies with its container.
+pub const HTTPD: &[&str] = &["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/"];
+
 /// Where the static busybox may be (Debian's `busybox-static` puts it in
 /// /bin).
 const BUSYBOX_PATHS: &[&str] = &["/bin/busybox", "/usr/bin/busybox"];
@@ -207,20 +211,36 @@ impl TestContainer {
     /// `docker run -d --name <unique> --label K=V... IMAGE CMD...`, then
     /// waits until it runs.
     pub async fn run(what: &str, labels: &[(&str, &str)], cmd: &[&str]) -> TestContainer {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut args = Vec::new();
+        for l in &labels {
+            args.extend(["--label", l.as_str()]);
+        }
+        Self::run_with(what, &args, cmd).await
+    }
+
+    /// [`BUSYBOX_IMAGE`] running [`HTTPD`], its port 8080 published on
+    /// `127.0.0.1:port` (the engine's proxy keeps that address across
+    /// restarts, where the container's bridge address may change).
+    pub async fn httpd(what: &str, port: u16) -> TestContainer {
+        let publish = format!("127.0.0.1:{port}:8080");
+        Self::run_with(what, &["-p", &publish], HTTPD).await
+    }
+
+    /// `docker run -d --name <unique> ARGS... IMAGE CMD...`, then waits
+    /// until it runs.
+    pub async fn run_with(what: &str, args: &[&str], cmd: &[&str]) -> TestContainer {
         let image = busybox_image().await;
         // The handle exists before the engine answers: a failed run still
         // removes whatever it created.
         let c = TestContainer {
             name: container_name(what),
         };
-        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let mut args = vec!["run", "-d", "--name", c.name.as_str()];
-        for l in &labels {
-            args.extend(["--label", l.as_str()]);
-        }
-        args.push(image);
-        args.extend(cmd);
-        docker(&args).await.unwrap();
+        let mut all = vec!["run", "-d", "--name", c.name.as_str()];
+        all.extend(args);
+        all.push(image);
+        all.extend(cmd);
+        docker(&all).await.unwrap();
         c.wait_running(true, Duration::from_secs(20)).await;
         c
     }
@@ -238,6 +258,54 @@ impl TestContainer {
             .await
             .unwrap();
         humantime::parse_rfc3339(&s).unwrap_or_else(|e| panic!("StartedAt {s:?}: {e}"))
+    }
+
+    /// How many times the engine restarted it by its restart policy
+    /// (`RestartCount`; a restart asked through the API does not count).
+    pub async fn restart_count(&self) -> u64 {
+        let s = docker(&["inspect", "--format", "{{.RestartCount}}", &self.name])
+            .await
+            .unwrap();
+        s.parse()
+            .unwrap_or_else(|e| panic!("RestartCount {s:?}: {e}"))
+    }
+
+    /// `docker kill`: SIGKILL to its process, which the engine records as
+    /// a death, not a stop asked for.
+    pub async fn kill(&self) {
+        docker(&["kill", &self.name]).await.unwrap();
+    }
+
+    /// The times (Unix ns) of the engine's `start` events for it between
+    /// `since` and now, oldest first: every start, whoever asked.
+    pub async fn starts_since(&self, since: SystemTime) -> Vec<u128> {
+        let from = since
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let until = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let out = docker(&[
+            "events",
+            "--since",
+            &format!("{from:.3}"),
+            "--until",
+            &format!("{until:.3}"),
+            "--filter",
+            &format!("container={}", self.name),
+            "--filter",
+            "event=start",
+            "--format",
+            "{{.TimeNano}}",
+        ])
+        .await
+        .unwrap();
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.trim().parse().unwrap())
+            .collect()
     }
 
     /// Waits until it runs (or stops), at most `deadline`.

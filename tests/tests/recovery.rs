@@ -285,4 +285,78 @@ async fn a_leader_killed_between_intent_and_outcome_never_gets_its_step_run_twic
     let lines = effects(&file);
     let fences: std::collections::BTreeSet<&String> = lines.iter().map(|l| &l[2]).collect();
     assert_eq!(fences.len(), lines.len(), "an intent ran twice: {lines:?}");
+    assert_eq!(lines.len(), kill_loops(), "{lines:?}");
+    let terms: std::collections::BTreeSet<u64> =
+        lines.iter().map(|l| l[1].parse().unwrap()).collect();
+    eprintln!(
+        "{} leaders killed between a step's intent and its outcome: {} intents (terms {} to {}), \
+         each run once and left outcome unknown, none run again",
+        kill_loops(),
+        fences.len(),
+        terms.first().unwrap_or(&0),
+        terms.last().unwrap_or(&0),
+    );
+}
+
+/// Steps in the pacing test's plan.
+const PACED_STEPS: usize = 10;
+
+/// Consecutive moves follow each other at the pace of the log: once a
+/// move of an incident ended (its entry applied), the executor makes the
+/// next one at once, not at its next periodic look (every 500 ms) or at
+/// some unrelated entry. One node whose refreshes come every 20 minutes:
+/// nothing else commits while the plan runs, so a move that waited for
+/// the periodic look shows as a gap of about 500 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_move_follows_the_previous_one_without_waiting_for_the_periodic_look() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("effects");
+    let app = AppStub::start().await;
+    let mut spec = spec(&file);
+    spec.zones.truncate(1);
+    spec.cluster = "refresh = \"20m\"\n".into();
+    let step = format!(
+        "  {{ action = \"exec\", argv = [\"/bin/bash\", \"-c\", \"echo $EPOCHREALTIME >> {}\"] }},\n",
+        file.display()
+    );
+    spec.extra = format!(
+        "[recovery.app]\ncooldown = \"1h\"\nsteps = [\n{}]\n",
+        step.repeat(PACED_STEPS)
+    );
+    let c = Cluster::start(&spec, &ctx(&app)).await;
+    c.wait_state(&[0], "app", "UP", LONG).await;
+    app.set_status(503);
+    let times: Vec<f64> = wait_for("every step ran", LONG, || async {
+        let lines = effects(&file);
+        if lines.len() == PACED_STEPS {
+            Ok(lines.iter().map(|l| l[0].parse().unwrap()).collect())
+        } else {
+            Err(format!("{} of {PACED_STEPS} steps", lines.len()))
+        }
+    })
+    .await;
+    let gaps_ms: Vec<f64> = times.windows(2).map(|w| (w[1] - w[0]) * 1e3).collect();
+    // The attempt's begin to its first intent: one more move.
+    let shown = Cluster::faxictl(
+        &c.endpoints(&[0]),
+        &["incident", "show", "1", "--output", "json"],
+    )
+    .await;
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let at = |kind: &str| {
+        shown["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == kind)
+            .and_then(|e| e["at_ms"].as_f64())
+            .unwrap_or_else(|| panic!("no {kind}: {shown:#}"))
+    };
+    let begin_ms = at("intent") - at("attempt");
+    eprintln!("attempt → first intent {begin_ms} ms; gaps between steps (ms): {gaps_ms:.1?}");
+    assert!(
+        begin_ms < 250.0 && gaps_ms.iter().all(|g| *g < 250.0),
+        "a move waited for the periodic look: attempt → first intent {begin_ms} ms, \
+         gaps between steps {gaps_ms:.1?} ms"
+    );
 }

@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::task::JoinHandle;
+use tokio::task::{self, JoinError, JoinHandle, JoinSet};
 
 use super::actions::{self, ActionFuture, AgreedStates, Fence, Outcome, Recheck, StepRun, World};
 use super::incidents::{Incident, Phase, RecoveryCmd, Settle, StepResult, TargetInfo};
@@ -166,8 +166,13 @@ impl Executor {
         let this = Arc::new(self);
         let mut version = this.mesh.subscribe();
         version.borrow_and_update();
-        let ended = Arc::new(tokio::sync::Notify::new());
-        let mut tasks: BTreeMap<u64, JoinHandle<()>> = BTreeMap::new();
+        // One task per incident that is moving: its id in `running`. The
+        // loop looks again when a task has ended (`join_next`), not when
+        // the task says it is about to: a task still finishing when the
+        // loop looks would keep its incident from moving until the next
+        // change or the periodic look.
+        let mut running = Moves(JoinSet::new());
+        let mut tasks: BTreeMap<u64, task::Id> = BTreeMap::new();
         let mut catalog_task: Option<JoinHandle<()>> = None;
         // The term in which the log's catalog was found to be this config's.
         let mut catalog_verified: Option<u64> = None;
@@ -175,7 +180,9 @@ impl Executor {
         let mut seen = None;
         let mut timer = true;
         loop {
-            tasks.retain(|_, h| !h.is_finished());
+            while let Some(ended) = running.0.try_join_next_with_id() {
+                forget(&mut tasks, &ended);
+            }
             let (leads, term, changes) = {
                 let s = this.mesh.read();
                 (
@@ -203,21 +210,16 @@ impl Executor {
                 }
                 if leads && catalog_verified == Some(term) {
                     for (id, m) in this.decide(term, &tasks) {
-                        let (e, ended) = (this.clone(), ended.clone());
-                        tasks.insert(
-                            id,
-                            tokio::spawn(async move {
-                                e.act(id, m, term).await;
-                                ended.notify_one();
-                            }),
-                        );
+                        let e = this.clone();
+                        let h = running.0.spawn(async move { e.act(id, m, term).await });
+                        tasks.insert(id, h.id());
                     }
                 }
             }
             timer = false;
             tokio::select! {
                 r = version.changed() => if r.is_err() { return },
-                () = ended.notified() => {}
+                Some(ended) = running.0.join_next_with_id() => forget(&mut tasks, &ended),
                 () = tokio::time::sleep(RECHECK) => timer = true,
             }
         }
@@ -247,7 +249,7 @@ impl Executor {
     }
 
     /// The moves to make now, one per incident without a task.
-    fn decide(&self, term: u64, tasks: &BTreeMap<u64, JoinHandle<()>>) -> Vec<(u64, Move)> {
+    fn decide(&self, term: u64, tasks: &BTreeMap<u64, task::Id>) -> Vec<(u64, Move)> {
         let s = self.mesh.read();
         let rec = s.sm.recovery();
         if rec.open().is_empty() {
@@ -673,6 +675,26 @@ struct Bound {
     idempotent: bool,
     dry_run: bool,
     run: StepRun,
+}
+
+/// The moves under way. When the executor stops (its task aborted as the
+/// node shuts down), they are left to finish on their own, as detached
+/// tasks: a step that started is not cut short by the executor's end.
+struct Moves(JoinSet<()>);
+
+impl Drop for Moves {
+    fn drop(&mut self) {
+        self.0.detach_all();
+    }
+}
+
+/// Forgets the incident whose move ended (or panicked): it may move again.
+fn forget(tasks: &mut BTreeMap<u64, task::Id>, ended: &Result<(task::Id, ()), JoinError>) {
+    let id = match ended {
+        Ok((id, ())) => *id,
+        Err(e) => e.id(),
+    };
+    tasks.retain(|_, t| *t != id);
 }
 
 /// How deep a target sits in the dependency graph (0: depends on nothing).

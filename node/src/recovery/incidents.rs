@@ -258,9 +258,26 @@ impl Incident {
         if self.timeline.len() >= MAX_EVENTS {
             self.timeline.pop();
         }
-        // In time order: a step's `started` is recorded with its outcome,
-        // after events that came meanwhile (the target's recovery).
-        let at = self.timeline.partition_point(|x| x.at_ms <= e.at_ms);
+        // In the order they were applied, which is the order they
+        // happened: their times come from different clocks (log time for
+        // detection and resolution, the proposing leader's for the rest),
+        // and a leader's clock behind the log time would otherwise put its
+        // recovery before the detection. One exception: a step's `started`
+        // is recorded with its outcome, so it goes back, by time, among the
+        // events since its step's intent (the target's recovery, say).
+        let at = if kind == "started" {
+            let intent = self
+                .timeline
+                .iter()
+                .rposition(|x| x.kind == "intent" && x.step == e.step)
+                .map_or(0, |p| p + 1);
+            self.timeline[intent..]
+                .iter()
+                .position(|x| x.at_ms > e.at_ms)
+                .map_or(self.timeline.len(), |p| intent + p)
+        } else {
+            self.timeline.len()
+        };
         self.timeline.insert(at, e);
     }
 
@@ -1253,6 +1270,60 @@ mod tests {
             (Phase::Resolved, Some(60_000))
         );
         assert_eq!(r.stats()["db"].0.last_ms, 60_000);
+    }
+
+    #[test]
+    fn a_timeline_keeps_detection_first_whatever_the_leaders_clock_and_a_start_goes_back_by_time() {
+        let mut r = with_catalog(vec![info("db", &[], Some(plan(2, 0)))]);
+        // Log time says 5000; the leader's clock is 1 s behind it.
+        r.on_transitions(&[to("db", State::Down, 5000)], nodes);
+        let at = |index| EntryAt { term: 2, index };
+        let cmds = [
+            RecoveryCmd::Begin {
+                incident: 1,
+                at_ms: 4000,
+            },
+            RecoveryCmd::Intent {
+                incident: 1,
+                step: 0,
+                by: 1,
+                at_ms: 4001,
+            },
+        ];
+        for (k, c) in cmds.iter().enumerate() {
+            r.apply(c, at(10 + k as u64), 0).unwrap();
+        }
+        // The target comes back (log time) while the step runs; the step
+        // started before that and its outcome comes after.
+        r.on_transitions(&[to("db", State::Up, 4010)], nodes);
+        r.apply(
+            &RecoveryCmd::Outcome {
+                incident: 1,
+                intent: 11,
+                started_ms: 4002,
+                at_ms: 4020,
+                result: StepResult::Done("ok".into()),
+            },
+            at(12),
+            0,
+        )
+        .unwrap();
+        let i = r.incident(1).unwrap();
+        let kinds: Vec<&str> = i.timeline.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "detected",
+                "attempt",
+                "intent",
+                "started",
+                "resolved",
+                "done",
+                "attempt_done"
+            ],
+            "{:?}",
+            i.timeline
+        );
     }
 
     #[test]
