@@ -803,12 +803,10 @@ mod tests {
         // Incident 1's task proposes its Begin; before that entry is
         // applied, another one wakes the executor: incident 2 must wait.
         let begin = tokio::spawn(std::future::pending::<()>());
-        let tasks = BTreeMap::from([(1, begin)]);
+        let tasks = BTreeMap::from([(1, begin.id())]);
         let moves = e.decide(1, &tasks);
         assert!(moves.is_empty(), "a second attempt began: {moves:?}");
-        for (_, t) in tasks {
-            t.abort();
-        }
+        begin.abort();
         // Applied, the attempt counts on its own.
         e.mesh
             .shared_for_tests()
@@ -846,11 +844,9 @@ mod tests {
             .unwrap();
         // Its task still sends the escalation's webhook (up to 10 s).
         let webhook = tokio::spawn(std::future::pending::<()>());
-        let tasks = BTreeMap::from([(1, webhook)]);
+        let tasks = BTreeMap::from([(1, webhook.id())]);
         let moves = e.decide(1, &tasks);
         assert!(matches!(moves.as_slice(), [(2, Move::Begin)]), "{moves:?}");
-        for (_, t) in tasks {
-            t.abort();
-        }
+        webhook.abort();
     }
 }
