@@ -730,6 +730,12 @@ mod tests {
     /// no raft under it, `max_concurrent = 1`, and two independent targets
     /// with a plan each, both drilled: incidents 1 and 2, open, no attempt.
     fn two_incidents() -> Executor {
+        incidents(&[("db", &[]), ("cache", &[])], &["db", "cache"])
+    }
+
+    /// A leader whose catalog is `catalog` (target, dependencies), in
+    /// that order, with a drill open for each of `drills`, in that order.
+    fn incidents(catalog: &[(&str, &[&str])], drills: &[&str]) -> Executor {
         let sm = StateMachine::new([(
             1,
             Member {
@@ -750,9 +756,9 @@ mod tests {
             leader_heard: None,
         };
         let (mesh, _, _) = Mesh::detached(shared, 64);
-        let info = |name: &str| TargetInfo {
+        let info = |name: &str, deps: &[&str]| TargetInfo {
             name: name.into(),
-            depends_on: Vec::new(),
+            depends_on: deps.iter().map(|d| (*d).to_owned()).collect(),
             rto_ms: 0,
             plan: Some(Plan {
                 name: name.into(),
@@ -773,7 +779,7 @@ mod tests {
             }),
         };
         let settings = Settings {
-            catalog: vec![info("db"), info("cache")],
+            catalog: catalog.iter().map(|(t, d)| info(t, d)).collect(),
             defaults: RecoveryDefaults::default(),
         };
         let mut index = 0;
@@ -784,14 +790,30 @@ mod tests {
                 .unwrap();
         };
         commit(RecoveryCmd::Catalog(settings.catalog.clone()));
-        for target in ["db", "cache"] {
+        for target in drills {
             commit(RecoveryCmd::Drill {
-                target: target.into(),
+                target: (*target).into(),
                 by: "alice".into(),
                 at_ms: now_ms(),
             });
         }
         Executor::new(mesh.clone(), 1, settings)
+    }
+
+    /// With one recovery at a time, dependencies go first, then the
+    /// config's order, whatever order the incidents opened in (a complete
+    /// failure: postgres, then redis, then the app).
+    #[tokio::test]
+    async fn one_at_a_time_dependencies_go_first_then_the_configs_order() {
+        let catalog: &[(&str, &[&str])] = &[
+            ("app", &["postgres", "redis"]),
+            ("postgres", &[]),
+            ("redis", &[]),
+        ];
+        let e = incidents(catalog, &["app", "redis", "postgres"]);
+        let moves = e.decide(1, &BTreeMap::new());
+        // Incident 3 is postgres's.
+        assert!(matches!(moves.as_slice(), [(3, Move::Begin)]), "{moves:?}");
     }
 
     #[tokio::test]
