@@ -4,7 +4,7 @@
 //! (once, with the incident and its fencing token in its environment), the
 //! target comes back, the incident resolves with its times measured; when
 //! only a minority of zones sees the target down, nothing opens and nothing
-//! runs.
+//! runs; a drill runs the plan of an UP target once, counted apart.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -358,5 +358,90 @@ async fn each_move_follows_the_previous_one_without_waiting_for_the_periodic_loo
         begin_ms < 250.0 && gaps_ms.iter().all(|g| *g < 250.0),
         "a move waited for the periodic look: attempt → first intent {begin_ms} ms, \
          gaps between steps {gaps_ms:.1?} ms"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_runs_the_plan_for_real_once_and_is_counted_apart_from_incidents() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("effects");
+    let app = AppStub::start().await;
+    let c = Cluster::start(&spec(&file), &ctx(&app)).await;
+    c.wait_state(&[0, 1, 2], "app", "UP", LONG).await;
+    let eps = c.endpoints(&[0, 1, 2]);
+    // The weekly DR test: the app is UP, its plan runs anyway.
+    let out = wait_for("a drill accepted (the catalog recorded)", LONG, || async {
+        let out = Cluster::faxictl(&eps, &["drill", "app", "--output", "json"]).await;
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    })
+    .await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = v["incident"]["id"].as_u64().unwrap();
+    assert_eq!(v["incident"]["drill"], true, "{v}");
+    wait_for("the drill finished", LONG, || async {
+        let out = Cluster::faxictl(
+            &eps,
+            &["incident", "show", &id.to_string(), "--output", "json"],
+        )
+        .await;
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        if v["phase"] == "RESOLVED" && v["finished"] == true {
+            Ok(())
+        } else {
+            Err(format!("{} finished {}", v["phase"], v["finished"]))
+        }
+    })
+    .await;
+    // Run once, by the plan, with the drill's incident and a fence.
+    let lines = effects(&file);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0][0], id.to_string(), "{lines:?}");
+    // Counted as a drill, not as an incident of the app.
+    let out = Cluster::faxictl(&eps, &["rto", "--output", "json"]).await;
+    let rto: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = rto["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["target"] == "app")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (row["drill_count"].as_u64(), row["count"].as_u64()),
+        (Some(1), Some(0)),
+        "{rto}"
+    );
+    for i in 0..3 {
+        wait_for("the drill counted on every node", LONG, || async {
+            let n = node_metric(
+                &c,
+                i,
+                "faxi_incidents_total",
+                &[("target", "app"), ("outcome", "drill")],
+            )
+            .await;
+            if n == 1.0 {
+                Ok(())
+            } else {
+                Err(format!("node {}: {n}", i + 1))
+            }
+        })
+        .await;
+    }
+    // The app never went down: no incident of its own.
+    assert_eq!(
+        node_metric(
+            &c,
+            0,
+            "faxi_incidents_total",
+            &[("target", "app"), ("outcome", "resolved")]
+        )
+        .await,
+        0.0
     );
 }
