@@ -724,6 +724,9 @@ impl Recovery {
                     );
                 }
             }
+            // An attempt with no step left (the target came back after its
+            // last step but `finally`'s) ends now.
+            self.end_attempt_if_done(id, at_ms);
             self.finish_if_done(id);
         }
     }
@@ -1556,6 +1559,52 @@ mod tests {
         assert_eq!(r.attempt_times("db").collect::<Vec<_>>(), [1]);
         let (real, drills) = &r.stats()["db"];
         assert_eq!((real.count, drills.count, drills.last_ms), (1, 1, 500));
+    }
+
+    #[test]
+    fn the_target_coming_back_after_the_last_step_ends_the_attempt_and_the_incident() {
+        // Two steps, no `finally`: the first ran, the target is back before
+        // the second: nothing is left to run, the incident is over.
+        let mut r = with_catalog(vec![info("db", &[], Some(plan(2, 0)))]);
+        r.on_transitions(&[to("db", State::Down, 1000)], nodes);
+        let at = |index| EntryAt { term: 1, index };
+        r.apply(
+            &RecoveryCmd::Begin {
+                incident: 1,
+                at_ms: 1001,
+            },
+            at(1),
+            0,
+        )
+        .unwrap();
+        let intent = RecoveryCmd::Intent {
+            incident: 1,
+            step: 0,
+            by: 1,
+            at_ms: 1002,
+        };
+        r.apply(&intent, at(2), 0).unwrap();
+        let done = RecoveryCmd::Outcome {
+            incident: 1,
+            intent: 2,
+            started_ms: 1003,
+            at_ms: 1004,
+            result: StepResult::Done(String::new()),
+        };
+        r.apply(&done, at(3), 0).unwrap();
+        r.on_transitions(&[to("db", State::Up, 2000)], nodes);
+        assert!(r.open().is_empty(), "{:?}", r.open());
+        let i = r.incident(1).unwrap();
+        assert_eq!((i.phase, i.attempt.is_none()), (Phase::Resolved, true));
+        // The second step's intent, decided before the UP was applied, is
+        // refused: nothing runs after the incident ended.
+        let late = RecoveryCmd::Intent {
+            incident: 1,
+            step: 1,
+            by: 1,
+            at_ms: 2001,
+        };
+        assert!(r.check(&late, at(4)).is_err());
     }
 
     #[test]
