@@ -1227,10 +1227,10 @@ impl<O: Outbox> Core<O> {
     /// sends again instead of waiting forever.
     /// Leader: a member whose applied state predates this node's joining
     /// refuses its messages (only members may speak raft), so it could
-    /// never catch up from this leader. Hand leadership to the voter that
-    /// has been a member longest (the lowest id among the others: ids
-    /// grow as members are added), at most once per few election timeouts,
-    /// so that the lagging member hears from a leader it knows.
+    /// never catch up from this leader. Hand leadership on to the next
+    /// voter (in id order, round the circle), at most once per few election
+    /// timeouts, until a leader the lagging member knows leads: ids say
+    /// nothing of age (a removed node comes back under its old id).
     fn hand_off_if_a_member_refuses_me(&mut self) {
         let refusers = std::mem::take(&mut self.refused_by);
         let r = &self.raw.raft;
@@ -1246,12 +1246,16 @@ impl<O: Outbox> Core<O> {
         {
             return;
         }
+        // The next voter after this one in id order, round the circle,
+        // that did not refuse it: successive hand-offs visit every voter,
+        // so leadership reaches one the refusing member knows, whatever
+        // the ids (a re-added node 1 is the newest member, not the oldest).
         let mut voters: Vec<NodeId> = conf.voters().ids().iter().collect();
         voters.sort_unstable();
-        let Some(to) = voters
-            .into_iter()
-            .find(|v| *v != self.cfg.id && !refusers.contains(v) && *v < self.cfg.id)
-        else {
+        let me = self.cfg.id;
+        let after = voters.iter().copied().filter(|v| *v > me);
+        let before = voters.iter().copied().filter(|v| *v < me);
+        let Some(to) = after.chain(before).find(|v| !refusers.contains(v)) else {
             return;
         };
         self.last_handoff = self.ticks;
