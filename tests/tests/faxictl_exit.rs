@@ -13,20 +13,47 @@ use faxi_tests::cluster::Cluster;
 use faxi_tests::free_port;
 use tonic::{Request, Response, Status};
 
-/// A Watchdog endpoint with no leader: every call is UNAVAILABLE.
-struct NoLeader;
+/// A Watchdog endpoint. Without `dies_mid_write`, one with no leader:
+/// every call is UNAVAILABLE. With it, a node that answers the status check
+/// and then dies while a write (remove-member, maintenance) is on its way:
+/// the write's handler counts it and tells the test, which cuts the
+/// connection.
+#[derive(Default)]
+struct Stub {
+    dies_mid_write: Option<MidWrite>,
+}
+
+#[derive(Clone)]
+struct MidWrite {
+    got_write: std::sync::Arc<tokio::sync::Notify>,
+    writes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Stub {
+    async fn write<T>(&self) -> Result<Response<T>, Status> {
+        let Some(m) = &self.dies_mid_write else {
+            return unavailable();
+        };
+        m.writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        m.got_write.notify_waiters();
+        std::future::pending().await
+    }
+}
 
 fn unavailable<T>() -> Result<Response<T>, Status> {
     Err(Status::unavailable("no leader: elections in progress"))
 }
 
 #[tonic::async_trait]
-impl Watchdog for NoLeader {
+impl Watchdog for Stub {
     async fn status(
         &self,
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        unavailable()
+        match self.dies_mid_write {
+            Some(_) => Ok(Response::new(pb::StatusResponse::default())),
+            None => unavailable(),
+        }
     }
 
     type WatchStream = std::pin::Pin<
@@ -51,7 +78,7 @@ impl Watchdog for NoLeader {
         &self,
         _: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
-        unavailable()
+        self.write().await
     }
 
     async fn transfer_leader(
@@ -97,7 +124,7 @@ impl Watchdog for NoLeader {
         &self,
         _: Request<pb::MaintenanceRequest>,
     ) -> Result<Response<pb::MaintenanceResponse>, Status> {
-        unavailable()
+        self.write().await
     }
 
     async fn drill(
@@ -113,7 +140,7 @@ async fn no_leader() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(WatchdogServer::new(NoLeader))
+            .add_service(WatchdogServer::new(Stub::default()))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
             .await
             .unwrap();
@@ -174,115 +201,16 @@ async fn connected_but_unavailable_is_exit_1_not_3() {
     task_b.abort();
 }
 
-/// A node that answers the status check, then dies while a write is on its
-/// way: the write's handler tells the test, which cuts the connection.
-struct DiesMidWrite {
-    got_write: std::sync::Arc<tokio::sync::Notify>,
-    writes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-#[tonic::async_trait]
-impl Watchdog for DiesMidWrite {
-    async fn status(
-        &self,
-        _: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusResponse>, Status> {
-        Ok(Response::new(pb::StatusResponse::default()))
-    }
-
-    type WatchStream = std::pin::Pin<
-        Box<dyn tokio_stream::Stream<Item = Result<pb::StatusResponse, Status>> + Send>,
-    >;
-
-    async fn watch(
-        &self,
-        _: Request<pb::StatusRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        unavailable()
-    }
-
-    async fn add_member(
-        &self,
-        _: Request<pb::AddMemberRequest>,
-    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
-        unavailable()
-    }
-
-    async fn remove_member(
-        &self,
-        _: Request<pb::RemoveMemberRequest>,
-    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
-        self.writes
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.got_write.notify_waiters();
-        std::future::pending().await
-    }
-
-    async fn transfer_leader(
-        &self,
-        _: Request<pb::TransferLeaderRequest>,
-    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        unavailable()
-    }
-
-    async fn audit(
-        &self,
-        _: Request<pb::AuditRequest>,
-    ) -> Result<Response<pb::AuditResponse>, Status> {
-        unavailable()
-    }
-
-    async fn incidents(
-        &self,
-        _: Request<pb::IncidentsRequest>,
-    ) -> Result<Response<pb::IncidentsResponse>, Status> {
-        unavailable()
-    }
-
-    async fn incident(
-        &self,
-        _: Request<pb::IncidentRequest>,
-    ) -> Result<Response<pb::IncidentResponse>, Status> {
-        unavailable()
-    }
-
-    async fn rto(&self, _: Request<pb::RtoRequest>) -> Result<Response<pb::RtoResponse>, Status> {
-        unavailable()
-    }
-
-    async fn approve(
-        &self,
-        _: Request<pb::ApproveRequest>,
-    ) -> Result<Response<pb::ApproveResponse>, Status> {
-        unavailable()
-    }
-
-    async fn maintenance(
-        &self,
-        _: Request<pb::MaintenanceRequest>,
-    ) -> Result<Response<pb::MaintenanceResponse>, Status> {
-        self.writes
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.got_write.notify_waiters();
-        std::future::pending().await
-    }
-
-    async fn drill(
-        &self,
-        _: Request<pb::DrillRequest>,
-    ) -> Result<Response<pb::DrillResponse>, Status> {
-        unavailable()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_node_dies_after_it_was_sent_is_outcome_unknown_and_never_resent() {
     let got_write = std::sync::Arc::new(tokio::sync::Notify::new());
     let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let serve = |listener: tokio::net::TcpListener| {
-        let svc = DiesMidWrite {
-            got_write: got_write.clone(),
-            writes: writes.clone(),
+        let svc = Stub {
+            dies_mid_write: Some(MidWrite {
+                got_write: got_write.clone(),
+                writes: writes.clone(),
+            }),
         };
         tokio::spawn(async move {
             tonic::transport::Server::builder()

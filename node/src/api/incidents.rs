@@ -478,6 +478,26 @@ mod tests {
     /// machine does), and confirms every read. Tokens `reader` (read) and
     /// `operator` (operate). The catalog knows `db`, whose plan has one
     /// step that needs approval, and `app`, with no plan.
+    /// Incident 1's attempt begins and its first step waits for approval.
+    fn step_waits_for_approval(api: &Api) {
+        commit(
+            api,
+            RecoveryCmd::Begin {
+                incident: 1,
+                at_ms: now_ms(),
+            },
+        );
+        commit(
+            api,
+            RecoveryCmd::AwaitApproval {
+                incident: 1,
+                step: 0,
+                at_ms: now_ms(),
+                reason: "step 1 needs approval".into(),
+            },
+        );
+    }
+
     fn api() -> (Api, Proposed) {
         let dir = tempfile::tempdir().unwrap();
         make_certs(&CertRequest {
@@ -813,22 +833,7 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
         assert_eq!(e.message(), "incident 1 waits for no approval (it is OPEN)");
         // Once its step waits, an approval holds for APPROVAL_TTL.
-        commit(
-            &api,
-            RecoveryCmd::Begin {
-                incident: 1,
-                at_ms: now_ms(),
-            },
-        );
-        commit(
-            &api,
-            RecoveryCmd::AwaitApproval {
-                incident: 1,
-                step: 0,
-                at_ms: now_ms(),
-                reason: "step 1 needs approval".into(),
-            },
-        );
+        step_waits_for_approval(&api);
         let waiting = api
             .incident(as_(
                 "readertoken",
@@ -910,22 +915,7 @@ mod tests {
         ))
         .await
         .unwrap();
-        commit(
-            &api,
-            RecoveryCmd::Begin {
-                incident: 1,
-                at_ms: now_ms(),
-            },
-        );
-        commit(
-            &api,
-            RecoveryCmd::AwaitApproval {
-                incident: 1,
-                step: 0,
-                at_ms: now_ms(),
-                reason: "step 1 needs approval".into(),
-            },
-        );
+        step_waits_for_approval(&api);
         let r = api
             .approve(as_(op, pb::ApproveRequest { id: 1, skip: false }))
             .await
