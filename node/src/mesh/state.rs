@@ -892,10 +892,8 @@ impl StateMachine {
                 return Ok(Vec::new());
             }
             Command::Recovery(r) => {
-                let (at, now) = (self.entry_at, self.log_now_ms);
-                self.recovery
-                    .apply(r, at, now)
-                    .map_err(Rejected::Recovery)?;
+                let at = self.entry_at;
+                self.recovery.apply(r, at).map_err(Rejected::Recovery)?;
                 return Ok(Vec::new());
             }
         }

@@ -889,7 +889,7 @@ impl Recovery {
     }
 
     /// Applies a command [`Recovery::check`] takes.
-    pub fn apply(&mut self, cmd: &RecoveryCmd, at: EntryAt, log_now_ms: u64) -> Result<(), String> {
+    pub fn apply(&mut self, cmd: &RecoveryCmd, at: EntryAt) -> Result<(), String> {
         self.check(cmd, at)?;
         self.changes += 1;
         match cmd {
@@ -1110,7 +1110,6 @@ impl Recovery {
                 self.open.insert(id, inc);
             }
         }
-        let _ = log_now_ms;
         Ok(())
     }
 
@@ -1239,7 +1238,7 @@ mod tests {
 
     fn with_catalog(targets: Vec<TargetInfo>) -> Recovery {
         let mut r = Recovery::default();
-        r.apply(&RecoveryCmd::Catalog(targets), EntryAt::default(), 0)
+        r.apply(&RecoveryCmd::Catalog(targets), EntryAt::default())
             .unwrap();
         r
     }
@@ -1294,7 +1293,7 @@ mod tests {
             },
         ];
         for (k, c) in cmds.iter().enumerate() {
-            r.apply(c, at(10 + k as u64), 0).unwrap();
+            r.apply(c, at(10 + k as u64)).unwrap();
         }
         // The target comes back (log time) while the step runs; the step
         // started before that and its outcome comes after.
@@ -1308,7 +1307,6 @@ mod tests {
                 result: StepResult::Done("ok".into()),
             },
             at(12),
-            0,
         )
         .unwrap();
         let i = r.incident(1).unwrap();
@@ -1365,7 +1363,6 @@ mod tests {
                 at_ms: 1001,
             },
             at(2, 10),
-            0,
         )
         .unwrap();
         // Each step's intent 5 ms after the one before, from 1002.
@@ -1377,11 +1374,11 @@ mod tests {
         };
         // Not the next step: refused, nothing changes.
         let before = r.clone();
-        assert!(r.apply(&intent(1), at(2, 11), 0).is_err());
+        assert!(r.apply(&intent(1), at(2, 11)).is_err());
         assert_eq!(r, before);
-        r.apply(&intent(0), at(2, 11), 0).unwrap();
+        r.apply(&intent(0), at(2, 11)).unwrap();
         // A second intent while one is pending: refused.
-        assert!(r.apply(&intent(0), at(2, 12), 0).is_err());
+        assert!(r.apply(&intent(0), at(2, 12)).is_err());
         // The step's side effect right after its intent.
         let outcome = |intent: u64| RecoveryCmd::Outcome {
             incident: 1,
@@ -1392,7 +1389,7 @@ mod tests {
         };
         // The same outcome in a later term (its leader lost the term): refused.
         let before = r.clone();
-        let e = r.apply(&outcome(11), at(3, 13), 0).unwrap_err();
+        let e = r.apply(&outcome(11), at(3, 13)).unwrap_err();
         assert!(e.contains("lost leadership"), "{e}");
         assert_eq!(r, before);
         // The later leader settles it instead; its own term's settle of
@@ -1410,7 +1407,6 @@ mod tests {
         r.apply(
             &settle(Settle::Unknown("exec may have run".into())),
             at(3, 13),
-            0,
         )
         .unwrap();
         assert_eq!(r.open_for("db").unwrap().phase, Phase::OutcomeUnknown);
@@ -1423,11 +1419,11 @@ mod tests {
             at_ms: 1006,
             until_ms: 100,
         };
-        r.apply(&approve, at(3, 14), 0).unwrap();
+        r.apply(&approve, at(3, 14)).unwrap();
         let a = r.open_for("db").unwrap().attempt.clone().unwrap();
         assert_eq!((a.next, a.pending), (1, None));
         // Step 2 fails: the attempt goes on with `finally`, then ends.
-        r.apply(&intent(1), at(3, 15), 0).unwrap();
+        r.apply(&intent(1), at(3, 15)).unwrap();
         let failed = RecoveryCmd::Outcome {
             incident: 1,
             intent: 15,
@@ -1435,10 +1431,10 @@ mod tests {
             at_ms: 1009,
             result: StepResult::Failed("exit 1".into()),
         };
-        r.apply(&failed, at(3, 16), 0).unwrap();
+        r.apply(&failed, at(3, 16)).unwrap();
         assert_eq!(r.open_for("db").unwrap().attempt.as_ref().unwrap().next, 2);
-        r.apply(&intent(2), at(3, 17), 0).unwrap();
-        r.apply(&outcome(17), at(3, 18), 0).unwrap();
+        r.apply(&intent(2), at(3, 17)).unwrap();
+        r.apply(&outcome(17), at(3, 18)).unwrap();
         let i = r.open_for("db").unwrap();
         assert!(i.attempt.is_none());
         assert_eq!(i.phase, Phase::Open);
@@ -1474,7 +1470,6 @@ mod tests {
                 at_ms: 1,
             },
             at(1),
-            0,
         )
         .unwrap();
         r.on_transitions(&[to("db", State::Up, 2000)], nodes);
@@ -1492,7 +1487,6 @@ mod tests {
                 at_ms: 2,
             },
             at(2),
-            0,
         )
         .unwrap();
         r.apply(
@@ -1504,7 +1498,6 @@ mod tests {
                 result: StepResult::Done(String::new()),
             },
             at(3),
-            0,
         )
         .unwrap();
         assert!(r.open().is_empty());
@@ -1516,7 +1509,7 @@ mod tests {
             by: "alice".into(),
             at_ms: 10_000,
         };
-        r.apply(&drill, at(4), 0).unwrap();
+        r.apply(&drill, at(4)).unwrap();
         assert!(r.check(&drill, at(5)).is_err(), "two drills at once");
         r.apply(
             &RecoveryCmd::Begin {
@@ -1524,7 +1517,6 @@ mod tests {
                 at_ms: 10_001,
             },
             at(5),
-            0,
         )
         .unwrap();
         for (k, step) in (0..4u32).enumerate() {
@@ -1537,7 +1529,6 @@ mod tests {
                     at_ms: 10_002,
                 },
                 at(i),
-                0,
             )
             .unwrap();
             r.apply(
@@ -1549,7 +1540,6 @@ mod tests {
                     result: StepResult::Done(String::new()),
                 },
                 at(i + 1),
-                0,
             )
             .unwrap();
         }
@@ -1574,7 +1564,6 @@ mod tests {
                 at_ms: 1001,
             },
             at(1),
-            0,
         )
         .unwrap();
         let intent = RecoveryCmd::Intent {
@@ -1583,7 +1572,7 @@ mod tests {
             by: 1,
             at_ms: 1002,
         };
-        r.apply(&intent, at(2), 0).unwrap();
+        r.apply(&intent, at(2)).unwrap();
         let done = RecoveryCmd::Outcome {
             incident: 1,
             intent: 2,
@@ -1591,7 +1580,7 @@ mod tests {
             at_ms: 1004,
             result: StepResult::Done(String::new()),
         };
-        r.apply(&done, at(3), 0).unwrap();
+        r.apply(&done, at(3)).unwrap();
         r.on_transitions(&[to("db", State::Up, 2000)], nodes);
         assert!(r.open().is_empty(), "{:?}", r.open());
         let i = r.incident(1).unwrap();
