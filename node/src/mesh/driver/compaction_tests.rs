@@ -150,3 +150,48 @@ fn small_entries_are_compacted_by_count_and_big_ones_are_not_held_to_it() {
     }
     assert!(snapshot_index(&storage) > start, "a snapshot by count");
 }
+
+#[test]
+fn an_append_from_below_the_compacted_log_reaches_raft_and_a_rewrite_of_a_held_entry_does_not() {
+    // A follower that compacted past where the leader probes it must let
+    // the append through (raft-rs answers it with its commit index, and
+    // the leader learns its match); refusing it for terms it no longer
+    // holds (raft-rs reads them as 0) stalled replication for good.
+    let (mut core, storage) = leader(5, 16 << 20);
+    let first = storage.first_index().unwrap();
+    let last = storage.last_index().unwrap();
+    let early = storage
+        .entries(first, last + 1, None, raft::GetEntriesContext::empty(false))
+        .unwrap();
+    let prev = (first - 1, storage.term(first - 1).unwrap());
+    for i in 0..12 {
+        propose(&mut core, big(1_000 + i, 1));
+    }
+    assert!(
+        storage.first_index().unwrap() > last,
+        "the log was not compacted"
+    );
+    let term = core.raw.raft.term;
+    let mut m = Message::default();
+    m.set_msg_type(raft::eraftpb::MessageType::MsgAppend);
+    m.from = 2;
+    m.to = 1;
+    m.term = term + 1;
+    m.index = prev.0;
+    m.log_term = prev.1;
+    m.commit = prev.0;
+    m.set_entries(early.into());
+    assert_eq!(core.refusal(&m), None);
+
+    // The same check still refuses another term for an entry it holds.
+    let held = storage.last_index().unwrap();
+    let e = raft::eraftpb::Entry {
+        index: held,
+        term: term + 1,
+        ..Default::default()
+    };
+    m.index = held - 1;
+    m.log_term = storage.term(held - 1).unwrap();
+    m.set_entries(vec![e].into());
+    assert_eq!(core.refusal(&m), Some("rewrites_committed"));
+}
