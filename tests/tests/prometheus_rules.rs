@@ -228,6 +228,30 @@ async fn every_rule_and_dashboard_query_finds_what_a_real_mesh_exports() {
         .await;
     }
 
+    // Every node counted db's DOWN time as valid but not good, and app's
+    // time as good; every node knows the leader, so it counts.
+    for m in &metrics {
+        let text = http_get(*m, "/metrics").await.unwrap();
+        let slo = |name: &str, target: &str| metric(&text, name, &[("target", target)]).unwrap();
+        let (good, valid) = (
+            slo("faxi_slo_good_seconds_total", "db"),
+            slo("faxi_slo_valid_seconds_total", "db"),
+        );
+        assert!(
+            valid > good && good > 0.0,
+            "{m}: db good {good} valid {valid}"
+        );
+        let (good, valid) = (
+            slo("faxi_slo_good_seconds_total", "app"),
+            slo("faxi_slo_valid_seconds_total", "app"),
+        );
+        assert!(
+            valid > 0.0 && good == valid,
+            "{m}: app good {good} valid {valid}"
+        );
+        assert_eq!(metric(&text, "faxi_slo_counting", &[]), Some(1.0), "{m}");
+    }
+
     // Every rule evaluated without error, every recording rule has a
     // result, and every metric a rule names (with its label matchers)
     // matches series the nodes export.
