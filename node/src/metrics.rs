@@ -11,13 +11,14 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
+mod targets;
+
 use crate::config::TargetKind;
 use crate::probe::Report;
-use crate::verdict::{Outcome, Verdict};
+use crate::verdict::Verdict;
 
 /// Duration of each probe, by target and kind (histogram).
 pub const PROBE_DURATION: &str = "faxi_probe_duration_seconds";
@@ -87,8 +88,6 @@ const UPKEEP: Duration = Duration::from_secs(5);
 /// Installs the process-wide Prometheus recorder.
 pub fn install() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(PROBE_DURATION.into()), DURATION_BUCKETS)
-        .map_err(|e| format!("metrics: {e}"))?
         .set_buckets_for_metric(
             Matcher::Full(crate::recovery::metrics::TIME_TO_DETECT.into()),
             crate::recovery::metrics::TIME_BUCKETS,
@@ -103,6 +102,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .map_err(|e| format!("metrics: {e}"))?;
     describe();
     crate::slo::enable();
+    targets::enable();
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut t = tokio::time::interval(UPKEEP);
@@ -118,30 +118,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
 
 fn describe() {
     crate::recovery::metrics::describe();
-    metrics::describe_histogram!(
-        PROBE_DURATION,
-        metrics::Unit::Seconds,
-        "Duration of each probe."
-    );
-    metrics::describe_gauge!(
-        PROBE_UP,
-        "1 when the target's last probe succeeded, else 0."
-    );
-    metrics::describe_counter!(PROBES_TOTAL, "Probe results by result.");
-    metrics::describe_gauge!(
-        LOCAL_VERDICT,
-        "This node's verdict on the target, one-hot over verdict."
-    );
-    metrics::describe_gauge!(
-        BACKUP_AGE,
-        metrics::Unit::Seconds,
-        "Age of the newest backup object."
-    );
     metrics::describe_gauge!(TARGETS, "Number of configured targets.");
-    metrics::describe_gauge!(
-        TARGET_STATE,
-        "The agreed state of the target (zone quorum), one-hot over state."
-    );
     metrics::describe_gauge!(RAFT_TERM, "Current Raft term.");
     metrics::describe_gauge!(RAFT_IS_LEADER, "1 on the Raft leader, else 0.");
     metrics::describe_gauge!(RAFT_COMMIT, "Raft commit index known here.");
@@ -212,26 +189,11 @@ pub fn set_node_info(id: u64, zone: &str) {
     metrics::gauge!(NODE_INFO, "node" => id.to_string(), "zone" => zone.to_owned()).set(1.0);
 }
 
-/// Every agreed state, in the order `faxi_target_state` exports them.
-const AGREED_STATES: [crate::mesh::state::State; 5] = {
-    use crate::mesh::state::State;
-    [
-        State::Unknown,
-        State::Up,
-        State::Down,
-        State::Suspect,
-        State::Stale,
-    ]
-};
-
-/// Sets a target's agreed state (one-hot), and starts counting its SLO
-/// time in that state.
+/// Sets a target's agreed state (`faxi_target_state`, written out with
+/// the SLO counters by `crate::slo`), and starts counting its SLO time in
+/// that state.
 pub fn set_target_state(target: &str, to: crate::mesh::state::State) {
     crate::slo::set_state(target, to);
-    for s in AGREED_STATES {
-        metrics::gauge!(TARGET_STATE, "target" => target.to_owned(), "state" => s.as_str())
-            .set(if s == to { 1.0 } else { 0.0 });
-    }
 }
 
 /// Entries of `bytes` were applied; `since_snapshot` are in the log now.
@@ -277,77 +239,28 @@ pub fn set_raft(info: &crate::mesh::driver::RaftInfo) {
     }
 }
 
-/// One target's metric handles, made once so a probe records without lookups.
+/// One target's probe series (`faxi_probe_*`, `faxi_local_verdict`,
+/// `faxi_backup_age_seconds`): a handle on its cells, written out at
+/// scrape time (`metrics::targets`).
 #[derive(Debug)]
-pub struct TargetMetrics {
-    duration: Histogram,
-    up: Gauge,
-    success: Counter,
-    failure: Counter,
-    timeout: Counter,
-    /// Only for backups: other kinds are never stale.
-    stale: Option<Counter>,
-    /// UNKNOWN, UP, DOWN, STALE.
-    verdict: [(Verdict, Gauge); 4],
-    backup_age: Option<Gauge>,
-}
+pub struct TargetMetrics(Arc<targets::Cells>);
 
 impl TargetMetrics {
     /// Registers the series of one target.
     pub fn new(target: &str, kind: TargetKind) -> Self {
-        let t = target.to_owned();
-        let k = kind.as_str();
-        let count = |result: &'static str| metrics::counter!(PROBES_TOTAL, "target" => t.clone(), "kind" => k, "result" => result);
-        let verdict = [Verdict::Unknown, Verdict::Up, Verdict::Down, Verdict::Stale].map(|v| {
-            (v, metrics::gauge!(LOCAL_VERDICT, "target" => t.clone(), "kind" => k, "verdict" => v.as_str()))
-        });
-        let m = Self {
-            duration: metrics::histogram!(PROBE_DURATION, "target" => t.clone(), "kind" => k),
-            up: metrics::gauge!(PROBE_UP, "target" => t.clone(), "kind" => k),
-            success: count("success"),
-            failure: count("failure"),
-            timeout: count("timeout"),
-            stale: (kind == TargetKind::Backup).then(|| count("stale")),
-            verdict,
-            backup_age: (kind == TargetKind::Backup)
-                .then(|| metrics::gauge!(BACKUP_AGE, "target" => t.clone())),
-        };
+        let m = Self(targets::cells(target, kind));
         m.set_verdict(Verdict::Unknown);
         m
     }
 
     /// Records one probe run.
     pub fn record(&self, r: &Report) {
-        self.duration.record(r.latency.as_secs_f64());
-        match r.outcome {
-            Outcome::Success => self.success.increment(1),
-            Outcome::Stale => {
-                if let Some(c) = &self.stale {
-                    c.increment(1);
-                }
-            }
-            Outcome::Failure if r.timed_out => self.timeout.increment(1),
-            Outcome::Failure => self.failure.increment(1),
-        }
-        self.up.set(if r.outcome == Outcome::Failure {
-            0.0
-        } else {
-            1.0
-        });
-        if let Some(g) = &self.backup_age {
-            match (r.outcome, r.backup_age) {
-                (_, Some(age)) => g.set(age.as_secs_f64()),
-                (Outcome::Stale, None) => g.set(f64::INFINITY),
-                _ => {}
-            }
-        }
+        self.0.record(r);
     }
 
     /// Shows the current verdict.
     pub fn set_verdict(&self, v: Verdict) {
-        for (each, g) in &self.verdict {
-            g.set(if *each == v { 1.0 } else { 0.0 });
-        }
+        self.0.set_verdict(v);
     }
 }
 
@@ -443,6 +356,7 @@ async fn route(
             // it off the async workers that run the probes.
             let render = move || {
                 let mut page = handle.render();
+                targets::render_into(&mut page);
                 crate::slo::render_into(&mut page);
                 page
             };

@@ -19,6 +19,9 @@
 //!
 //! Two series per target, whatever its state: the counters are rendered
 //! here with exact seconds (the `metrics` crate's counters are integers).
+//! The same map holds each target's agreed state, so `faxi_target_state`
+//! (one-hot over the five states) is written out here too, without a
+//! registry series per target and state.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -27,6 +30,7 @@ use std::sync::{Mutex, OnceLock};
 use tokio::time::Instant;
 
 use crate::mesh::state::State;
+use crate::metrics::TARGET_STATE;
 
 /// Seconds a target spent agreed UP or SUSPECT (counter).
 pub const GOOD: &str = "faxi_slo_good_seconds_total";
@@ -34,6 +38,15 @@ pub const GOOD: &str = "faxi_slo_good_seconds_total";
 pub const VALID: &str = "faxi_slo_valid_seconds_total";
 /// 1 while this node counts SLO time (it knows a leader), else 0.
 pub const COUNTING: &str = "faxi_slo_counting";
+
+/// Every agreed state, in the order `faxi_target_state` exports them.
+const AGREED_STATES: [State; 5] = [
+    State::Unknown,
+    State::Up,
+    State::Down,
+    State::Suspect,
+    State::Stale,
+];
 
 /// Whether time in `state` is valid, and if so whether it is good.
 pub fn counts(state: State) -> Option<bool> {
@@ -83,8 +96,9 @@ pub struct SloClock {
     counting: bool,
 }
 
-/// One target's counters: (target, good seconds, valid seconds).
-pub type Totals = (String, f64, f64);
+/// One target's agreed state and counters: (target, state, good seconds,
+/// valid seconds).
+pub type Totals = (String, State, f64, f64);
 
 impl SloClock {
     /// `target` is in `state` from `now` on (a change applied, or its state
@@ -130,7 +144,7 @@ impl SloClock {
         self.accrue_all(now);
         self.targets
             .iter()
-            .map(|(name, t)| (name.clone(), t.good, t.valid))
+            .map(|(name, t)| (name.clone(), t.state, t.good, t.valid))
             .collect()
     }
 
@@ -187,6 +201,23 @@ fn render(page: &mut String, counting: bool, totals: &[Totals]) {
          # TYPE {COUNTING} gauge\n{COUNTING} {}\n",
         u8::from(counting)
     );
+    let _ = writeln!(
+        page,
+        "# HELP {TARGET_STATE} The agreed state of the target (zone quorum), one-hot over state.\n\
+         # TYPE {TARGET_STATE} gauge"
+    );
+    for (target, now, _, _) in totals {
+        let target = escape_label(target);
+        for s in AGREED_STATES {
+            let _ = writeln!(
+                page,
+                "{TARGET_STATE}{{target=\"{target}\",state=\"{}\"}} {}",
+                s.as_str(),
+                u8::from(s == *now)
+            );
+        }
+    }
+    page.push('\n');
     for (name, help, good) in [
         (
             GOOD,
@@ -200,7 +231,7 @@ fn render(page: &mut String, counting: bool, totals: &[Totals]) {
         ),
     ] {
         let _ = writeln!(page, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (target, g, v) in totals {
+        for (target, _, g, v) in totals {
             let value = if good { *g } else { *v };
             let _ = writeln!(
                 page,
@@ -213,7 +244,7 @@ fn render(page: &mut String, counting: bool, totals: &[Totals]) {
 }
 
 /// A label value as the text format wants it.
-fn escape_label(v: &str) -> String {
+pub(crate) fn escape_label(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for c in v.chars() {
         match c {
@@ -239,7 +270,7 @@ mod tests {
         totals
             .iter()
             .find(|t| t.0 == target)
-            .map(|t| (t.1, t.2))
+            .map(|t| (t.2, t.3))
             .unwrap()
     }
 
@@ -337,13 +368,28 @@ mod tests {
         render(
             &mut page,
             false,
-            &[("a\"b\\c".into(), 1.25, 2.5), ("redis".into(), 0.0, 0.0)],
+            &[
+                ("a\"b\\c".into(), State::Up, 1.25, 2.5),
+                ("redis".into(), State::Down, 0.0, 0.0),
+            ],
         );
         assert_eq!(
             page,
             "# TYPE x gauge\nx 1\n\n\
              # HELP faxi_slo_counting 1 while this node counts SLO time (it knows a leader), else 0.\n\
              # TYPE faxi_slo_counting gauge\nfaxi_slo_counting 0\n\n\
+             # HELP faxi_target_state The agreed state of the target (zone quorum), one-hot over state.\n\
+             # TYPE faxi_target_state gauge\n\
+             faxi_target_state{target=\"a\\\"b\\\\c\",state=\"UNKNOWN\"} 0\n\
+             faxi_target_state{target=\"a\\\"b\\\\c\",state=\"UP\"} 1\n\
+             faxi_target_state{target=\"a\\\"b\\\\c\",state=\"DOWN\"} 0\n\
+             faxi_target_state{target=\"a\\\"b\\\\c\",state=\"SUSPECT\"} 0\n\
+             faxi_target_state{target=\"a\\\"b\\\\c\",state=\"STALE\"} 0\n\
+             faxi_target_state{target=\"redis\",state=\"UNKNOWN\"} 0\n\
+             faxi_target_state{target=\"redis\",state=\"UP\"} 0\n\
+             faxi_target_state{target=\"redis\",state=\"DOWN\"} 1\n\
+             faxi_target_state{target=\"redis\",state=\"SUSPECT\"} 0\n\
+             faxi_target_state{target=\"redis\",state=\"STALE\"} 0\n\n\
              # HELP faxi_slo_good_seconds_total Seconds the target was agreed UP or SUSPECT, as applied on this node while it knew a leader.\n\
              # TYPE faxi_slo_good_seconds_total counter\n\
              faxi_slo_good_seconds_total{target=\"a\\\"b\\\\c\"} 1.25\n\
