@@ -1407,6 +1407,147 @@ mod tests {
         assert!(page.contains("Leader: <b>node 1</b> (zone-a)"));
     }
 
+    /// At most [`RENDERS`] pages at once: a request past them is told to
+    /// come back (503, at once), never queued; a page whose read the
+    /// leader does not confirm comes within the confirmation's deadline,
+    /// marked stale; the page forbids scripts and outside assets.
+    #[tokio::test(start_paused = true)]
+    async fn at_most_two_pages_at_once_and_an_unconfirmed_one_says_stale() {
+        use http_body_util::BodyExt as _;
+
+        use crate::mesh::driver::RaftInfo;
+        use crate::mesh::state::{Member, StateMachine};
+        let shared = Shared {
+            sm: StateMachine::new([(
+                1,
+                Member {
+                    zone: "zone-a".into(),
+                    addr: "127.0.0.1:7401".into(),
+                    instance: 0,
+                },
+            )]),
+            info: RaftInfo {
+                id: 1,
+                leader: 1,
+                term: 1,
+                role: "leader",
+                ..RaftInfo::default()
+            },
+            leader_heard: None,
+        };
+        // Nobody answers the read index requests the inbox receives.
+        let (mesh, _state, _inbox) = Mesh::detached(shared, 64);
+        let scheduler =
+            crate::scheduler::Scheduler::start(&[], &crate::probe::ProbeContext::new(1)).unwrap();
+        let node = Node {
+            id: 1,
+            zone: "zone-a".into(),
+            ..Node::default()
+        };
+        let page = StatusPage::new(mesh, node, scheduler.view(), Redactor::default());
+        let waiting: Vec<_> = (0..RENDERS)
+            .map(|_| {
+                let p = page.clone();
+                tokio::spawn(async move { p.respond(None).await })
+            })
+            .collect();
+        while page.inner.renders.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let busy = page.respond(Some("all=1")).await;
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(waiting.iter().all(|w| !w.is_finished()));
+        for w in waiting {
+            let r = w.await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            let h = r.headers();
+            assert_eq!(h["content-type"], "text/html; charset=utf-8");
+            assert!(
+                h["content-security-policy"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("default-src 'none'")
+            );
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            let body = String::from_utf8(body.to_vec()).unwrap();
+            assert!(body.contains("NOT confirmed with the leader"), "{body}");
+            assert!(
+                body.contains("the leader did not confirm this node&#39;s view within 1s"),
+                "{body}"
+            );
+        }
+        // The permits are back.
+        assert_eq!(page.respond(None).await.status(), StatusCode::OK);
+    }
+
+    /// 10,000 targets, two of them not UP: the default page lists those
+    /// two and counts the rest, and stays small; `?all=1` lists all.
+    #[test]
+    fn at_10000_targets_the_default_page_stays_small() {
+        use crate::mesh::driver::RaftInfo;
+        use crate::mesh::state::{Command, Member, Seen, StateMachine};
+        let mut sm = StateMachine::new([1u64, 2, 3].map(|id| {
+            (
+                id,
+                Member {
+                    zone: format!("zone-{id}"),
+                    addr: format!("127.0.0.1:740{id}"),
+                    instance: 0,
+                },
+            )
+        }));
+        let t = crate::recovery::executor::now_ms();
+        for node in 1..=3 {
+            let seen = (0..10_000)
+                .map(|i| Seen {
+                    target: format!("target-{i:05}"),
+                    verdict: match (i, node) {
+                        (17, _) => State::Down,
+                        (4242, 3) => State::Down,
+                        _ => State::Up,
+                    },
+                    latency_us: 100,
+                    error: None,
+                })
+                .collect();
+            sm.apply(&Command::Observe {
+                node,
+                at_ms: t,
+                valid_for_ms: 60_000,
+                seen,
+                whole: true,
+            })
+            .unwrap();
+        }
+        let shared = Shared {
+            sm,
+            info: RaftInfo {
+                id: 1,
+                leader: 1,
+                term: 2,
+                role: "leader",
+                ..RaftInfo::default()
+            },
+            leader_heard: None,
+        };
+        let node = Node::default();
+        let snap = Snapshot::take(&shared, &node, false, t, Ok(1), Vec::new());
+        let names: Vec<&str> = snap.targets.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["target-00017", "target-04242"]);
+        assert_eq!(snap.targets_up_hidden, 9998);
+        let page = render(&snap, &Redactor::default());
+        assert!(page.len() < 32 * 1024, "{} bytes", page.len());
+        assert!(page.contains("<b>10000 targets</b>"));
+        assert!(page.contains("9998 UP targets not listed"));
+        assert!(page.contains("zone-3 cannot reach target-04242"));
+
+        let all = Snapshot::take(&shared, &node, true, t, Ok(1), Vec::new());
+        assert_eq!(all.targets.len(), 10_000);
+        // Not UP first, then the UP ones.
+        assert_eq!(all.targets[1].name, "target-04242");
+        assert!(render(&all, &Redactor::default()).contains("<tr><td>target-09999</td>"));
+    }
+
     #[test]
     fn a_stale_answer_says_so_with_its_reason() {
         let mut s = snapshot();
