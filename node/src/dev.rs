@@ -438,3 +438,40 @@ async fn serve_demo_app(listener: TcpListener) {
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_default_to_faxictls_endpoints_and_are_checked() {
+        let p = Ports::default();
+        assert_eq!(
+            (p.grpc(1), p.grpc(3), p.metrics(1), p.metrics(3)),
+            (7401, 7403, 9401, 9403)
+        );
+        assert_eq!(Ports::new(7400, 9400), Ok(p));
+        let p = Ports::new(7760, 7780).unwrap();
+        assert_eq!((p.grpc(2), p.metrics(2)), (7762, 7782));
+        assert!(Ports::new(0, 9400).unwrap_err().contains("--base-port 0"));
+        assert!(
+            Ports::new(7400, 65533)
+                .unwrap_err()
+                .contains("--metrics-base-port 65533")
+        );
+        assert!(Ports::new(7400, 65532).is_ok());
+        for (a, b) in [(7400, 7403), (7403, 7400), (7400, 7400)] {
+            assert!(Ports::new(a, b).unwrap_err().contains("overlap"), "{a} {b}");
+        }
+        assert!(Ports::new(7400, 7404).is_ok());
+        // The configs and faxictl's follow them.
+        let dir = Path::new("/tmp/x");
+        let app: SocketAddr = ([127, 0, 0, 1], 7760).into();
+        let c = node_config(2, "zone-b", dir, p, app, app, dir);
+        assert!(
+            c.contains("listen = \"127.0.0.1:7762\"\nmetrics_listen = \"127.0.0.1:7782\""),
+            "{c}"
+        );
+        assert!(c.contains("addr = \"127.0.0.1:7763\""), "{c}");
+    }
+}
