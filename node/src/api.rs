@@ -50,7 +50,7 @@ const WATCH_MIN_GAP: Duration = Duration::from_millis(100);
 const WATCH_RECHECK: Duration = Duration::from_secs(1);
 /// Longest a read waits for the leader's confirmation (and at most half the
 /// call's own deadline, so that a stale answer still reaches the caller).
-const READ_CONFIRM: Duration = Duration::from_secs(1);
+pub const READ_CONFIRM: Duration = Duration::from_secs(1);
 /// Most names or states a status filter may list, and the longest pattern.
 const MAX_FILTERS: usize = 1000;
 const MAX_PATTERN: usize = 256;
@@ -242,19 +242,8 @@ impl Api {
                 id: *id,
                 zone: m.zone.clone(),
                 addr: m.addr.clone(),
-                role: if *id == info.id {
-                    info.role
-                } else if *id == info.leader {
-                    "leader"
-                } else if info.learners.contains(id) {
-                    "learner"
-                } else if info.voters.contains(id) {
-                    "follower"
-                } else {
-                    "unknown"
-                }
-                .to_owned(),
-                reachable: *id == info.id || info.reachable.get(id).copied().unwrap_or(false),
+                role: info.role_of(*id).to_owned(),
+                reachable: info.reaches(*id),
             })
             .collect()
     }
@@ -284,19 +273,13 @@ impl Api {
             );
         }
         let wait = call_deadline.map_or(READ_CONFIRM, |d| (d / 2).min(READ_CONFIRM));
-        match self.mesh.read_index(wait).await {
+        match confirm_read(&self.mesh, wait).await {
             Ok(index) => Freshness {
                 stale: false,
                 reason: String::new(),
                 read_index: index,
             },
-            Err(MeshError::Timeout(_)) => Freshness::stale(format!(
-                "the leader did not confirm this node's view within {wait:?} (cut off from it?)"
-            )),
-            Err(MeshError::NoLeader) => Freshness::stale(
-                "no leader: an election is in progress or this node cannot reach a quorum".into(),
-            ),
-            Err(e) => Freshness::stale(format!("not confirmed with the leader: {e}")),
+            Err(reason) => Freshness::stale(reason),
         }
     }
 
@@ -408,6 +391,23 @@ impl Api {
             read_index: fresh.read_index,
             maintenance: Some(maintenance),
         }
+    }
+}
+
+/// Confirms with the leader (a raft read index, waiting at most `wait`)
+/// that what this node has applied is current: the read index, or why
+/// not, in the words faxictl shows for a stale answer. Shared by every
+/// read of the API and the status page.
+pub async fn confirm_read(mesh: &Mesh, wait: Duration) -> Result<u64, String> {
+    match mesh.read_index(wait).await {
+        Ok(index) => Ok(index),
+        Err(MeshError::Timeout(_)) => Err(format!(
+            "the leader did not confirm this node's view within {wait:?} (cut off from it?)"
+        )),
+        Err(MeshError::NoLeader) => {
+            Err("no leader: an election is in progress or this node cannot reach a quorum".into())
+        }
+        Err(e) => Err(format!("not confirmed with the leader: {e}")),
     }
 }
 

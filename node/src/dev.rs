@@ -3,7 +3,9 @@
 //! It starts a small demo app in this process (HTTP, answering `/health`), writes one config per node and runs three
 //! node processes of this same binary (`run --config`), with gRPC on
 //! 127.0.0.1:7401–7403 and metrics on 127.0.0.1:9401–9403: faxictl's
-//! defaults. The demo targets show every agreed state:
+//! defaults (`--base-port` and `--metrics-base-port` move them, [`Ports`]).
+//! Each node serves the status page at `/status` on its metrics port.
+//! The demo targets show every agreed state:
 //! - `app` (http) and `app-port` (tcp): UP everywhere;
 //! - `cache` (tcp): zone-c's node is pointed at a closed port, as if that
 //!   zone had lost its route to it: SUSPECT, "zone-c cannot reach cache";
@@ -30,8 +32,56 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
 const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
-/// Where the demo app listens when it can.
-const DEMO_APP: &str = "127.0.0.1:7400";
+
+/// Where the mesh listens on 127.0.0.1: the demo app on `base` (when that
+/// port is free, another otherwise), node N's gRPC on `base + N` and its
+/// metrics and status page on `metrics_base + N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// The demo app's port; the nodes' gRPC ports follow it.
+    pub base: u16,
+    /// The nodes' metrics ports are the three after it.
+    pub metrics_base: u16,
+}
+
+impl Default for Ports {
+    /// 7400 (gRPC 7401-7403) and 9400 (metrics 9401-9403): faxictl's
+    /// default endpoints.
+    fn default() -> Self {
+        Self {
+            base: 7400,
+            metrics_base: 9400,
+        }
+    }
+}
+
+impl Ports {
+    /// Checked: each base leaves room for its three ports, and the two
+    /// ranges do not overlap.
+    pub fn new(base: u16, metrics_base: u16) -> Result<Self, String> {
+        let n = ZONES.len() as u16;
+        for (what, b) in [("--base-port", base), ("--metrics-base-port", metrics_base)] {
+            if b == 0 || b > u16::MAX - n {
+                return Err(format!("{what} {b}: must be 1 to {}", u16::MAX - n));
+            }
+        }
+        if base.abs_diff(metrics_base) <= n {
+            return Err(format!(
+                "--base-port {base} and --metrics-base-port {metrics_base}: their ports overlap \
+                 (each base takes the {n} ports after it)"
+            ));
+        }
+        Ok(Self { base, metrics_base })
+    }
+
+    fn grpc(self, id: usize) -> u16 {
+        self.base + id as u16
+    }
+
+    fn metrics(self, id: usize) -> u16 {
+        self.metrics_base + id as u16
+    }
+}
 
 /// Where the mesh keeps its logs and data.
 pub fn default_dir() -> PathBuf {
@@ -41,12 +91,13 @@ pub fn default_dir() -> PathBuf {
 /// Runs the dev mesh until `shutdown` resolves.
 pub async fn run(
     dir: &Path,
+    ports: Ports,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let app = match TcpListener::bind(DEMO_APP).await {
+    let app = match TcpListener::bind(("127.0.0.1", ports.base)).await {
         Ok(l) => l,
         Err(_) => TcpListener::bind("127.0.0.1:0")
             .await
@@ -60,13 +111,13 @@ pub async fn run(
 
     let tls_dir = dir.join("tls");
     make_tls(&tls_dir)?;
-    let client = write_client_config(dir, &tls_dir)?;
+    let client = write_client_config(dir, &tls_dir, ports)?;
 
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
     let mut children: Vec<Child> = Vec::new();
     for (i, zone) in ZONES.iter().enumerate() {
         let id = i + 1;
-        let config = node_config(id, zone, dir, app_addr, closed, &tls_dir);
+        let config = node_config(id, zone, dir, ports, app_addr, closed, &tls_dir);
         let path = dir.join(format!("node{id}.toml"));
         tokio::fs::write(&path, config)
             .await
@@ -99,14 +150,22 @@ pub async fn run(
     }
     eprintln!(
         "faxi-watchdog dev: 3 nodes (zone-a, zone-b, zone-c)\n  \
-         gRPC    127.0.0.1:7401 127.0.0.1:7402 127.0.0.1:7403\n  \
-         metrics http://127.0.0.1:9401/metrics (9402, 9403)\n  \
+         gRPC    127.0.0.1:{} 127.0.0.1:{} 127.0.0.1:{}\n  \
+         metrics http://127.0.0.1:{}/metrics ({}, {})\n  \
+         status  http://127.0.0.1:{}/status (a page for a browser)\n  \
          logs, configs and raft logs in {}\n  \
          demo app at http://{app_addr}/health\n  \
          break it: curl -X POST {app_addr}/break   (the leader restarts it)\n  \
          mutual TLS: CA and certificates in {}\n  \
          faxictl's client config: {client}\n\
          try: faxictl status    (Ctrl-C here stops the mesh)",
+        ports.grpc(1),
+        ports.grpc(2),
+        ports.grpc(3),
+        ports.metrics(1),
+        ports.metrics(2),
+        ports.metrics(3),
+        ports.metrics(1),
         dir.display(),
         tls_dir.display()
     );
@@ -210,12 +269,15 @@ fn make_tls(tls: &Path) -> Result<(), String> {
 /// Writes faxictl's client config for this mesh in `dir`, and at faxictl's
 /// default path too unless a config that `dev` did not write is there.
 /// Returns where faxictl will find it.
-fn write_client_config(dir: &Path, tls: &Path) -> Result<String, String> {
+fn write_client_config(dir: &Path, tls: &Path, ports: Ports) -> Result<String, String> {
     let mut c = String::new();
     let _ = writeln!(c, "{DEV_MARK}: the nodes of the dev mesh, over mutual TLS.");
     let _ = writeln!(
         c,
-        "endpoints = [\"127.0.0.1:7401\", \"127.0.0.1:7402\", \"127.0.0.1:7403\"]"
+        "endpoints = [\"127.0.0.1:{}\", \"127.0.0.1:{}\", \"127.0.0.1:{}\"]",
+        ports.grpc(1),
+        ports.grpc(2),
+        ports.grpc(3)
     );
     let _ = writeln!(c, "ca = {:?}", tls.join("ca.pem").display().to_string());
     let _ = writeln!(
@@ -264,6 +326,7 @@ fn node_config(
     id: usize,
     zone: &str,
     dir: &Path,
+    ports: Ports,
     app: SocketAddr,
     closed: SocketAddr,
     tls: &Path,
@@ -279,8 +342,8 @@ fn node_config(
     let _ = writeln!(
         c,
         "listen = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{}\"\n",
-        7400 + id,
-        9400 + id
+        ports.grpc(id),
+        ports.metrics(id)
     );
     let _ = writeln!(
         c,
@@ -295,7 +358,7 @@ fn node_config(
             c,
             "  {{ id = {}, zone = \"{z}\", addr = \"127.0.0.1:{}\" }},",
             i + 1,
-            7401 + i
+            ports.grpc(i + 1)
         );
     }
     let _ = writeln!(c, "]\n");
@@ -374,4 +437,41 @@ async fn serve_demo_app(listener: TcpListener) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_default_to_faxictls_endpoints_and_are_checked() {
+        let p = Ports::default();
+        assert_eq!(
+            (p.grpc(1), p.grpc(3), p.metrics(1), p.metrics(3)),
+            (7401, 7403, 9401, 9403)
+        );
+        assert_eq!(Ports::new(7400, 9400), Ok(p));
+        let p = Ports::new(7760, 7780).unwrap();
+        assert_eq!((p.grpc(2), p.metrics(2)), (7762, 7782));
+        assert!(Ports::new(0, 9400).unwrap_err().contains("--base-port 0"));
+        assert!(
+            Ports::new(7400, 65533)
+                .unwrap_err()
+                .contains("--metrics-base-port 65533")
+        );
+        assert!(Ports::new(7400, 65532).is_ok());
+        for (a, b) in [(7400, 7403), (7403, 7400), (7400, 7400)] {
+            assert!(Ports::new(a, b).unwrap_err().contains("overlap"), "{a} {b}");
+        }
+        assert!(Ports::new(7400, 7404).is_ok());
+        // The configs and faxictl's follow them.
+        let dir = Path::new("/tmp/x");
+        let app: SocketAddr = ([127, 0, 0, 1], 7760).into();
+        let c = node_config(2, "zone-b", dir, p, app, app, dir);
+        assert!(
+            c.contains("listen = \"127.0.0.1:7762\"\nmetrics_listen = \"127.0.0.1:7782\""),
+            "{c}"
+        );
+        assert!(c.contains("addr = \"127.0.0.1:7763\""), "{c}");
+    }
 }

@@ -16,6 +16,7 @@ pub mod probe;
 pub mod recovery;
 pub mod scheduler;
 pub mod slo;
+pub mod statuspage;
 pub mod telemetry;
 pub mod tls;
 pub mod verdict;

@@ -39,12 +39,19 @@ enum Command {
         config: PathBuf,
     },
     /// Run a complete 3-zone mesh on loopback with demo targets: gRPC on
-    /// 127.0.0.1:7401-7403, metrics on 127.0.0.1:9401-9403. Then try
-    /// `faxictl status`.
+    /// 127.0.0.1:7401-7403, metrics and the status page (/status) on
+    /// 127.0.0.1:9401-9403. Then try `faxictl status`.
     Dev {
         /// Where configs, logs and raft logs go.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        /// The demo app's port (when free); the nodes' gRPC ports are the
+        /// three after it.
+        #[arg(long, value_name = "PORT", default_value_t = 7400)]
+        base_port: u16,
+        /// The nodes' metrics and status page ports are the three after it.
+        #[arg(long, value_name = "PORT", default_value_t = 9400)]
+        metrics_base_port: u16,
     },
     /// Make the cluster's TLS files in DIR: a CA (made once, then reused),
     /// a certificate and key per node (`node-<id>.pem`, naming its id) and
@@ -104,7 +111,17 @@ fn main() -> ExitCode {
             log_format,
             stop_on_stdin_eof,
         } => run(&config, log_format, stop_on_stdin_eof),
-        Command::Dev { dir } => dev(dir),
+        Command::Dev {
+            dir,
+            base_port,
+            metrics_base_port,
+        } => match faxi_watchdog::dev::Ports::new(base_port, metrics_base_port) {
+            Ok(ports) => dev(dir, ports),
+            Err(e) => {
+                eprintln!("faxi-watchdog dev: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Init { config } => init(&config),
         Command::Certs {
             dir,
@@ -285,7 +302,7 @@ fn runtime(workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
     }
 }
 
-fn dev(dir: Option<PathBuf>) -> ExitCode {
+fn dev(dir: Option<PathBuf>, ports: faxi_watchdog::dev::Ports) -> ExitCode {
     let dir = dir.unwrap_or_else(faxi_watchdog::dev::default_dir);
     let Some(runtime) = runtime(Some(1)) else {
         return ExitCode::from(EXIT_FAILURE);
@@ -294,7 +311,7 @@ fn dev(dir: Option<PathBuf>) -> ExitCode {
         let _in = runtime.enter();
         shutdown_signal()
     };
-    let result = runtime.block_on(faxi_watchdog::dev::run(&dir, stop));
+    let result = runtime.block_on(faxi_watchdog::dev::run(&dir, ports, stop));
     runtime.shutdown_timeout(LEFTOVERS);
     match result {
         Ok(()) => ExitCode::SUCCESS,

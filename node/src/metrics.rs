@@ -308,8 +308,18 @@ impl Health {
 /// `/healthz` is 200 `ok` while `health` has no problem, else 503 with the
 /// reason.
 pub async fn serve(listener: TcpListener, handle: PrometheusHandle, health: Health) {
+    serve_with_status(listener, handle, health, None).await;
+}
+
+/// [`serve`], and the status page at `/status` ([`crate::statuspage`]).
+pub async fn serve_with_status(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    health: Health,
+    page: Option<crate::statuspage::StatusPage>,
+) {
     serve_http(listener, "metrics", move |req| {
-        route(req, handle.clone(), health.clone())
+        route(req, handle.clone(), health.clone(), page.clone())
     })
     .await;
 }
@@ -349,7 +359,14 @@ async fn route(
     req: Request<Incoming>,
     handle: PrometheusHandle,
     health: Health,
+    page: Option<crate::statuspage::StatusPage>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(page) = &page
+        && req.method() == Method::GET
+        && req.uri().path() == "/status"
+    {
+        return Ok(page.respond(req.uri().query()).await);
+    }
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             // Rendering thousands of targets takes milliseconds of CPU: keep
@@ -381,7 +398,7 @@ async fn route(
                 format!("unhealthy: {why}\n"),
             ),
         },
-        (_, "/metrics" | "/healthz") => (
+        (_, "/metrics" | "/healthz" | "/status") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain; charset=utf-8",
             "use GET\n".into(),
@@ -389,7 +406,7 @@ async fn route(
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            "not found: try /metrics or /healthz\n".into(),
+            "not found: try /status, /metrics or /healthz\n".into(),
         ),
     };
     let resp = Response::builder()

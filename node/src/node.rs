@@ -186,10 +186,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "node started"
     );
     let health = Health::default();
-    let server = tokio::spawn(crate::metrics::serve(
+    let page = crate::statuspage::StatusPage::new(
+        mesh.clone(),
+        crate::statuspage::Node::from_config(&config),
+        scheduler.view(),
+        config.redactor(),
+    );
+    let server = tokio::spawn(crate::metrics::serve_with_status(
         metrics_listener,
         handle,
         health.clone(),
+        Some(page),
     ));
     // Recovery: acts only while this node leads, from committed incidents.
     let executor = tokio::spawn(

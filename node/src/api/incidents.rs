@@ -5,7 +5,6 @@
 //! leader, recorded in the audit log there, then proposed as
 //! [`Command::Recovery`] stamped with the leader's clock.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use faxi_proto::v1 as pb;
@@ -34,21 +33,14 @@ fn ms(d: Duration) -> u64 {
 
 /// An incident as the API shows it; its timeline only when asked.
 fn incident_pb(rec: &Recovery, i: &Incident, finished: bool, timeline: bool) -> pb::Incident {
-    let step = i.attempt.as_ref().map(|a| {
-        let at = a.at();
-        let s = a.step(at);
-        pb::IncidentStep {
-            index: at.saturating_add(1),
-            of: a.total(),
-            description: s.map(|s| s.action.describe()).unwrap_or_default(),
-            needs_approval: s.is_some_and(|s| s.approval),
-            approved_until_ms: a
-                .approved
-                .filter(|(step, _)| *step == at)
-                .map_or(0, |(_, until)| until),
-            is_finally: a.in_finally(at),
-            plan: a.plan.name.clone(),
-        }
+    let step = i.step_now().map(|s| pb::IncidentStep {
+        index: s.index,
+        of: s.of,
+        description: s.description,
+        needs_approval: s.needs_approval,
+        approved_until_ms: s.approved_until_ms,
+        is_finally: s.is_finally,
+        plan: s.plan,
     });
     let pending = i
         .attempt
@@ -279,31 +271,22 @@ impl Api {
         let deadline = call_deadline(request.metadata());
         let fresh = self.confirm(request.get_ref().allow_stale, deadline).await;
         let s = self.mesh.read();
-        let rec = s.sm.recovery();
-        let names: BTreeSet<&str> = rec
-            .catalog()
-            .keys()
-            .chain(rec.stats().keys())
-            .chain(s.sm.agreed().keys())
-            .map(String::as_str)
-            .collect();
-        let targets = names
-            .into_iter()
-            .map(|name| {
-                let (real, drill) = rec.stats().get(name).cloned().unwrap_or_default();
-                pb::RtoRow {
-                    target: name.to_owned(),
-                    rto_ms: rec.catalog().get(name).map_or(0, |t| t.rto_ms),
-                    last_ms: real.last_ms,
-                    p95_ms: real.p95_ms().unwrap_or(0),
-                    count: real.count,
-                    drill_last_ms: drill.last_ms,
-                    drill_p95_ms: drill.p95_ms().unwrap_or(0),
-                    drill_count: drill.count,
-                    open_incident: rec.open_for(name).map_or(0, |i| i.id),
-                }
-            })
-            .collect();
+        let targets =
+            s.sm.recovery()
+                .rto_table(s.sm.agreed().keys())
+                .into_iter()
+                .map(|r| pb::RtoRow {
+                    target: r.target,
+                    rto_ms: r.rto_ms,
+                    last_ms: r.last_ms,
+                    p95_ms: r.p95_ms,
+                    count: r.count,
+                    drill_last_ms: r.drill_last_ms,
+                    drill_p95_ms: r.drill_p95_ms,
+                    drill_count: r.drill_count,
+                    open_incident: r.open_incident,
+                })
+                .collect();
         Ok(Response::new(pb::RtoResponse {
             targets,
             freshness: Some(self.freshness_pb(&s, &fresh)),

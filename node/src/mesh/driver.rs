@@ -169,6 +169,29 @@ pub struct RaftInfo {
 }
 
 impl RaftInfo {
+    /// A member's role as this node sees it (what `faxictl members` and
+    /// the status page show): this node's own role, `leader`, `learner`,
+    /// `follower`, or `unknown` for a member raft does not list.
+    pub fn role_of(&self, id: NodeId) -> &'static str {
+        if id == self.id {
+            self.role
+        } else if id == self.leader {
+            "leader"
+        } else if self.learners.contains(&id) {
+            "learner"
+        } else if self.voters.contains(&id) {
+            "follower"
+        } else {
+            "unknown"
+        }
+    }
+
+    /// Whether this node's last message to `id` got through (this node
+    /// always reaches itself).
+    pub fn reaches(&self, id: NodeId) -> bool {
+        id == self.id || self.reachable.get(&id).copied().unwrap_or(false)
+    }
+
     /// Voters and learners from a conf state, sorted.
     fn set_conf(&mut self, cs: &ConfState) {
         self.voters = cs.voters.clone();

@@ -287,6 +287,79 @@ impl Incident {
     }
 }
 
+/// The step an incident's attempt is at, as `faxictl incidents` and the
+/// status page show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepNow {
+    /// The step, 1-based over steps then `finally`.
+    pub index: u32,
+    /// Steps in the plan, `finally` included.
+    pub of: u32,
+    /// What it does, in words.
+    pub description: String,
+    /// It waits for an operator's approval before it runs.
+    pub needs_approval: bool,
+    /// Until when an approval of it holds (0: not approved).
+    pub approved_until_ms: u64,
+    /// It is one of the plan's `finally` steps.
+    pub is_finally: bool,
+    /// The plan's name.
+    pub plan: String,
+}
+
+impl Incident {
+    /// The step its attempt is at; `None` without an attempt.
+    pub fn step_now(&self) -> Option<StepNow> {
+        let a = self.attempt.as_ref()?;
+        let at = a.at();
+        let s = a.step(at);
+        Some(StepNow {
+            index: at.saturating_add(1),
+            of: a.total(),
+            description: s.map(|s| s.action.describe()).unwrap_or_default(),
+            needs_approval: s.is_some_and(|s| s.approval),
+            approved_until_ms: a
+                .approved
+                .filter(|(step, _)| *step == at)
+                .map_or(0, |(_, until)| until),
+            is_finally: a.in_finally(at),
+            plan: a.plan.name.clone(),
+        })
+    }
+}
+
+/// One row of the RTO table (Recovery Time Tracking), as `faxictl rto` and
+/// the status page show it. Times in ms; 0 where nothing was measured
+/// (`count` or `drill_count` is then 0) or no RTO is known.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RtoRow {
+    /// The target.
+    pub target: String,
+    /// Its RTO (0: none).
+    pub rto_ms: u64,
+    /// The last real incident's time to recover.
+    pub last_ms: u64,
+    /// The 95th percentile of the latest real ones.
+    pub p95_ms: u64,
+    /// Real incidents resolved.
+    pub count: u64,
+    /// The last drill's time to recover.
+    pub drill_last_ms: u64,
+    /// The 95th percentile of the latest drills.
+    pub drill_p95_ms: u64,
+    /// Drills resolved.
+    pub drill_count: u64,
+    /// Its open incident's id (0: none).
+    pub open_incident: u64,
+}
+
+impl RtoRow {
+    /// Real recoveries took longer than the RTO (their p95 did).
+    pub fn over_rto(&self) -> bool {
+        self.rto_ms != 0 && self.count != 0 && self.p95_ms > self.rto_ms
+    }
+}
+
 /// Per target, per kind (real or drill): the recovery times seen.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RtoStats {
@@ -554,6 +627,35 @@ impl Recovery {
         self.open
             .values()
             .find(|i| i.target == target && i.resolved_ms.is_none() && !i.drill)
+    }
+
+    /// The RTO table: a row per target of the catalog, per target with
+    /// recovery times, and per target of `observed`, in name order.
+    pub fn rto_table<'a>(&'a self, observed: impl IntoIterator<Item = &'a String>) -> Vec<RtoRow> {
+        let names: BTreeSet<&str> = self
+            .catalog
+            .keys()
+            .chain(self.stats.keys())
+            .chain(observed)
+            .map(String::as_str)
+            .collect();
+        names.into_iter().map(|n| self.rto_row(n)).collect()
+    }
+
+    /// One target's row of the RTO table.
+    pub fn rto_row(&self, target: &str) -> RtoRow {
+        let (real, drill) = self.stats.get(target).cloned().unwrap_or_default();
+        RtoRow {
+            target: target.to_owned(),
+            rto_ms: self.catalog.get(target).map_or(0, |t| t.rto_ms),
+            last_ms: real.last_ms,
+            p95_ms: real.p95_ms().unwrap_or(0),
+            count: real.count,
+            drill_last_ms: drill.last_ms,
+            drill_p95_ms: drill.p95_ms().unwrap_or(0),
+            drill_count: drill.count,
+            open_incident: self.open_for(target).map_or(0, |i| i.id),
+        }
     }
 
     /// Whether `target` depends on `on`, directly or through others.
