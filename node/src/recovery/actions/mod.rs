@@ -12,6 +12,7 @@
 mod docker;
 mod exec;
 mod http;
+pub mod k8s;
 mod notify;
 mod wait_healthy;
 
