@@ -70,6 +70,8 @@ struct Manifests {
     kustomization: Value,
     /// The kustomization's text (its comments document the Secrets).
     kustomization_text: String,
+    /// README.md's "Deploy on Kubernetes" section (how to create them).
+    docs: String,
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -187,6 +189,14 @@ fn load() -> (Manifests, Vec<String>) {
             }
             m.objects.push((rel.clone(), kind, name));
         }
+    }
+    let readme = std::fs::read_to_string(dir.join("../../README.md")).unwrap();
+    m.docs = readme
+        .split_once("## Deploy on Kubernetes")
+        .map(|(_, rest)| rest.split("\n## ").next().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    if m.docs.is_empty() {
+        problems.push("README.md: no section \"## Deploy on Kubernetes\"".into());
     }
     (m, problems)
 }
