@@ -9,6 +9,8 @@
 //! resourceVersion precondition of every write; a 409 is a failure that
 //! is not retried; an object carrying a newer token is left alone; an
 //! unreachable API server fails the step and leaves the re-check unknown.
+//! And end to end: three real node processes whose plan restarts a
+//! deployment, the leader's one write carrying the incident's token.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,7 +18,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use faxi_tests::cluster::{Cluster, Ctx, Spec};
+use faxi_tests::http::AppStub;
 use faxi_tests::k8s::KubeStub;
+use faxi_tests::{http_get, metric, wait_for};
 use faxi_watchdog::mesh::state::State;
 use faxi_watchdog::recovery::actions::{
     ActionFuture, ActionHttpClient, AgreedStates, DockerEngine, Fence, KubeApi, Outcome, Recheck,
@@ -435,4 +440,118 @@ async fn an_unreachable_api_server_or_a_missing_object_fails_the_step_without_le
         Recheck::CannotTell
     );
     assert!(stub.requests().is_empty());
+}
+
+// ------------------------------------------------------------ end to end
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// Three zones watching `app`, whose plan restarts the deployment
+/// `faxi-app` through the kubeconfig at `kubeconfig`.
+fn spec(kubeconfig: &std::path::Path) -> Spec {
+    let mut spec = Spec::zones(3);
+    spec.cluster = String::new();
+    spec.probe_defaults = "interval = \"200ms\"\ntimeout = \"150ms\"\nfall = 2\nrise = 1\n".into();
+    spec.targets = |_, _, ctx| {
+        format!(
+            "[[targets]]\nname = \"app\"\nkind = \"http\"\nurl = \"http://{}/health\"\nrto = \"1m\"\nrecovery = \"app\"\n",
+            ctx.service.unwrap()
+        )
+    };
+    spec.extra = format!(
+        "[kubernetes]\nkubeconfig = \"{}\"\n\n[recovery.app]\ncooldown = \"1h\"\nsteps = [\n  \
+         {{ action = \"k8s.rollout_restart\", deployment = \"faxi-app\" }},\n]\n",
+        kubeconfig.display()
+    );
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_restarts_the_deployment_once_under_the_incidents_fencing_token() {
+    let stub = KubeStub::start().await;
+    let rv = stub.add_deployment("faxi", "faxi-app", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, stub.kubeconfig("faxi", TOKEN)).unwrap();
+    let app = AppStub::start().await;
+    let ctx = Ctx {
+        service: Some(app.addr),
+        closed: None,
+    };
+    let c = Cluster::start(&spec(&kubeconfig), &ctx).await;
+    c.wait_state(&[0, 1, 2], "app", "UP", LONG).await;
+    c.wait_leader(&[0, 1, 2], LONG).await;
+    assert!(stub.requests().is_empty(), "nothing before a DOWN");
+
+    // The app fails in every zone: DOWN, an incident, the plan.
+    app.set_status(503);
+    wait_for("the rollout restart", LONG, || async {
+        if stub.writes().is_empty() {
+            Err(format!("requests so far: {}", stub.requests().len()))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    app.set_status(200);
+    c.wait_state(&[0, 1, 2], "app", "UP", LONG).await;
+    let (leader, term) = c.wait_leader(&[0, 1, 2], LONG).await;
+    let li = c.index(leader);
+    wait_for("the step's outcome on the leader", LONG, || async {
+        let text = http_get(c.nodes[li].metrics, "/metrics")
+            .await
+            .unwrap_or_default();
+        let labels = [
+            ("plan", "app"),
+            ("action", "k8s.rollout_restart"),
+            ("result", "done"),
+        ];
+        match metric(&text, "faxi_recovery_steps_total", &labels) {
+            Some(1.0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // One write, by the leader, under incident 1's token, on the version
+    // it read.
+    let writes = stub.writes();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    let body = writes[0].json();
+    assert_eq!(body["metadata"]["resourceVersion"], rv.as_str(), "{body}");
+    let a = &body["metadata"]["annotations"];
+    assert_eq!(a["watchdog.faxi.io/incident"], "1", "{body}");
+    let fence_term: u64 = a["watchdog.faxi.io/fence-term"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let fence_index: u64 = a["watchdog.faxi.io/fence-index"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(fence_term >= 1 && fence_term <= term, "{body}");
+    assert!(fence_index > 1, "{body}");
+    assert_bearer(&stub);
+    let now = stub.get("deployments", "faxi", "faxi-app").unwrap();
+    assert!(
+        now["spec"]["template"]["metadata"]["annotations"]
+            .get("kubectl.kubernetes.io/restartedAt")
+            .is_some(),
+        "{now}"
+    );
+    // The leader logged the write under its token; no node logged the
+    // kubeconfig's bearer token.
+    let logged = c.log_lines(li).into_iter().any(|l| {
+        l["message"] == "k8s step under its fencing token"
+            && l["index"] == fence_index
+            && l["object"] == "faxi-app"
+    });
+    assert!(logged, "no fenced log line on the leader");
+    for i in 0..3 {
+        for l in c.log_lines(i) {
+            assert!(!l.to_string().contains(TOKEN), "node {}: {l}", i + 1);
+        }
+    }
 }
