@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod docker;
 pub mod http;
+pub mod k8s;
 pub mod node;
 pub mod postgres;
 pub mod prometheus;

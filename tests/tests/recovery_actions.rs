@@ -17,8 +17,8 @@ use faxi_tests::http::AppStub;
 use faxi_tests::{Silent, free_port, wait_for};
 use faxi_watchdog::mesh::state::State;
 use faxi_watchdog::recovery::actions::{
-    ActionFuture, ActionHttpClient, AgreedStates, DockerEngine, Fence, Outcome, Recheck, StepRun,
-    World, bind,
+    ActionFuture, ActionHttpClient, AgreedStates, DockerEngine, Fence, KubeApi, Outcome, Recheck,
+    StepRun, World, bind,
 };
 use faxi_watchdog::recovery::{Action, ContainerRef, DockerOp};
 use tokio::io::AsyncWriteExt as _;
@@ -41,6 +41,7 @@ fn world() -> World {
         docker: DockerEngine::default(),
         agreed: Arc::new(Nothing),
         http: ActionHttpClient::new(),
+        kube: KubeApi::default(),
     }
 }
 

@@ -120,6 +120,18 @@ pub struct Config {
     pub recovery: RecoveryConfig,
     /// How gRPC connections are secured.
     pub tls: TlsConfig,
+    /// `[kubernetes]`: the API server of the `k8s.*` recovery steps.
+    pub kubernetes: KubernetesConfig,
+}
+
+/// `[kubernetes]`: where the `k8s.*` recovery steps reach the API server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    /// A kubeconfig file (its current context); relative paths are read
+    /// from the config file's directory. `None` (the default): the pod's
+    /// service account when the node runs in Kubernetes, else
+    /// `KUBECONFIG` or `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// `[tls]`: mutual TLS on every gRPC connection (peers and faxictl), or
@@ -285,6 +297,11 @@ impl Config {
                 }
             }
         }
+        if let (Some(f), Some(dir)) = (&mut config.kubernetes.kubeconfig, path.parent())
+            && f.is_relative()
+        {
+            *f = dir.join(&*f);
+        }
         Ok(config)
     }
 
@@ -319,6 +336,10 @@ impl Config {
         let target_tables = top.tables("targets", &mut p).unwrap_or_default();
         let recovery_defaults = top.table("recovery_defaults", &mut p);
         let plan_tables = top.table("recovery", &mut p);
+        let kubernetes = top
+            .table("kubernetes", &mut p)
+            .map(|t| parse_kubernetes(t, &mut p))
+            .unwrap_or_default();
         top.finish(&mut p);
 
         let cluster = parse_cluster(cluster_table, node.as_ref(), &mut p);
@@ -348,9 +369,27 @@ impl Config {
                 targets,
                 recovery,
                 tls: tls.unwrap_or(TlsConfig::Insecure),
+                kubernetes,
             }),
             _ => Err(p),
         }
+    }
+}
+
+fn parse_kubernetes(t: &toml::Table, p: &mut Vec<Problem>) -> KubernetesConfig {
+    let mut s = Section::new(t, "kubernetes");
+    let kubeconfig = s.string("kubeconfig", p);
+    if kubeconfig.as_deref().is_some_and(|k| k.trim().is_empty()) {
+        p.push(Problem::new(
+            "kubernetes.kubeconfig",
+            "must not be empty: leave it out to use the pod's service account",
+        ));
+    }
+    s.finish(p);
+    KubernetesConfig {
+        kubeconfig: kubeconfig
+            .filter(|k| !k.trim().is_empty())
+            .map(PathBuf::from),
     }
 }
 

@@ -13,13 +13,16 @@ use toml::{Table, Value};
 
 use super::reader::Section;
 use super::{Problem, check_http_url, check_name};
-use crate::recovery::plan::{Action, ContainerRef, DockerOp, Plan, RecoveryDefaults, Step};
+use crate::recovery::plan::{Action, ContainerRef, DockerOp, K8sOp, Plan, RecoveryDefaults, Step};
 
 /// Every action a step may name, as written in the config.
-pub const ACTIONS: [&str; 7] = [
+pub const ACTIONS: [&str; 10] = [
     "docker.restart",
     "docker.stop",
     "docker.start",
+    "k8s.delete_pods",
+    "k8s.scale",
+    "k8s.rollout_restart",
     "wait_healthy",
     "exec",
     "http",
@@ -44,6 +47,10 @@ pub const DEFAULT_DOCKER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default time an `http` or `notify` request gets.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time the Kubernetes API server gets for a whole `k8s.*` step.
+pub const DEFAULT_K8S_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most replicas a `k8s.scale` step may set.
+pub const MAX_REPLICAS: i64 = 10_000;
 
 /// The environment variables an `exec` step's program gets from the
 /// executor (the fencing token and what it acts for) start with this; the
@@ -65,6 +72,10 @@ const ACTION_KEYS: &[&str] = &[
     "body",
     "message",
     "url_env",
+    "namespace",
+    "selector",
+    "deployment",
+    "replicas",
 ];
 
 /// `[recovery_defaults]` and every `[recovery.<name>]` plan.
@@ -270,10 +281,19 @@ fn parse_steps(
         .collect()
 }
 
+/// Which `k8s.*` action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum K8sKind {
+    DeletePods,
+    Scale,
+    RolloutRestart,
+}
+
 /// An action as the config names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ActionKind {
     Docker(DockerOp),
+    K8s(K8sKind),
     WaitHealthy,
     Exec,
     Http,
@@ -286,6 +306,9 @@ impl ActionKind {
             "docker.restart" => ActionKind::Docker(DockerOp::Restart),
             "docker.stop" => ActionKind::Docker(DockerOp::Stop),
             "docker.start" => ActionKind::Docker(DockerOp::Start),
+            "k8s.delete_pods" => ActionKind::K8s(K8sKind::DeletePods),
+            "k8s.scale" => ActionKind::K8s(K8sKind::Scale),
+            "k8s.rollout_restart" => ActionKind::K8s(K8sKind::RolloutRestart),
             "wait_healthy" => ActionKind::WaitHealthy,
             "exec" => ActionKind::Exec,
             "http" => ActionKind::Http,
@@ -412,6 +435,7 @@ fn parse_action(
                 timeout_ms: ms(timeout),
             })
         }
+        ActionKind::K8s(kind) => parse_k8s(kind, s, p),
         ActionKind::WaitHealthy => {
             let target = required(s, "target", "the target to wait for", p);
             if let Some(t) = &target
@@ -549,6 +573,168 @@ fn parse_action(
                 timeout_ms: ms(timeout),
             })
         }
+    }
+}
+
+/// `k8s.delete_pods` (`selector`), `k8s.scale` (`deployment`, `replicas`)
+/// and `k8s.rollout_restart` (`deployment`); each with an optional
+/// `namespace` and `timeout`.
+fn parse_k8s(kind: K8sKind, s: &mut Section<'_>, p: &mut Vec<Problem>) -> Option<Action> {
+    let namespace = s.string("namespace", p);
+    let namespace_ok = match &namespace {
+        Some(n) => check_dns_label(&s.key("namespace"), n, p),
+        None => true,
+    };
+    let timeout = s.duration("timeout", p).unwrap_or(DEFAULT_K8S_TIMEOUT);
+    let op = match kind {
+        K8sKind::DeletePods => {
+            let selector = required(
+                s,
+                "selector",
+                "the label selector of the pods to delete, like \"app.kubernetes.io/name=faxi-postgres\"",
+                p,
+            );
+            match selector {
+                Some(sel) if !sel.trim().is_empty() => check_selector(&s.key("selector"), &sel, p)
+                    .then_some(K8sOp::DeletePods { selector: sel }),
+                _ => None,
+            }
+        }
+        K8sKind::Scale | K8sKind::RolloutRestart => {
+            let deployment = required(
+                s,
+                "deployment",
+                "the deployment's name, like \"faxi-app\"",
+                p,
+            );
+            let deployment = deployment.filter(|d| {
+                !d.trim().is_empty() && check_dns_subdomain(&s.key("deployment"), d, p)
+            });
+            if kind == K8sKind::Scale {
+                let replicas = s.int("replicas", 0, MAX_REPLICAS, p);
+                if replicas.is_none() && !s.has("replicas") {
+                    p.push(Problem::new(
+                        s.key("replicas"),
+                        "missing: the replicas to set, like 0 (stop the app) or 2",
+                    ));
+                }
+                Some(K8sOp::Scale {
+                    deployment: deployment?,
+                    replicas: u32::try_from(replicas?).ok()?,
+                })
+            } else {
+                deployment.map(|deployment| K8sOp::RolloutRestart { deployment })
+            }
+        }
+    };
+    Some(Action::K8s {
+        op: op?,
+        namespace: namespace.filter(|_| namespace_ok),
+        timeout_ms: ms(timeout),
+    })
+}
+
+/// A Kubernetes namespace: a DNS label (RFC 1123): lower-case letters,
+/// digits and '-', starting and ending with a letter or digit, at most 63.
+fn check_dns_label(key: &str, name: &str, p: &mut Vec<Problem>) -> bool {
+    let ok = is_dns_label(name);
+    if !ok {
+        p.push(Problem::new(
+            key,
+            format!(
+                "\"{name}\" is not a namespace name: lower-case letters, digits and '-', \
+                 starting and ending with a letter or digit, at most 63 characters"
+            ),
+        ));
+    }
+    ok
+}
+
+fn is_dns_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A deployment's name: a DNS subdomain (RFC 1123): DNS labels joined by
+/// '.', at most 253 characters.
+fn check_dns_subdomain(key: &str, name: &str, p: &mut Vec<Problem>) -> bool {
+    let ok = name.len() <= 253 && name.split('.').all(is_dns_label);
+    if !ok {
+        p.push(Problem::new(
+            key,
+            format!(
+                "\"{name}\" is not a deployment name: lower-case letters, digits, '-' and '.', \
+                 each part starting and ending with a letter or digit, at most 253 characters"
+            ),
+        ));
+    }
+    ok
+}
+
+/// An equality-based label selector: comma-separated `key=value`,
+/// `key==value` or `key!=value` terms, at least one of them `=`, so that it
+/// can never match every pod of the namespace. Keys are `[prefix/]name`,
+/// values at most 63 letters, digits, '-', '_' or '.'.
+fn check_selector(key: &str, selector: &str, p: &mut Vec<Problem>) -> bool {
+    let name_ok = |n: &str| {
+        (1..=63).contains(&n.len())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && n.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && n.ends_with(|c: char| c.is_ascii_alphanumeric())
+    };
+    let key_ok = |k: &str| match k.split_once('/') {
+        Some((prefix, name)) => {
+            prefix.len() <= 253 && prefix.split('.').all(is_dns_label) && name_ok(name)
+        }
+        None => name_ok(k),
+    };
+    let value_ok = |v: &str| v.is_empty() || name_ok(v);
+    let mut equal = false;
+    let mut bad = None;
+    for term in selector.split(',') {
+        let term = term.trim();
+        let parsed = if let Some((k, v)) = term.split_once("!=") {
+            Some((k, v))
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            equal |= !v.trim().is_empty();
+            Some((k, v))
+        } else {
+            None
+        };
+        match parsed {
+            Some((k, v)) if key_ok(k.trim()) && value_ok(v.trim()) => {}
+            _ => {
+                bad = Some(term.to_owned());
+                break;
+            }
+        }
+    }
+    match bad {
+        Some(term) => {
+            p.push(Problem::new(
+                key,
+                format!(
+                    "\"{term}\" is not a selector term: write key=value (or key!=value), \
+                     comma-separated, like \"app.kubernetes.io/name=faxi-postgres\""
+                ),
+            ));
+            false
+        }
+        None if !equal => {
+            p.push(Problem::new(
+                key,
+                format!(
+                    "\"{selector}\" has no key=value term: it could match every pod of the \
+                     namespace; name the pods, like \"app.kubernetes.io/name=faxi-postgres\""
+                ),
+            ));
+            false
+        }
+        None => true,
     }
 }
 

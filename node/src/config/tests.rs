@@ -511,10 +511,97 @@ finally = [
     );
     for n in ACTIONS {
         assert!(
-            names.contains(&n) || n == "docker.start",
-            "{n} is not exercised"
+            names.contains(&n) || n == "docker.start" || n.starts_with("k8s."),
+            "{n} is not exercised (the k8s steps are in the next test)"
         );
     }
+}
+
+#[test]
+fn k8s_steps_parse_with_their_namespace_timeout_and_idempotence() {
+    use crate::recovery::{Action, K8sOp, Step};
+    let c = Config::parse(&with_plans(
+        r#"
+[kubernetes]
+kubeconfig = "kube/config"
+
+[recovery.postgres]
+steps = [
+  { action = "k8s.scale", deployment = "faxi-app", replicas = 0 },
+  { action = "k8s.delete_pods", selector = "app.kubernetes.io/name=faxi-postgres,tier!=cache", namespace = "faxi-db", timeout = "1m" },
+  { action = "k8s.rollout_restart", deployment = "faxi.app-v2" },
+  { action = "k8s.rollout_restart", deployment = "faxi-worker", idempotent = true },
+]
+"#,
+    ))
+    .unwrap();
+    assert_eq!(
+        c.kubernetes.kubeconfig.as_deref(),
+        Some(std::path::Path::new("kube/config"))
+    );
+    let k8s = |op, namespace: Option<&str>, timeout_ms, idempotent| Step {
+        action: Action::K8s {
+            op,
+            namespace: namespace.map(str::to_owned),
+            timeout_ms,
+        },
+        approval: false,
+        idempotent,
+    };
+    let want = vec![
+        k8s(
+            K8sOp::Scale {
+                deployment: "faxi-app".into(),
+                replicas: 0,
+            },
+            None,
+            30_000,
+            true,
+        ),
+        k8s(
+            K8sOp::DeletePods {
+                selector: "app.kubernetes.io/name=faxi-postgres,tier!=cache".into(),
+            },
+            Some("faxi-db"),
+            60_000,
+            false,
+        ),
+        k8s(
+            K8sOp::RolloutRestart {
+                deployment: "faxi.app-v2".into(),
+            },
+            None,
+            30_000,
+            false,
+        ),
+        k8s(
+            K8sOp::RolloutRestart {
+                deployment: "faxi-worker".into(),
+            },
+            None,
+            30_000,
+            true,
+        ),
+    ];
+    let plan = c.recovery.plan("postgres").unwrap();
+    assert_eq!(plan.steps, want);
+    let names: Vec<&str> = plan.steps.iter().map(|s| s.action.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "k8s.scale",
+            "k8s.delete_pods",
+            "k8s.rollout_restart",
+            "k8s.rollout_restart"
+        ]
+    );
+    assert_eq!(
+        plan.steps[1].action.describe(),
+        "k8s.delete_pods app.kubernetes.io/name=faxi-postgres,tier!=cache in faxi-db"
+    );
+    // No [kubernetes]: the pod's service account.
+    let c = Config::parse(&with_plans("")).unwrap();
+    assert_eq!(c.kubernetes.kubeconfig, None);
 }
 
 #[test]
@@ -642,17 +729,19 @@ fn each_step_is_checked_against_its_action() {
             "{ action = \"docker.kill\", container = \"a\", bogus = 1 }",
             &[
                 "recovery.p.steps[0].action: unknown action \"docker.kill\" (one of: docker.restart, \
-                 docker.stop, docker.start, wait_healthy, exec, http, notify)",
+                 docker.stop, docker.start, k8s.delete_pods, k8s.scale, k8s.rollout_restart, wait_healthy, \
+                 exec, http, notify)",
                 "recovery.p.steps[0].bogus: unknown key (known keys here: action, approval, argv, \
-                 body, container, env, expect_status, idempotent, label, message, method, target, \
-                 then, timeout, url, url_env)",
+                 body, container, deployment, env, expect_status, idempotent, label, message, \
+                 method, namespace, replicas, selector, target, then, timeout, url, url_env)",
             ],
         ),
         (
             "{ container = \"a\" }",
             &[
                 "recovery.p.steps[0].action: missing: one of docker.restart, docker.stop, \
-                 docker.start, wait_healthy, exec, http, notify",
+                 docker.start, k8s.delete_pods, k8s.scale, k8s.rollout_restart, wait_healthy, exec, \
+                 http, notify",
             ],
         ),
         (
@@ -806,7 +895,8 @@ fn a_targets_recovery_is_a_plan_of_this_config() {
         target("[recovery.postgres]\nsteps = [{ action = \"reboot\" }]\n"),
         [
             "recovery.postgres.steps[0].action: unknown action \"reboot\" (one of: docker.restart, \
-          docker.stop, docker.start, wait_healthy, exec, http, notify)"
+          docker.stop, docker.start, k8s.delete_pods, k8s.scale, k8s.rollout_restart, wait_healthy, \
+          exec, http, notify)"
         ]
     );
     assert_eq!(

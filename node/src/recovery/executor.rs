@@ -80,6 +80,9 @@ pub struct Settings {
     pub catalog: Vec<TargetInfo>,
     /// `[recovery_defaults]`.
     pub defaults: RecoveryDefaults,
+    /// `[kubernetes] kubeconfig`: the API server of `k8s.*` steps; `None`:
+    /// the pod's service account (or `KUBECONFIG`).
+    pub kubeconfig: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -104,6 +107,7 @@ impl Settings {
         Self {
             catalog,
             defaults: config.recovery.defaults.clone(),
+            kubeconfig: config.kubernetes.kubeconfig.clone(),
         }
     }
 }
@@ -147,6 +151,10 @@ impl Executor {
             docker: actions::DockerEngine::default(),
             agreed: Arc::new(MeshStates(mesh.clone())),
             http: crate::probe::HttpClient::new(),
+            kube: settings
+                .kubeconfig
+                .clone()
+                .map_or_else(actions::KubeApi::default, actions::KubeApi::with_kubeconfig),
         };
         Self {
             mesh,
@@ -781,6 +789,7 @@ mod tests {
         let settings = Settings {
             catalog: catalog.iter().map(|(t, d)| info(t, d)).collect(),
             defaults: RecoveryDefaults::default(),
+            kubeconfig: None,
         };
         let mut index = 0;
         let mut commit = |cmd: RecoveryCmd| {

@@ -14,4 +14,4 @@ pub mod incidents;
 pub mod metrics;
 pub mod plan;
 
-pub use plan::{Action, ContainerRef, DockerOp, Plan, RecoveryDefaults, Step};
+pub use plan::{Action, ContainerRef, DockerOp, K8sOp, Plan, RecoveryDefaults, Step};

@@ -67,9 +67,10 @@ pub struct Step {
     /// Running it twice does no harm. A step that may have run (a leader
     /// died between its intent and its outcome) is re-run by the next
     /// leader only if it is idempotent and its action cannot tell whether it
-    /// ran; otherwise it waits for a person. Docker actions and
-    /// `wait_healthy` are idempotent; `exec`, `http` and `notify` only when
-    /// the config says `idempotent = true`.
+    /// ran; otherwise it waits for a person. Docker actions, `k8s.scale`
+    /// and `wait_healthy` are idempotent; `exec`, `http`, `notify`,
+    /// `k8s.delete_pods` and `k8s.rollout_restart` only when the config
+    /// says `idempotent = true`.
     pub idempotent: bool,
 }
 
@@ -133,6 +134,18 @@ pub enum Action {
         /// Default 10 s.
         timeout_ms: u64,
     },
+    /// `k8s.delete_pods|scale|rollout_restart`: a write to the Kubernetes
+    /// API carrying the fencing token as annotations, guarded by the
+    /// resourceVersion it read.
+    K8s {
+        /// Which operation, on what.
+        op: K8sOp,
+        /// The namespace; `None`: the client's own (the pod's service
+        /// account's, or the kubeconfig context's).
+        namespace: Option<String>,
+        /// How long the API server gets for the whole step (default 30 s).
+        timeout_ms: u64,
+    },
 }
 
 impl Action {
@@ -148,6 +161,7 @@ impl Action {
             Action::Exec { .. } => "exec",
             Action::Http { .. } => "http",
             Action::Notify { .. } => "notify",
+            Action::K8s { op, .. } => op.name(),
         }
     }
 
@@ -168,12 +182,28 @@ impl Action {
             Action::Exec { argv, .. } => format!("exec {}", argv.join(" ")),
             Action::Http { method, url, .. } => format!("http {method} {url}"),
             Action::Notify { url_env, .. } => format!("notify ${url_env}"),
+            Action::K8s { op, namespace, .. } => match namespace {
+                Some(ns) => format!("{op} in {ns}"),
+                None => op.to_string(),
+            },
         }
     }
 
     /// Whether running it twice does no harm, unless config says so.
+    /// `k8s.scale` sets a number: twice is once. `k8s.delete_pods` and
+    /// `k8s.rollout_restart` would restart again, so they are not; their
+    /// re-check tells whether they ran (the token they leave, the pods'
+    /// creation times).
     pub fn idempotent_by_default(&self) -> bool {
-        matches!(self, Action::Docker { .. } | Action::WaitHealthy { .. })
+        matches!(
+            self,
+            Action::Docker { .. }
+                | Action::WaitHealthy { .. }
+                | Action::K8s {
+                    op: K8sOp::Scale { .. },
+                    ..
+                }
+        )
     }
 }
 
@@ -202,6 +232,54 @@ impl std::fmt::Display for ContainerRef {
         match self {
             ContainerRef::Name(n) => write!(f, "{n}"),
             ContainerRef::Label(l) => write!(f, "label {l}"),
+        }
+    }
+}
+
+/// A Kubernetes operation of a `k8s.*` step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum K8sOp {
+    /// `k8s.delete_pods`: every pod a label selector matches (their
+    /// controller makes new ones).
+    DeletePods {
+        /// An equality-based label selector, like `app=faxi-postgres`.
+        selector: String,
+    },
+    /// `k8s.scale`: a deployment's replicas.
+    Scale {
+        /// The deployment's name.
+        deployment: String,
+        /// The replicas to set.
+        replicas: u32,
+    },
+    /// `k8s.rollout_restart`: what `kubectl rollout restart` does (a new
+    /// restartedAt annotation on the pod template).
+    RolloutRestart {
+        /// The deployment's name.
+        deployment: String,
+    },
+}
+
+impl K8sOp {
+    /// The action's config name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            K8sOp::DeletePods { .. } => "k8s.delete_pods",
+            K8sOp::Scale { .. } => "k8s.scale",
+            K8sOp::RolloutRestart { .. } => "k8s.rollout_restart",
+        }
+    }
+}
+
+impl std::fmt::Display for K8sOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            K8sOp::DeletePods { selector } => write!(f, "k8s.delete_pods {selector}"),
+            K8sOp::Scale {
+                deployment,
+                replicas,
+            } => write!(f, "k8s.scale {deployment} to {replicas}"),
+            K8sOp::RolloutRestart { deployment } => write!(f, "k8s.rollout_restart {deployment}"),
         }
     }
 }

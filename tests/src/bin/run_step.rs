@@ -20,8 +20,8 @@ use faxi_watchdog::config::Redactor;
 use faxi_watchdog::mesh::state::State;
 use faxi_watchdog::recovery::Action;
 use faxi_watchdog::recovery::actions::{
-    ActionFuture, ActionHttpClient, AgreedStates, DockerEngine, Fence, Outcome, Recheck, StepRun,
-    World, bind,
+    ActionFuture, ActionHttpClient, AgreedStates, DockerEngine, Fence, KubeApi, Outcome, Recheck,
+    StepRun, World, bind,
 };
 use faxi_watchdog::telemetry::{LogFormat, init};
 use serde::Deserialize;
@@ -63,6 +63,7 @@ async fn main() {
         docker: DockerEngine::default(),
         agreed: Arc::new(Nothing),
         http: ActionHttpClient::new(),
+        kube: KubeApi::default(),
     };
     let step = StepRun {
         incident: input.incident,

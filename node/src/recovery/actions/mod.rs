@@ -12,6 +12,7 @@
 mod docker;
 mod exec;
 mod http;
+pub mod k8s;
 mod notify;
 mod wait_healthy;
 
@@ -20,6 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use docker::DockerEngine;
+pub use k8s::KubeApi;
 
 /// The HTTP(S) client of the `http` and `notify` steps: pooled and
 /// rustls-based like the probes' one, with a body.
@@ -119,6 +121,9 @@ pub struct World {
     /// HTTP(S) for `http` and `notify` (`ActionHttpClient::new()`, or
     /// `Default`).
     pub http: ActionHttpClient,
+    /// The Kubernetes API server for `k8s.*` (`[kubernetes] kubeconfig`,
+    /// else the pod's service account: `KubeApi::default()`).
+    pub kube: KubeApi,
 }
 
 impl std::fmt::Debug for World {
@@ -177,6 +182,16 @@ pub fn bind(action: &Action, world: &World) -> Box<dyn StepAction> {
             world.http.clone(),
             url_env.clone(),
             message.clone(),
+            *timeout_ms,
+        )),
+        Action::K8s {
+            op,
+            namespace,
+            timeout_ms,
+        } => Box::new(k8s::K8sStep::new(
+            world.kube.clone(),
+            op.clone(),
+            namespace.clone(),
             *timeout_ms,
         )),
     }
