@@ -15,6 +15,7 @@ pub mod node;
 pub mod probe;
 pub mod recovery;
 pub mod scheduler;
+pub mod slo;
 pub mod telemetry;
 pub mod tls;
 pub mod verdict;

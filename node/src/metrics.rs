@@ -66,6 +66,15 @@ pub const RAFT_LOG_BYTES: &str = "faxi_raft_log_bytes";
 pub const RAFT_SNAPSHOTS: &str = "faxi_raft_snapshots_total";
 /// Size of the latest snapshot's data (the whole replicated state).
 pub const RAFT_SNAPSHOT_BYTES: &str = "faxi_raft_snapshot_bytes";
+/// A backup target's recovery point objective (its configured `rpo`).
+pub const BACKUP_RPO: &str = "faxi_backup_rpo_seconds";
+/// A target's recovery time objective (its configured `rto`), for targets
+/// that have one.
+pub const TARGET_RTO: &str = "faxi_target_rto_seconds";
+/// 1, labelled with this node's id and zone: joins a node's series to its
+/// zone (`* on(instance) group_left(zone) faxi_node_info`).
+pub const NODE_INFO: &str = "faxi_node_info";
+// The SLO counters (`faxi_slo_*`) are rendered by `crate::slo`.
 
 /// Probe duration buckets: from a loopback answer to a timeout. Few on
 /// purpose: each bucket is one more series per target, and at thousands of
@@ -93,6 +102,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .install_recorder()
         .map_err(|e| format!("metrics: {e}"))?;
     describe();
+    crate::slo::enable();
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut t = tokio::time::interval(UPKEEP);
@@ -173,6 +183,33 @@ fn describe() {
         RAFT_PEER_REACHABLE,
         "1 when this node's last message to the peer got through."
     );
+    metrics::describe_gauge!(
+        BACKUP_RPO,
+        metrics::Unit::Seconds,
+        "The backup target's recovery point objective (rpo)."
+    );
+    metrics::describe_gauge!(
+        TARGET_RTO,
+        metrics::Unit::Seconds,
+        "The target's recovery time objective (rto)."
+    );
+    metrics::describe_gauge!(NODE_INFO, "1, labelled with this node's id and zone.");
+}
+
+/// A target's objectives, from its config: `rto` (any kind) and `rpo`
+/// (backups).
+pub fn set_objectives(target: &str, rto: Option<Duration>, rpo: Option<Duration>) {
+    if let Some(rto) = rto {
+        metrics::gauge!(TARGET_RTO, "target" => target.to_owned()).set(rto.as_secs_f64());
+    }
+    if let Some(rpo) = rpo {
+        metrics::gauge!(BACKUP_RPO, "target" => target.to_owned()).set(rpo.as_secs_f64());
+    }
+}
+
+/// This node's id and zone (set once at start).
+pub fn set_node_info(id: u64, zone: &str) {
+    metrics::gauge!(NODE_INFO, "node" => id.to_string(), "zone" => zone.to_owned()).set(1.0);
 }
 
 /// Every agreed state, in the order `faxi_target_state` exports them.
@@ -187,8 +224,10 @@ const AGREED_STATES: [crate::mesh::state::State; 5] = {
     ]
 };
 
-/// Sets a target's agreed state (one-hot).
+/// Sets a target's agreed state (one-hot), and starts counting its SLO
+/// time in that state.
 pub fn set_target_state(target: &str, to: crate::mesh::state::State) {
+    crate::slo::set_state(target, to);
     for s in AGREED_STATES {
         metrics::gauge!(TARGET_STATE, "target" => target.to_owned(), "state" => s.as_str())
             .set(if s == to { 1.0 } else { 0.0 });
@@ -228,6 +267,7 @@ pub fn set_raft(info: &crate::mesh::driver::RaftInfo) {
     metrics::gauge!(RAFT_COMMIT).set(info.commit as f64);
     metrics::gauge!(RAFT_APPLIED).set(info.applied as f64);
     metrics::gauge!(RAFT_LEADER).set(info.leader as f64);
+    crate::slo::set_leader_known(info.leader != raft::INVALID_ID);
     for (peer, ok) in &info.reachable {
         metrics::gauge!(RAFT_PEER_REACHABLE, "peer" => peer.to_string()).set(if *ok {
             1.0
@@ -401,7 +441,12 @@ async fn route(
         (&Method::GET, "/metrics") => {
             // Rendering thousands of targets takes milliseconds of CPU: keep
             // it off the async workers that run the probes.
-            match tokio::task::spawn_blocking(move || handle.render()).await {
+            let render = move || {
+                let mut page = handle.render();
+                crate::slo::render_into(&mut page);
+                page
+            };
+            match tokio::task::spawn_blocking(render).await {
                 Ok(page) => (
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",

@@ -90,6 +90,7 @@ const STALL_FATAL: Duration = Duration::from_secs(60);
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let tls = load_tls(&config)?;
     let handle = crate::metrics::install()?;
+    crate::metrics::set_node_info(config.node.id, &config.node.zone);
     let metrics_listener = crate::metrics::bind(config.node.metrics_listen).await?;
     let grpc_listener = tokio::net::TcpListener::bind(config.node.listen)
         .await

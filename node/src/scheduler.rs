@@ -115,6 +115,11 @@ impl Scheduler {
         let mut tasks = JoinSet::new();
         for (i, (spec, probe)) in targets.iter().zip(probes).enumerate() {
             let metrics = TargetMetrics::new(&spec.name, spec.kind());
+            let rpo = match &spec.check {
+                crate::config::Check::Backup(b) => Some(b.rpo),
+                _ => None,
+            };
+            crate::metrics::set_objectives(&spec.name, spec.rto, rpo);
             tasks.spawn(target_loop(i, spec.clone(), probe, metrics, view.clone()));
         }
         Ok(Self { view, tasks })

@@ -54,6 +54,9 @@ pub fn describe() {
     metrics::describe_gauge!(MAINTENANCE, "1 while maintenance pauses recovery.");
     metrics::describe_counter!(ESCALATIONS, "Incidents this node escalated as leader.");
     metrics::describe_gauge!(PAST_RTO, "Open incidents older than their target's RTO.");
+    // Present from the start at 0, so that `increase()` sees the first
+    // escalation (a counter born at 1 shows no increase).
+    metrics::counter!(ESCALATIONS).increment(0);
 }
 
 /// Turns changes of the replicated incidents into metrics: what it has not
