@@ -523,3 +523,59 @@ async fn the_compose_stack_recovers_a_killed_postgres_and_prometheus_sees_the_sl
         start.elapsed()
     );
 }
+
+/// The three node configs of deploy/compose parse as `faxi-watchdog run`
+/// reads them, and differ only in their `[node]` id and zone (and their
+/// first comment lines); every container a plan acts on is one of the
+/// compose file's, named `faxi-<service>` as `up` expects when it renames
+/// them for the project. No Docker needed.
+#[test]
+fn the_compose_node_configs_parse_and_differ_only_in_their_node_section() {
+    let dir = repo().join("deploy/compose");
+    let secrets = tempfile::tempdir().unwrap();
+    for s in [
+        "pg_password",
+        "redis_password",
+        "s3_access_key",
+        "s3_secret_key",
+    ] {
+        std::fs::write(secrets.path().join(s), "not-a-secret\n").unwrap();
+    }
+    let compose = std::fs::read_to_string(dir.join("docker-compose.yml")).unwrap();
+    let mut rests = Vec::new();
+    for (i, zone) in ["zone-a", "zone-b", "zone-c"].iter().enumerate() {
+        let text = std::fs::read_to_string(dir.join(format!("{zone}.toml"))).unwrap();
+        let here = text.replace(
+            "\"/run/secrets/",
+            &format!("\"{}/", secrets.path().display()),
+        );
+        let config = faxi_watchdog::config::Config::parse(&here)
+            .unwrap_or_else(|p| panic!("deploy/compose/{zone}.toml: {p:?}"));
+        assert_eq!(config.node.id, i as u64 + 1, "{zone}.toml's node id");
+        assert_eq!(config.node.zone, *zone, "{zone}.toml's zone");
+        assert_eq!(config.targets.len(), TARGETS.len(), "{zone}.toml's targets");
+        for line in text.lines() {
+            if let Some((_, rest)) = line.split_once("container = \"") {
+                let name = rest.split('"').next().unwrap();
+                let service = name
+                    .strip_prefix("faxi-")
+                    .unwrap_or_else(|| panic!("{zone}.toml: container {name:?} is not faxi-*"));
+                assert!(
+                    compose.contains(&format!(
+                        "container_name: ${{COMPOSE_PROJECT_NAME:-faxi}}-{service}\n"
+                    )),
+                    "{zone}.toml: container {name:?} is no service of docker-compose.yml"
+                );
+            }
+        }
+        let rest: Vec<String> = text
+            .lines()
+            .skip(2)
+            .filter(|l| !l.starts_with("id = ") && !l.starts_with("zone = "))
+            .map(str::to_owned)
+            .collect();
+        rests.push(rest);
+    }
+    assert_eq!(rests[0], rests[1], "zone-a.toml and zone-b.toml differ");
+    assert_eq!(rests[0], rests[2], "zone-a.toml and zone-c.toml differ");
+}
