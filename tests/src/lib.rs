@@ -12,6 +12,7 @@ pub mod docker;
 pub mod http;
 pub mod node;
 pub mod postgres;
+pub mod prometheus;
 pub mod proxy;
 pub mod redis;
 pub mod s3;
