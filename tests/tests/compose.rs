@@ -7,6 +7,9 @@
 //!   chooses (read back with `docker compose port`);
 //! - `faxictl` through a node's published port, over mutual TLS with the
 //!   operator certificate `up` made, shows a leader and every target UP;
+//! - zone-b's network segment cut off from postgres (`docker network
+//!   disconnect`): postgres is SUSPECT, seen down by zone-b alone, and no
+//!   incident opens; connected again, it is UP;
 //! - `docker kill` of the postgres container: the zones agree it DOWN, an
 //!   incident opens, the leader restarts the container (`docker.restart`
 //!   of the postgres plan), the incident resolves, and every target,
@@ -391,9 +394,46 @@ async fn the_compose_stack_recovers_a_killed_postgres_and_prometheus_sees_the_sl
         .join(",");
     wait_all_up(&stack, &endpoints, "a leader and every target UP").await;
     let ready_took = start.elapsed();
+    let postgres = stack.container("postgres");
+
+    // Cut zone-b's segment off from PostgreSQL: only zone-b sees it DOWN,
+    // the mesh says SUSPECT and opens no incident; connected again (under
+    // its service name), it is UP.
+    let zone_b = format!("{}_zone-b", stack.project);
+    docker(&["network", "disconnect", &zone_b, &postgres])
+        .await
+        .unwrap();
+    wait_for(
+        "postgres SUSPECT, seen down by zone-b alone",
+        LONG,
+        || async {
+            let s = faxictl(&stack, &endpoints, &["status"]).await?;
+            let t = s["targets"]
+                .as_array()
+                .and_then(|t| t.iter().find(|t| t["name"] == "postgres"))
+                .ok_or("no postgres")?;
+            if t["state"] == "SUSPECT" && t["down_zones"] == serde_json::json!(["zone-b"]) {
+                Ok(())
+            } else {
+                Err(format!("{} {}", t["state"], t["zones"]))
+            }
+        },
+    )
+    .await;
+    let all = incidents(&stack, &endpoints).await.unwrap();
+    assert!(
+        all.iter().all(|i| i["target"] != "postgres"),
+        "a zone cut off from postgres opens no incident: {all:?}"
+    );
+    docker(&[
+        "network", "connect", "--alias", "postgres", &zone_b, &postgres,
+    ])
+    .await
+    .unwrap();
+    wait_all_up(&stack, &endpoints, "every target UP once zone-b is back").await;
+    let cut_took = start.elapsed();
 
     // Kill PostgreSQL.
-    let postgres = stack.container("postgres");
     let before = incidents(&stack, &endpoints)
         .await
         .unwrap()
@@ -514,10 +554,12 @@ async fn the_compose_stack_recovers_a_killed_postgres_and_prometheus_sees_the_sl
     })
     .await;
     eprintln!(
-        "compose: up {:.1?}, ready {:.1?}; postgres killed: incident in {:.1?}, resolved in {:.1?}; \
-         Prometheus: {lost:.1} bad seconds, availability {ratio:.4}; total {:.1?}",
+        "compose: up {:.1?}, ready {:.1?}, zone-b cut and healed {:.1?}; postgres killed: \
+         incident in {:.1?}, resolved in {:.1?}; Prometheus: {lost:.1} bad seconds, \
+         availability {ratio:.4}; total {:.1?}",
         up_took,
         ready_took,
+        cut_took,
         detected_took,
         recovered_took,
         start.elapsed()
