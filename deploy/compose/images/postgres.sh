@@ -15,14 +15,22 @@ mkdir -p "$data"
 chown 999:999 "$data"
 chmod 700 "$data"
 as_postgres() { su -s /bin/sh -c 'exec "$@"' -- postgres sh "$@"; }
-if [ ! -s "$data/PG_VERSION" ]; then
+# .faxi-ready marks a finished set-up; a data dir without it (a first start
+# killed half-way) is made again.
+if [ ! -e "$data/.faxi-ready" ]; then
+  rm -rf "${data:?}"/* "$data"/.[!.]* 2>/dev/null || true
   pw=$(cat /run/secrets/pg_password)
   as_postgres initdb --no-sync -D "$data" -U postgres -E UTF8 --locale=C \
     --auth-local=trust --auth-host=scram-sha-256 >/dev/null
   echo "host all all 0.0.0.0/0 scram-sha-256" >>"$data/pg_hba.conf"
   printf "CREATE ROLE faxi LOGIN PASSWORD '%s';\nCREATE DATABASE faxi OWNER faxi;\n" \
     "$(printf %s "$pw" | sed "s/'/''/g")" |
-    as_postgres postgres --single -D "$data" postgres >/dev/null
+    as_postgres postgres --single -D "$data" postgres >/dev/null 2>&1 || {
+    # Its own output would echo the statement, password and all.
+    echo "postgres: creating role and database faxi failed" >&2
+    exit 1
+  }
+  : >"$data/.faxi-ready"
   echo "postgres: initialised $data (role and database faxi)"
 fi
 exec su -s /bin/sh -c 'exec "$@"' -- postgres sh postgres -D "$data" \
