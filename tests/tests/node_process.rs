@@ -447,6 +447,42 @@ async fn backup_age_and_stale_verdict_are_exported() {
 }
 
 #[tokio::test]
+async fn a_machine_without_ca_certificates_still_probes_s3_over_http_and_says_why_https_would_fail()
+{
+    // As in a minimal container: the system's CA bundle is empty (the
+    // variable that names it points at an empty file). The S3 client used
+    // to assert on an empty trust store and the node died at its first S3
+    // probe; now it trusts none and says so.
+    let s3 = S3Server::start().await;
+    s3.create_bucket("faxi-files").await;
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("no-cas.pem");
+    std::fs::write(&empty, "").unwrap();
+    let node = NodeProcess::start_with_env(
+        &format!(
+            "[[targets]]\nname = \"files\"\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"faxi-files\"\npath_style = true\n\
+             access_key_env = \"AK\"\nsecret_key_env = \"SK\"\ninterval = \"1s\"\ntimeout = \"900ms\"\nfall = 1\nrise = 1\n",
+            s3.endpoint()
+        ),
+        &[
+            ("AK", ACCESS_KEY),
+            ("SK", SECRET_KEY),
+            ("SSL_CERT_FILE", empty.to_str().unwrap()),
+            ("SSL_CERT_DIR", dir.path().to_str().unwrap()),
+        ],
+    )
+    .await;
+    node.wait_verdict("files", "UP", DEADLINE).await;
+    assert!(
+        node.log_text()
+            .contains("no CA certificates found on this machine"),
+        "{}",
+        node.log_text()
+    );
+    assert!(!node.log_text().contains("panicked"), "{}", node.log_text());
+}
+
+#[tokio::test]
 async fn health_and_unknown_paths_and_ctrl_c() {
     let mut node = NodeProcess::start("").await;
     assert_eq!(node.get("/healthz").await.unwrap(), "ok\n");

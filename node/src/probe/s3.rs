@@ -15,14 +15,36 @@ use crate::config::{BackupCheck, S3Check};
 /// holding more is misconfigured, and a probe must stay cheap.
 const MAX_PAGES: usize = 100;
 
-/// The HTTP client every S3 target of a node shares (rustls with ring).
+/// The HTTP client every S3 target of a node shares (rustls with ring),
+/// trusting the system's CA certificates.
 pub fn http_client() -> SharedHttpClient {
     use aws_smithy_http_client::tls;
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https()
+    let store = if system_roots() > 0 {
+        tls::TrustStore::default()
+    } else {
+        // A machine without CA certificates (a minimal container): the
+        // SDK would assert on an empty trust store. Trusting none instead,
+        // an S3 endpoint over https fails its probe with a certificate
+        // error, and one over plain http (a local S3 server) still works.
+        tracing::warn!(
+            "no CA certificates found on this machine (install ca-certificates, or set SSL_CERT_FILE): S3 endpoints over https will fail their certificate check"
+        );
+        tls::TrustStore::empty()
+    };
+    let mut b = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(
+        tls::rustls_provider::CryptoMode::Ring,
+    ));
+    if let Ok(ctx) = tls::TlsContext::builder().with_trust_store(store).build() {
+        b = b.tls_context(ctx);
+    }
+    b.build_https()
+}
+
+/// How many of the system's CA certificates parse as trust anchors.
+fn system_roots() -> usize {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(found.certs).0
 }
 
 fn client(c: &S3Check, ctx: &ProbeContext) -> aws_sdk_s3::Client {
