@@ -15,8 +15,8 @@
 //!   dependency's opens;
 //! - it is resolved when the target is UP again; an attempt under way then
 //!   skips its remaining steps and runs its `finally` steps; a joined
-//!   incident whose cause resolved while its target is still DOWN gets its
-//!   own recovery;
+//!   incident whose cause is over (resolved, and its attempt ended) while
+//!   its target is still DOWN gets its own recovery;
 //! - an attempt runs its plan (copied into the attempt when it begins, so a
 //!   later leader resumes the same plan) one step at a time: the step's
 //!   intent is recorded with its fencing token, the term and index of the
@@ -812,8 +812,24 @@ impl Recovery {
             }
             let stats = &mut self.stats.entry(target.to_owned()).or_default().0;
             stats.add(at_ms.saturating_sub(inc.opened_ms));
-            // Incidents joined to this one whose targets are still down get
-            // their own recovery.
+            // An attempt with no step left (the target came back after its
+            // last step but `finally`'s) ends now.
+            self.end_attempt_if_done(id, at_ms);
+            self.finish_if_done(id, at_ms);
+        }
+    }
+
+    /// Moves an incident to the history once resolved with no attempt.
+    /// Incidents joined to it whose targets are still down then get their
+    /// own recovery: only then, not at its resolution, because the rest
+    /// of its attempt (its remaining steps and `finally`) may bring them
+    /// back, as when a database's plan stops the app and starts it again.
+    fn finish_if_done(&mut self, id: u64, at_ms: u64) {
+        let done = self
+            .open
+            .get(&id)
+            .is_some_and(|i| i.resolved_ms.is_some() && i.attempt.is_none());
+        if done && let Some(inc) = self.open.remove(&id) {
             for other in self.open.values_mut() {
                 if other.cause == Some(id) && other.resolved_ms.is_none() {
                     other.cause = None;
@@ -822,24 +838,10 @@ impl Recovery {
                         at_ms,
                         "own_recovery",
                         None,
-                        format!("{target} is UP, {} still is not", other.target),
+                        format!("{} is UP, {} still is not", inc.target, other.target),
                     );
                 }
             }
-            // An attempt with no step left (the target came back after its
-            // last step but `finally`'s) ends now.
-            self.end_attempt_if_done(id, at_ms);
-            self.finish_if_done(id);
-        }
-    }
-
-    /// Moves an incident to the history once resolved with no attempt.
-    fn finish_if_done(&mut self, id: u64) {
-        let done = self
-            .open
-            .get(&id)
-            .is_some_and(|i| i.resolved_ms.is_some() && i.attempt.is_none());
-        if done && let Some(inc) = self.open.remove(&id) {
             if self.history.len() >= MAX_HISTORY {
                 self.history.pop_front();
             }
@@ -1289,7 +1291,7 @@ impl Recovery {
         } else if i.phase != Phase::Escalated {
             i.phase = Phase::Open;
         }
-        self.finish_if_done(id);
+        self.finish_if_done(id, at_ms);
     }
 }
 
@@ -1452,6 +1454,76 @@ mod tests {
         let app = r.open_for("app").unwrap();
         assert_eq!((app.phase, app.cause), (Phase::Open, None));
         assert!(r.check(&begin, EntryAt::default()).is_ok());
+    }
+
+    /// Runs incident `id`'s pending step `step` to done, intent at `index`.
+    fn run_step(r: &mut Recovery, id: u64, step: u32, index: u64, at_ms: u64) {
+        let at = |index| EntryAt { term: 2, index };
+        r.apply(
+            &RecoveryCmd::Intent {
+                incident: id,
+                step,
+                by: 1,
+                at_ms,
+            },
+            at(index),
+        )
+        .unwrap();
+        r.apply(
+            &RecoveryCmd::Outcome {
+                incident: id,
+                intent: index,
+                started_ms: at_ms,
+                at_ms: at_ms + 1,
+                result: StepResult::Done("ok".into()),
+            },
+            at(index + 1),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_dependent_gets_its_own_recovery_only_once_its_dependencys_attempt_is_over() {
+        // The database's plan stops the app, restarts the database, and
+        // starts the app again in `finally` (the runbook's order): the app
+        // is DOWN because of the plan itself, joined to the database's
+        // incident. The database comes back before `finally` has run.
+        for app_back_in_time in [true, false] {
+            let mut r = with_catalog(vec![
+                info("db", &[], Some(plan(2, 1))),
+                info("app", &["db"], Some(plan(1, 0))),
+            ]);
+            r.on_transitions(&[to("db", State::Down, 1000)], nodes);
+            r.apply(
+                &RecoveryCmd::Begin {
+                    incident: 1,
+                    at_ms: 1001,
+                },
+                EntryAt { term: 2, index: 10 },
+            )
+            .unwrap();
+            run_step(&mut r, 1, 0, 11, 1002); // the app stopped
+            r.on_transitions(&[to("app", State::Down, 1100)], nodes);
+            assert_eq!(r.open_for("app").unwrap().phase, Phase::Joined);
+            run_step(&mut r, 1, 1, 13, 1200); // the database restarted
+            r.on_transitions(&[to("db", State::Up, 1300)], nodes);
+            // `finally` is still to run: the app waits, joined.
+            let app = r.open_for("app").unwrap();
+            assert_eq!((app.phase, app.cause), (Phase::Joined, Some(1)));
+            run_step(&mut r, 1, 2, 15, 1400); // `finally`: the app started
+            if app_back_in_time {
+                r.on_transitions(&[to("app", State::Up, 1400)], nodes);
+            }
+            // The attempt is over now; the database's incident is history.
+            assert!(r.open_for("db").is_none());
+            match r.open_for("app") {
+                None => assert!(app_back_in_time, "the app's incident closed while down"),
+                Some(app) => {
+                    assert!(!app_back_in_time, "the app came back, still open: {app:?}");
+                    assert_eq!((app.phase, app.cause), (Phase::Open, None));
+                }
+            }
+        }
     }
 
     #[test]
