@@ -1330,7 +1330,6 @@ mod tests {
     /// secret hidden), with zone-c named as the zone that cannot reach it.
     #[test]
     fn a_hostile_target_in_the_state_comes_out_escaped() {
-        use crate::mesh::driver::RaftInfo;
         use crate::mesh::state::{Command, Member, Seen, StateMachine};
         let mut sm = StateMachine::new([1u64, 2, 3].map(|id| {
             (
@@ -1367,18 +1366,8 @@ mod tests {
             })
             .unwrap();
         }
-        let shared = Shared {
-            sm,
-            info: RaftInfo {
-                id: 1,
-                leader: 1,
-                term: 2,
-                role: "leader",
-                voters: vec![1, 2, 3],
-                ..RaftInfo::default()
-            },
-            leader_heard: None,
-        };
+        let mut shared = Shared::leading(sm, 2);
+        shared.info.voters = vec![1, 2, 3];
         let node = Node {
             id: 1,
             zone: "zone-a".into(),
@@ -1415,10 +1404,9 @@ mod tests {
     async fn at_most_two_pages_at_once_and_an_unconfirmed_one_says_stale() {
         use http_body_util::BodyExt as _;
 
-        use crate::mesh::driver::RaftInfo;
         use crate::mesh::state::{Member, StateMachine};
-        let shared = Shared {
-            sm: StateMachine::new([(
+        let shared = Shared::leading(
+            StateMachine::new([(
                 1,
                 Member {
                     zone: "zone-a".into(),
@@ -1426,15 +1414,8 @@ mod tests {
                     instance: 0,
                 },
             )]),
-            info: RaftInfo {
-                id: 1,
-                leader: 1,
-                term: 1,
-                role: "leader",
-                ..RaftInfo::default()
-            },
-            leader_heard: None,
-        };
+            1,
+        );
         // Nobody answers the read index requests the inbox receives.
         let (mesh, _state, _inbox) = Mesh::detached(shared, 64);
         let scheduler =
@@ -1484,7 +1465,6 @@ mod tests {
     /// two and counts the rest, and stays small; `?all=1` lists all.
     #[test]
     fn at_10000_targets_the_default_page_stays_small() {
-        use crate::mesh::driver::RaftInfo;
         use crate::mesh::state::{Command, Member, Seen, StateMachine};
         let mut sm = StateMachine::new([1u64, 2, 3].map(|id| {
             (
@@ -1519,17 +1499,7 @@ mod tests {
             })
             .unwrap();
         }
-        let shared = Shared {
-            sm,
-            info: RaftInfo {
-                id: 1,
-                leader: 1,
-                term: 2,
-                role: "leader",
-                ..RaftInfo::default()
-            },
-            leader_heard: None,
-        };
+        let shared = Shared::leading(sm, 2);
         let node = Node::default();
         let snap = Snapshot::take(&shared, &node, false, t, Ok(1), Vec::new());
         let names: Vec<&str> = snap.targets.iter().map(|r| r.name.as_str()).collect();

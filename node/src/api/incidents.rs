@@ -438,7 +438,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::mesh::driver::{Input, Mesh, RaftInfo};
+    use crate::mesh::driver::{Input, Mesh};
     use crate::mesh::state::{Member, StateMachine};
     use crate::recovery::incidents::{EntryAt, TargetInfo};
     use crate::recovery::plan::{Action, Plan, Step};
@@ -513,17 +513,7 @@ mod tests {
                 instance: 0,
             },
         )]);
-        let shared = Shared {
-            sm,
-            info: RaftInfo {
-                id: 1,
-                leader: 1,
-                term: 1,
-                role: "leader",
-                ..RaftInfo::default()
-            },
-            leader_heard: None,
-        };
+        let shared = Shared::leading(sm, 1);
         let (mesh, state, inbox) = Mesh::detached(shared, 64);
         let proposed: Proposed = Arc::default();
         let log = proposed.clone();

@@ -214,6 +214,22 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Tests: node 1 leading `term` over `sm`.
+    #[cfg(test)]
+    pub(crate) fn leading(sm: StateMachine, term: u64) -> Shared {
+        Shared {
+            sm,
+            info: RaftInfo {
+                id: 1,
+                leader: 1,
+                term,
+                role: "leader",
+                ..RaftInfo::default()
+            },
+            leader_heard: None,
+        }
+    }
+
     /// Time since a leader was last heard: zero on the leader; once a
     /// leader was heard, it keeps growing after the leader is lost (an
     /// election, a cut); `None` only when no leader was ever heard.

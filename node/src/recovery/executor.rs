@@ -729,7 +729,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use crate::mesh::driver::{RaftInfo, Shared};
+    use crate::mesh::driver::Shared;
     use crate::mesh::state::{Member, StateMachine};
     use crate::recovery::incidents::EntryAt;
     use crate::recovery::plan::{Action, Plan, Step};
@@ -752,17 +752,7 @@ mod tests {
                 instance: 0,
             },
         )]);
-        let shared = Shared {
-            sm,
-            info: RaftInfo {
-                id: 1,
-                leader: 1,
-                term: 1,
-                role: "leader",
-                ..RaftInfo::default()
-            },
-            leader_heard: None,
-        };
+        let shared = Shared::leading(sm, 1);
         let (mesh, _, _) = Mesh::detached(shared, 64);
         let info = |name: &str, deps: &[&str]| TargetInfo {
             name: name.into(),
