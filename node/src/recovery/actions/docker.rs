@@ -324,22 +324,12 @@ impl StepAction for DockerStep {
     /// leader's: the same host's, or NTP's); for a stop: done when none of
     /// them runs. Cannot tell when the engine or a container cannot be read.
     fn recheck<'a>(&'a self, step: &'a StepRun) -> ActionFuture<'a, Recheck> {
-        Box::pin(async move {
-            match tokio::time::timeout(self.timeout, self.recheck_all(step)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    tracing::warn!(
-                        incident = step.incident,
-                        step = step.step,
-                        error = %e,
-                        "{}: cannot re-check",
-                        self.what()
-                    );
-                    Recheck::CannotTell
-                }
-                Err(_) => Recheck::CannotTell,
-            }
-        })
+        Box::pin(super::bounded_recheck(
+            self.what(),
+            self.timeout,
+            step,
+            self.recheck_all(step),
+        ))
     }
 }
 

@@ -466,21 +466,11 @@ impl StepAction for K8sStep {
     /// not deleted); done when every one was made after it. Cannot tell
     /// when the API cannot be read or no pod matches.
     fn recheck<'a>(&'a self, step: &'a StepRun) -> ActionFuture<'a, Recheck> {
-        Box::pin(async move {
-            match tokio::time::timeout(self.timeout, self.recheck_all(step)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    tracing::warn!(
-                        incident = step.incident,
-                        step = step.step,
-                        error = %e,
-                        "{}: cannot re-check",
-                        self.what()
-                    );
-                    Recheck::CannotTell
-                }
-                Err(_) => Recheck::CannotTell,
-            }
-        })
+        Box::pin(super::bounded_recheck(
+            self.what(),
+            self.timeout,
+            step,
+            self.recheck_all(step),
+        ))
     }
 }

@@ -132,6 +132,29 @@ impl std::fmt::Debug for World {
     }
 }
 
+/// A re-check bounded by `timeout`: what `check` found, or cannot tell
+/// when it failed (logged, naming the step) or did not finish in time.
+pub(super) async fn bounded_recheck<E: std::fmt::Display>(
+    what: String,
+    timeout: std::time::Duration,
+    step: &StepRun,
+    check: impl Future<Output = Result<Recheck, E>>,
+) -> Recheck {
+    match tokio::time::timeout(timeout, check).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!(
+                incident = step.incident,
+                step = step.step,
+                error = %e,
+                "{what}: cannot re-check"
+            );
+            Recheck::CannotTell
+        }
+        Err(_) => Recheck::CannotTell,
+    }
+}
+
 /// The action a step names, bound to the world it acts on.
 pub fn bind(action: &Action, world: &World) -> Box<dyn StepAction> {
     match action {
