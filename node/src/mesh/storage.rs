@@ -21,6 +21,26 @@
 //! marker that tells our data dir from anything else, and the store's
 //! instance id (random, written with the marker: a wiped data dir gets a
 //! new one).
+//!
+//! Parts: no stored value is larger than `part_bytes` (by segment size). An
+//! entry that encodes larger is stored as its first part at the index key
+//! and the rest at the index followed by the part number (4 bytes,
+//! big-endian, from 1), so one entry's parts sort together and before the
+//! next entry; the snapshot's data likewise under `snapshot_data` and
+//! `snapshot_data` + part number. The reason: sled writes a page that
+//! exceeds a quarter of its segment to a file of its own under `blobs/`
+//! and never fsyncs those files, so after a power loss its log can point
+//! at a torn blob (the store cannot open) or a missing one (sled's
+//! recovery skips that update and keeps later ones: an acknowledged write
+//! lost). A leaf page holds at most 17 keys, so parts of at most
+//! 1/24 of a quarter segment keep every page inside the fsynced log. Data
+//! dirs written before parts (format v1, every value whole) read the same.
+//!
+//! Segment size: a new data dir uses [`SEGMENT_BYTES`], smaller than sled's
+//! default (512 KiB) because sled's space floor is a few segments and the
+//! log a watchdog keeps is small; sled refuses to open a database with
+//! another segment size than it was made with, so an existing data dir
+//! keeps the one its `conf` file records.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,8 +52,11 @@ use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{IVec, Transactional as _};
 
-/// Written once into a new data dir; checked at every open.
-const FORMAT: &[u8] = b"faxi-watchdog raft log v1";
+/// Written into a new data dir (and over a v1 marker); checked at every open.
+const FORMAT: &[u8] = b"faxi-watchdog raft log v2";
+/// The marker of data dirs from before values were stored in parts: read
+/// the same (every value whole), re-marked v2 at open.
+const FORMAT_V1: &[u8] = b"faxi-watchdog raft log v1";
 const K_FORMAT: &[u8] = b"format";
 const K_INSTANCE: &[u8] = b"instance";
 const K_HARD_STATE: &[u8] = b"hard_state";
@@ -42,6 +65,11 @@ const K_SNAP_META: &[u8] = b"snapshot_meta";
 const K_SNAP_DATA: &[u8] = b"snapshot_data";
 /// sled's page cache: the log is small and the node must stay small.
 const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// sled's segment size for a new data dir (sled's default: 512 KiB).
+pub const SEGMENT_BYTES: usize = 64 * 1024;
+/// How many parts fit a quarter segment: a leaf page holds at most 17
+/// keys, and each key and length costs some bytes besides its value.
+const PARTS_PER_PAGE: usize = 24;
 
 /// Why the store could not be opened or used. Opening errors name the path;
 /// every one of them stops the node (a Raft log cannot be half trusted).
@@ -90,6 +118,8 @@ pub struct SledStorage {
     meta: sled::Tree,
     /// This data dir's random id, read at open.
     instance: u64,
+    /// The largest value stored whole (see "Parts" above).
+    part_bytes: usize,
     /// Set by every write, cleared by `sync`: a ready that wrote nothing
     /// costs no flush. Shared by clones, as the database is.
     dirty: Arc<AtomicBool>,
@@ -151,12 +181,161 @@ fn key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
-/// The index in an `entries` key; a key of another length is corruption.
-fn index_of(k: &[u8]) -> raft::Result<u64> {
-    let b: [u8; 8] = k
-        .try_into()
-        .map_err(|_| corrupt("entry key", format!("{} bytes, not 8", k.len())))?;
-    Ok(u64::from_be_bytes(b))
+/// The key of part `part` (from 1) of the value at `base`.
+fn part_key(base: &[u8], part: u32) -> IVec {
+    let mut k = base.to_vec();
+    k.extend_from_slice(&part.to_be_bytes());
+    k.into()
+}
+
+/// The index and part number of an `entries` key: 8 bytes (part 0) or 12;
+/// a key of another length is corruption.
+fn index_of(k: &[u8]) -> raft::Result<(u64, u32)> {
+    let bad = || corrupt("entry key", format!("{} bytes, not 8 or 12", k.len()));
+    let (i, p) = match k.len() {
+        8 => (k, None),
+        12 => (&k[..8], Some(&k[8..])),
+        _ => return Err(bad()),
+    };
+    let index = u64::from_be_bytes(i.try_into().map_err(|_| bad())?);
+    let part = match p {
+        None => 0,
+        Some(p) => match u32::from_be_bytes(p.try_into().map_err(|_| bad())?) {
+            0 => return Err(bad()),
+            n => n,
+        },
+    };
+    Ok((index, part))
+}
+
+/// `value` as the changes that store it in parts of at most `part_bytes`
+/// under `base` (the first part at `base` itself).
+fn parts(base: &[u8], value: &[u8], part_bytes: usize) -> Vec<(IVec, Option<IVec>)> {
+    if value.is_empty() {
+        return vec![(IVec::from(base), Some(IVec::default()))];
+    }
+    value
+        .chunks(part_bytes.max(1))
+        .zip(0u32..)
+        .map(|(chunk, n)| {
+            let k = if n == 0 {
+                IVec::from(base)
+            } else {
+                part_key(base, n)
+            };
+            (k, Some(IVec::from(chunk)))
+        })
+        .collect()
+}
+
+/// Joins the parts of each entry read from the `entries` tree, in key
+/// order: (index, encoded entry). A part without the ones before it is
+/// corruption.
+struct Joined<I: Iterator<Item = sled::Result<(IVec, IVec)>>> {
+    iter: std::iter::Peekable<I>,
+}
+
+impl<I: Iterator<Item = sled::Result<(IVec, IVec)>>> Iterator for Joined<I> {
+    type Item = raft::Result<(u64, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (k, v) = match self.iter.next()? {
+            Ok(kv) => kv,
+            Err(e) => return Some(Err(store_err(e))),
+        };
+        let (index, part) = match index_of(&k) {
+            Ok(ip) => ip,
+            Err(e) => return Some(Err(e)),
+        };
+        if part != 0 {
+            return Some(Err(corrupt(
+                "entry",
+                format!("{index}: part {part} without the parts before it"),
+            )));
+        }
+        let mut buf = v.to_vec();
+        let mut want = 1u32;
+        while let Some(Ok((k, _))) = self.iter.peek() {
+            match index_of(k) {
+                Ok((i, p)) if i == index && p == want => {}
+                Ok((i, p)) if i == index => {
+                    return Some(Err(corrupt(
+                        "entry",
+                        format!("{index}: part {p} where part {want} belongs"),
+                    )));
+                }
+                _ => break,
+            }
+            if let Some(Ok((_, v))) = self.iter.next() {
+                buf.extend_from_slice(&v);
+            }
+            want = want.saturating_add(1);
+        }
+        Some(Ok((index, buf)))
+    }
+}
+
+fn joined<I: Iterator<Item = sled::Result<(IVec, IVec)>>>(iter: I) -> Joined<I> {
+    Joined {
+        iter: iter.peekable(),
+    }
+}
+
+/// The segment size a sled database in `dir` was made with, from its
+/// `conf` file (sled refuses to open it with another); `None` for a new
+/// one. An unreadable `conf` is left to sled, which names the problem.
+fn segment_size_of(dir: &Path) -> Option<usize> {
+    std::fs::read(dir.join("conf")).ok().and_then(|b| {
+        String::from_utf8_lossy(&b).lines().find_map(|l| {
+            l.strip_prefix("segment_size: ")
+                .and_then(|n| n.trim().parse::<usize>().ok())
+        })
+    })
+}
+
+/// The largest value stored whole in a database of `segment` bytes.
+fn part_bytes_for(segment: usize) -> usize {
+    (segment / 4 / PARTS_PER_PAGE).max(64)
+}
+
+/// The snapshot's data, joined from its parts in `meta`.
+fn snapshot_data(meta: &sled::Tree) -> raft::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    for (kv, n) in meta.scan_prefix(K_SNAP_DATA).zip(0u32..) {
+        let (k, v) = kv.map_err(store_err)?;
+        let want = if n == 0 {
+            IVec::from(K_SNAP_DATA)
+        } else {
+            part_key(K_SNAP_DATA, n)
+        };
+        if k != want {
+            return Err(corrupt(
+                "snapshot data",
+                format!("part {n} missing or misnamed ({} byte key)", k.len()),
+            ));
+        }
+        data.extend_from_slice(&v);
+    }
+    Ok(data)
+}
+
+/// Bytes allocated on disk under `dir` (as `du` counts them).
+pub fn disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some(if m.is_dir() {
+                disk_bytes(&e.path())
+            } else {
+                m.blocks() * 512
+            })
+        })
+        .sum()
 }
 
 fn store_err(e: sled::Error) -> raft::Error {
@@ -186,16 +365,24 @@ impl SledStorage {
     /// random instance id, written (and flushed) with the format marker; a
     /// store made before instance ids gets one at its first open.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_segment(dir, SEGMENT_BYTES)
+    }
+
+    /// [`SledStorage::open`] with the segment size of a new data dir (for
+    /// benchmarks; an existing one keeps its own).
+    pub fn open_with_segment(dir: &Path, segment: usize) -> Result<Self, StoreError> {
         let path = dir.display().to_string();
+        let segment = segment_size_of(dir).unwrap_or(segment);
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_BYTES)
+            .segment_size(segment)
             .open()
             .map_err(|source| StoreError::Sled {
                 path: path.clone(),
                 source,
             })?;
-        Self::init(db, path, new_instance, true)
+        Self::init(db, path, new_instance, true, part_bytes_for(segment))
     }
 
     /// Checks (or writes) the format marker and the instance id of an open
@@ -205,6 +392,7 @@ impl SledStorage {
         path: String,
         instance: impl FnOnce() -> u64,
         flush: bool,
+        part_bytes: usize,
     ) -> Result<Self, StoreError> {
         let sled_err = |source| StoreError::Sled {
             path: path.clone(),
@@ -215,6 +403,11 @@ impl SledStorage {
         let mut created = Vec::new();
         match meta.get(K_FORMAT).map_err(sled_err)? {
             Some(f) if f.as_ref() == FORMAT => {}
+            Some(f) if f.as_ref() == FORMAT_V1 => {
+                // From now on values may be stored in parts, which a v1
+                // reader would misread: the marker says so.
+                created.push((IVec::from(K_FORMAT), Some(IVec::from(FORMAT))));
+            }
             Some(f) => {
                 return Err(StoreError::Foreign {
                     path,
@@ -277,6 +470,7 @@ impl SledStorage {
             entries,
             meta,
             instance: id,
+            part_bytes,
             dirty: Arc::default(),
             snapshot_wanted: Arc::default(),
             #[cfg(test)]
@@ -371,14 +565,7 @@ impl SledStorage {
     pub fn last_snapshot(&self) -> raft::Result<Snapshot> {
         let mut snap = Snapshot::default();
         snap.set_metadata(self.snapshot_meta()?);
-        snap.set_data(
-            self.meta
-                .get(K_SNAP_DATA)
-                .map_err(store_err)?
-                .map(|v| v.to_vec())
-                .unwrap_or_default()
-                .into(),
-        );
+        snap.set_data(snapshot_data(&self.meta)?.into());
         Ok(snap)
     }
 
@@ -408,8 +595,9 @@ impl SledStorage {
             w.entries.push((k.map_err(store_err)?, None));
         }
         for e in ents {
+            let bytes = e.write_to_bytes().map_err(|err| corrupt("entry", err))?;
             w.entries
-                .push((IVec::from(&key(e.index)), Some(encode(e, "entry")?)));
+                .extend(parts(&key(e.index), &bytes, self.part_bytes));
         }
         self.write(w)
     }
@@ -427,6 +615,19 @@ impl SledStorage {
         self.write(w)
     }
 
+    /// The changes that store `data` as the snapshot's data, in parts,
+    /// dropping any part of the previous data past the new ones.
+    fn snapshot_data_writes(&self, data: &[u8]) -> raft::Result<Vec<(IVec, Option<IVec>)>> {
+        let mut w = parts(K_SNAP_DATA, data, self.part_bytes);
+        for k in self.meta.scan_prefix(K_SNAP_DATA).keys() {
+            let k = k.map_err(store_err)?;
+            if !w.iter().any(|(new, _)| *new == k) {
+                w.push((k, None));
+            }
+        }
+        Ok(w)
+    }
+
     /// Records a snapshot of the applied state at `index` (whose term is
     /// `term`), for followers that fall behind: metadata and data in one
     /// write, durable at the next sync. Compact separately, after it.
@@ -436,14 +637,13 @@ impl SledStorage {
         meta.set_index(index);
         meta.set_term(term);
         meta.set_conf_state(conf.clone());
+        let mut changes = vec![(
+            K_SNAP_META.into(),
+            Some(encode(&meta, "snapshot metadata")?),
+        )];
+        changes.extend(self.snapshot_data_writes(&data)?);
         self.write(Write {
-            meta: vec![
-                (
-                    K_SNAP_META.into(),
-                    Some(encode(&meta, "snapshot metadata")?),
-                ),
-                (K_SNAP_DATA.into(), Some(data.into())),
-            ],
+            meta: changes,
             ..Write::default()
         })
     }
@@ -473,10 +673,10 @@ impl SledStorage {
                     Some(encode(meta.get_conf_state(), "conf state")?),
                 ),
                 (K_SNAP_META.into(), Some(encode(meta, "snapshot metadata")?)),
-                (K_SNAP_DATA.into(), Some(snap.get_data().to_vec().into())),
             ],
             ..Write::default()
         };
+        w.meta.extend(self.snapshot_data_writes(snap.get_data())?);
         for k in self.entries.iter().keys() {
             w.entries.push((k.map_err(store_err)?, None));
         }
@@ -551,13 +751,17 @@ impl Image {
         if index == snap.index {
             return Ok(Some(snap.term));
         }
-        match self.entries.get(&key(index)[..]) {
-            None => Ok(None),
-            Some(v) => Ok(Some(
-                Entry::parse_from_bytes(v)
+        let held = self
+            .entries
+            .range(IVec::from(&key(index))..)
+            .map(|(k, v)| Ok((k.clone(), v.clone())));
+        match joined(held).next().transpose()? {
+            Some((i, v)) if i == index => Ok(Some(
+                Entry::parse_from_bytes(&v)
                     .map_err(|e| corrupt("entry", e))?
                     .term,
             )),
+            _ => Ok(None),
         }
     }
 }
@@ -607,6 +811,7 @@ fn temporary_db() -> Result<sled::Db, StoreError> {
         .temporary(true)
         .flush_every_ms(None)
         .cache_capacity(CACHE_BYTES)
+        .segment_size(SEGMENT_BYTES)
         .open()
         .map_err(|source| StoreError::Sled {
             path: SIMULATED.into(),
@@ -628,7 +833,14 @@ impl SledStorage {
     /// Nothing is ever flushed to disk. `instance` is its instance id
     /// (non-zero).
     pub fn simulated(instance: u64) -> Result<Self, StoreError> {
-        Self::init(temporary_db()?, SIMULATED.into(), || instance, false)?.with_model()
+        Self::init(
+            temporary_db()?,
+            SIMULATED.into(),
+            || instance,
+            false,
+            part_bytes_for(SEGMENT_BYTES),
+        )?
+        .with_model()
     }
 
     /// Starts the crash model: everything in the store is durable.
@@ -682,7 +894,14 @@ impl SledStorage {
                 .map_err(sled_err)?;
         }
         // Opened as a restarting node opens its data dir.
-        Self::init(db, SIMULATED.into(), new_instance, false)?.with_model()
+        Self::init(
+            db,
+            SIMULATED.into(),
+            new_instance,
+            false,
+            part_bytes_for(SEGMENT_BYTES),
+        )?
+        .with_model()
     }
 
     /// How many writes a crash now could lose (0 for a real store).
@@ -733,8 +952,8 @@ impl Storage for SledStorage {
         }
         let mut out = Vec::new();
         let mut size = 0u64;
-        for item in self.entries.range(key(low)..key(high)) {
-            let (_, v) = item.map_err(store_err)?;
+        for item in joined(self.entries.range(key(low)..key(high))) {
+            let (_, v) = item?;
             let e = Entry::parse_from_bytes(&v).map_err(|err| corrupt("entry", err))?;
             size += u64::from(e.compute_size());
             // At least one entry, then only while under max_size.
@@ -754,24 +973,24 @@ impl Storage for SledStorage {
         if idx < self.first_index()? {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        match self.entries.get(key(idx)).map_err(store_err)? {
-            Some(v) => Ok(Entry::parse_from_bytes(&v)
+        match joined(self.entries.range(key(idx)..)).next().transpose()? {
+            Some((i, v)) if i == idx => Ok(Entry::parse_from_bytes(&v)
                 .map_err(|e| corrupt("entry", e))?
                 .term),
-            None => Err(raft::Error::Store(StorageError::Unavailable)),
+            _ => Err(raft::Error::Store(StorageError::Unavailable)),
         }
     }
 
     fn first_index(&self) -> raft::Result<u64> {
         match self.entries.first().map_err(store_err)? {
-            Some((k, _)) => index_of(&k),
+            Some((k, _)) => Ok(index_of(&k)?.0),
             None => Ok(self.snapshot_meta()?.index + 1),
         }
     }
 
     fn last_index(&self) -> raft::Result<u64> {
         match self.entries.last().map_err(store_err)? {
-            Some((k, _)) => index_of(&k),
+            Some((k, _)) => Ok(index_of(&k)?.0),
             None => Ok(self.snapshot_meta()?.index),
         }
     }

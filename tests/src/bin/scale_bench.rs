@@ -17,6 +17,13 @@
 //!   `snapshot_bytes`, proposing whole sets of 10,000 verdicts (each a
 //!   change: the verdicts alternate) back to back; the data dir's size is
 //!   read as the log is snapshotted and compacted over and over.
+//! - `steady`: hours of a quiet mesh in seconds. Per target count N, one
+//!   driver on a real sled data dir (a one-node cluster, default snapshot
+//!   settings, every write fsynced) takes one whole set of N verdicts, then
+//!   `--steady-entries` refreshes back to back (at 0.6 a second, what three
+//!   nodes propose, 25,000 are 11.6 hours); every 1,000 entries it reads
+//!   the data dir's size against the logical state (snapshot + log since).
+//!   `--segment-bytes` picks sled's segment size of the data dir.
 //! - `sizes`: what one entry weighs, JSON (the old form) against the
 //!   binary form, for a whole set of 10,000 verdicts and for a refresh.
 //!
@@ -24,7 +31,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::sync_channel;
@@ -37,14 +43,14 @@ use faxi_tests::{http_get, metric, wait_for};
 use faxi_watchdog::mesh::codec;
 use faxi_watchdog::mesh::driver::{self, DriverConfig};
 use faxi_watchdog::mesh::state::{Command, Member, Seen, State};
-use faxi_watchdog::mesh::storage::SledStorage;
+use faxi_watchdog::mesh::storage::{SledStorage, disk_bytes};
 use faxi_watchdog::mesh::transport::Transport;
 use tokio::time::Instant;
 
 #[derive(Debug, Parser)]
 #[command(about = "Measure log growth, disk, CPU, memory and status at 1,000 and 10,000 targets")]
 struct Args {
-    /// Which parts to run, comma-separated: run, sled, sizes.
+    /// Which parts to run, comma-separated: run, sled, steady, sizes.
     #[arg(long, value_delimiter = ',', default_value = "sizes,sled,run")]
     parts: Vec<String>,
     /// Target counts of the run, comma-separated.
@@ -65,6 +71,13 @@ struct Args {
     /// `snapshot_bytes` of the sled part.
     #[arg(long, default_value_t = 4 << 20)]
     sled_snapshot_bytes: u64,
+    /// Refreshes proposed per target count in the steady part.
+    #[arg(long, default_value_t = 25_000)]
+    steady_entries: usize,
+    /// sled's segment size for the steady part's data dirs (the node's
+    /// default for a new data dir unless given).
+    #[arg(long, default_value_t = faxi_watchdog::mesh::storage::SEGMENT_BYTES)]
+    segment_bytes: usize,
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -83,22 +96,6 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
 const MB: f64 = 1024.0 * 1024.0;
 
 /// Bytes a directory takes on disk (allocated blocks, as `du` counts).
-fn disk_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut total = 0;
-    for e in entries.flatten() {
-        let Ok(m) = e.metadata() else { continue };
-        total += if m.is_dir() {
-            disk_bytes(&e.path())
-        } else {
-            m.blocks() * 512
-        };
-    }
-    total
-}
-
 /// A process's CPU seconds (user + system) and RSS in bytes.
 fn proc_usage(pid: u32) -> (f64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -379,35 +376,7 @@ async fn sled(args: &Args) -> String {
         .tempdir()
         .unwrap();
     let data = dir.path().join("data");
-    let peers = vec![(
-        1,
-        Member {
-            zone: "zone-a".into(),
-            addr: "127.0.0.1:1".into(),
-            instance: 0,
-        },
-    )];
-    let storage = SledStorage::open(&data).unwrap();
-    driver::init(&storage, 1, &peers, driver::new_cluster_id()).unwrap();
-    let (tx, rx) = sync_channel(driver::INBOX);
-    let transport = Transport::new(1, tokio::runtime::Handle::current(), tx.clone(), None);
-    let cfg = DriverConfig {
-        id: 1,
-        peers,
-        tick: Duration::from_millis(100),
-        election_ticks: 10,
-        heartbeat_ticks: 1,
-        snapshot_entries: 10_000,
-        snapshot_bytes: args.sled_snapshot_bytes,
-        nonce: rand::random(),
-    };
-    let (mesh, _thread) = driver::start(cfg, storage, transport, (tx, rx)).unwrap();
-    wait_for("a leader", Duration::from_secs(20), || async {
-        (mesh.read().info.leader == 1)
-            .then_some(())
-            .ok_or_else(|| "no leader".to_owned())
-    })
-    .await;
+    let (mesh, _storage) = one_node(&data, args.segment_bytes, args.sled_snapshot_bytes).await;
     let entry = codec::encode(&whole_set(10_000, now_ms(), State::Up))
         .unwrap()
         .len();
@@ -454,6 +423,116 @@ async fn sled(args: &Args) -> String {
     out
 }
 
+/// A one-node cluster on a real sled data dir at `data`, with default
+/// snapshot settings unless `snapshot_bytes` says otherwise.
+async fn one_node(data: &Path, segment: usize, snapshot_bytes: u64) -> (driver::Mesh, SledStorage) {
+    let peers = vec![(
+        1,
+        Member {
+            zone: "zone-a".into(),
+            addr: "127.0.0.1:1".into(),
+            instance: 0,
+        },
+    )];
+    let storage = SledStorage::open_with_segment(data, segment).unwrap();
+    driver::init(&storage, 1, &peers, driver::new_cluster_id()).unwrap();
+    let (tx, rx) = sync_channel(driver::INBOX);
+    let transport = Transport::new(1, tokio::runtime::Handle::current(), tx.clone(), None);
+    let cfg = DriverConfig {
+        id: 1,
+        peers,
+        tick: Duration::from_millis(100),
+        election_ticks: 10,
+        heartbeat_ticks: 1,
+        snapshot_entries: 10_000,
+        snapshot_bytes,
+        nonce: rand::random(),
+    };
+    let (mesh, _thread) = driver::start(cfg, storage.clone(), transport, (tx, rx)).unwrap();
+    wait_for("a leader", Duration::from_secs(20), || async {
+        (mesh.read().info.leader == 1)
+            .then_some(())
+            .ok_or_else(|| "no leader".to_owned())
+    })
+    .await;
+    (mesh, storage)
+}
+
+/// What the store must hold: its snapshot's data and the log since, as stored.
+fn logical_bytes(s: &SledStorage) -> u64 {
+    use raft::Storage as _;
+    let snap = s.last_snapshot().unwrap().get_data().len() as u64;
+    let (first, last) = (s.first_index().unwrap(), s.last_index().unwrap());
+    let log: u64 = s
+        .entries(first, last + 1, None, raft::GetEntriesContext::empty(false))
+        .unwrap()
+        .iter()
+        .map(|e| u64::from(protobuf::Message::compute_size(e)))
+        .sum();
+    snap + log
+}
+
+async fn steady(args: &Args) -> String {
+    let mut out = format!(
+        "\n## A quiet mesh over hours: the data dir against the logical state\n\n\
+         One node, default snapshot settings (10,000 entries or 16 MiB), segment size {} KiB; \
+         one whole set of N verdicts, then {} refreshes back to back (at 0.6 a second: {:.1} h).\n",
+        args.segment_bytes / 1024,
+        args.steady_entries,
+        args.steady_entries as f64 / 0.6 / 3600.0,
+    );
+    for &n in &args.targets {
+        let dir = tempfile::Builder::new()
+            .prefix("faxi-scale-steady-")
+            .tempdir()
+            .unwrap();
+        let data = dir.path().join("data");
+        let (mesh, storage) = one_node(&data, args.segment_bytes, 16 << 20).await;
+        mesh.propose(whole_set(n, now_ms(), State::Up), Duration::from_secs(30))
+            .await
+            .unwrap();
+        out.push_str(&format!(
+            "\n**{n} targets**\n\n| entries | hours at 0.6/s | data dir (MB) | logical (MB) | ratio |\n|---|---|---|---|---|\n"
+        ));
+        let digest = mesh.read().sm.digest_of(1).0;
+        let started = Instant::now();
+        let (mut worst, mut sum, mut count) = (0f64, 0f64, 0u32);
+        for k in 1..=args.steady_entries {
+            let refresh = Command::Refresh {
+                node: 1,
+                at_ms: now_ms(),
+                valid_for_ms: 15_000,
+                digest,
+            };
+            mesh.propose(refresh, Duration::from_secs(30))
+                .await
+                .unwrap();
+            if k % 1_000 == 0 || k == args.steady_entries {
+                let disk = disk_bytes(&data) as f64;
+                let logical = logical_bytes(&storage) as f64;
+                let ratio = disk / logical;
+                worst = worst.max(ratio);
+                sum += ratio;
+                count += 1;
+                out.push_str(&format!(
+                    "| {k} | {:.1} | {:.2} | {:.2} | {ratio:.2} |\n",
+                    k as f64 / 0.6 / 3600.0,
+                    disk / MB,
+                    logical / MB
+                ));
+            }
+        }
+        out.push_str(&format!(
+            "\nratio: worst {worst:.2}, mean {:.2}; blobs written by sled: {}; {:.0} s\n",
+            sum / f64::from(count.max(1)),
+            std::fs::read_dir(data.join("blobs")).map_or(0, |d| d.count()),
+            started.elapsed().as_secs_f64()
+        ));
+        mesh.stop();
+    }
+    out
+}
+
 fn sizes() -> String {
     let whole = whole_set(10_000, now_ms(), State::Up);
     let refresh = Command::Refresh {
@@ -483,6 +562,7 @@ async fn main() {
         let text = match part.as_str() {
             "sizes" => sizes(),
             "sled" => sled(&args).await,
+            "steady" => steady(&args).await,
             "run" => run(&args).await,
             other => {
                 eprintln!("unknown part {other}");

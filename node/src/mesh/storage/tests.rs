@@ -154,6 +154,45 @@ fn suite<S: Store>(fresh: impl Fn() -> S) {
         s.install(snapshot(5, 2, vec![1])),
         Err(raft::Error::Store(StorageError::SnapshotOutOfDate))
     ));
+
+    // Entries far larger than a stored part read back whole, between small
+    // ones; a conflicting suffix of large entries is replaced whole.
+    let s = fresh();
+    s.put(&[
+        entry(1, 1),
+        big_entry(2, 1, 300_000),
+        entry(3, 1),
+        big_entry(4, 1, 50_000),
+    ]);
+    let got = s.entries(1, 5, None, ctx()).unwrap();
+    assert_eq!(
+        got,
+        vec![
+            entry(1, 1),
+            big_entry(2, 1, 300_000),
+            entry(3, 1),
+            big_entry(4, 1, 50_000)
+        ]
+    );
+    assert_eq!((s.term(2).unwrap(), s.term(4).unwrap()), (1, 1));
+    s.put(&[big_entry(2, 2, 10_000)]);
+    assert_eq!(
+        s.entries(1, 3, None, ctx()).unwrap(),
+        vec![entry(1, 1), big_entry(2, 2, 10_000)]
+    );
+    assert_eq!(s.last_index().unwrap(), 2);
+    s.cut(2);
+    assert_eq!((s.first_index().unwrap(), s.term(2).unwrap()), (2, 2));
+}
+
+/// An entry whose data is `len` bytes of a pattern that shows misordered parts.
+fn big_entry(index: u64, term: u64, len: usize) -> Entry {
+    let mut e = entry(index, term);
+    e.data = (0..len)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    e
 }
 
 #[test]
@@ -257,13 +296,133 @@ fn a_foreign_data_dir_is_refused_by_name() {
     assert!(err.contains(&g.path().display().to_string()), "{err}");
 }
 
+/// Files sled wrote under `blobs/` (pages too large for its log).
+fn blob_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("blobs")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn large_values_are_stored_in_parts_inside_the_fsynced_log_not_as_sled_blobs() {
+    // What the parts avoid: sled writes a large value to a file of its own,
+    // which it never fsyncs.
+    let raw = tempfile::tempdir().unwrap();
+    {
+        let db = sled::Config::new()
+            .path(raw.path())
+            .segment_size(SEGMENT_BYTES)
+            .open()
+            .unwrap();
+        db.insert(b"big", vec![7u8; 100_000]).unwrap();
+        db.flush().unwrap();
+    }
+    assert!(
+        blob_files(raw.path()) > 0,
+        "sled stored a large value inline"
+    );
+
+    for segment in [SEGMENT_BYTES, 512 * 1024] {
+        let d = tempfile::tempdir().unwrap();
+        let big: Vec<Entry> = (1..=40).map(|i| big_entry(i, 1, 100_000)).collect();
+        let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+        {
+            let s = SledStorage::open_with_segment(d.path(), segment).unwrap();
+            s.append(&big).unwrap();
+            let mut cs = ConfState::default();
+            cs.voters = vec![1];
+            s.create_snapshot(20, &cs, data.clone()).unwrap();
+            s.sync().unwrap();
+            assert_eq!(
+                blob_files(d.path()),
+                0,
+                "segment {segment}: a value became a blob"
+            );
+            assert_eq!(s.entries(1, 41, None, ctx()).unwrap(), big);
+            assert_eq!(s.last_snapshot().unwrap().get_data(), &data[..]);
+            // A smaller snapshot leaves none of the larger one's parts.
+            s.create_snapshot(30, &cs, b"small".to_vec()).unwrap();
+            s.sync().unwrap();
+            assert_eq!(s.last_snapshot().unwrap().get_data(), b"small");
+            assert_eq!(s.meta.scan_prefix(K_SNAP_DATA).count(), 1);
+        }
+        let s = reopen(d.path());
+        assert_eq!(s.entries(1, 41, None, ctx()).unwrap(), big);
+        assert_eq!(s.last_snapshot().unwrap().get_data(), b"small");
+        assert_eq!(blob_files(d.path()), 0);
+    }
+}
+
+#[test]
+fn a_data_dir_from_before_parts_reads_the_same_and_keeps_its_segment_size() {
+    // A v1 data dir: sled's default segment size, every value whole.
+    let d = tempfile::tempdir().unwrap();
+    let big = big_entry(2, 1, 300_000);
+    let data = vec![5u8; 400_000];
+    {
+        let db = sled::Config::new().path(d.path()).open().unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        let entries = db.open_tree("entries").unwrap();
+        meta.insert(K_FORMAT, FORMAT_V1).unwrap();
+        meta.insert(K_INSTANCE, &key(77)).unwrap();
+        meta.insert(K_SNAP_DATA, data.clone()).unwrap();
+        for e in [entry(1, 1), big.clone(), entry(3, 1)] {
+            entries
+                .insert(key(e.index), e.write_to_bytes().unwrap())
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let s = reopen(d.path());
+    assert_eq!(s.instance(), 77);
+    assert_eq!(s.part_bytes, part_bytes_for(512 * 1024));
+    assert_eq!(
+        s.entries(1, 4, None, ctx()).unwrap(),
+        vec![entry(1, 1), big.clone(), entry(3, 1)]
+    );
+    assert_eq!(s.term(2).unwrap(), 1);
+    assert_eq!(s.last_snapshot().unwrap().get_data(), &data[..]);
+    assert_eq!(s.meta.get(K_FORMAT).unwrap().unwrap(), FORMAT);
+    // New writes go in parts, next to the whole ones.
+    s.append(&[big_entry(4, 2, 200_000)]).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let s = reopen(d.path());
+    assert_eq!(
+        s.entries(2, 5, None, ctx()).unwrap()[2],
+        big_entry(4, 2, 200_000)
+    );
+    assert_eq!(s.entries(2, 5, None, ctx()).unwrap()[0], big);
+}
+
+#[test]
+fn a_part_without_its_start_is_an_error_not_a_panic() {
+    let d = tempfile::tempdir().unwrap();
+    let s = SledStorage::open(d.path()).unwrap();
+    s.append(&[entry(1, 1), big_entry(2, 1, 10_000), entry(3, 1)])
+        .unwrap();
+    s.entries.remove(key(2)).unwrap();
+    let err = s.entries(1, 4, None, ctx()).unwrap_err().to_string();
+    assert!(
+        err.contains("corrupt entry: 2: part 1 without the parts before it"),
+        "{err}"
+    );
+    s.entries.remove(part_key(&key(2), 1)).unwrap();
+    let err = s.entries(1, 4, None, ctx()).unwrap_err().to_string();
+    assert!(
+        err.contains("corrupt entry: 2: part 2 without the parts before it"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_corrupt_entry_key_is_an_error_not_a_panic() {
     let d = tempfile::tempdir().unwrap();
     let s = SledStorage::open(d.path()).unwrap();
     s.entries.insert(b"bad", b"x").unwrap();
     let err = s.first_index().unwrap_err().to_string();
-    assert!(err.contains("corrupt entry key: 3 bytes, not 8"), "{err}");
+    assert!(
+        err.contains("corrupt entry key: 3 bytes, not 8 or 12"),
+        "{err}"
+    );
 }
 
 // ---- Durability: sync, and nothing else, makes writes survive. ----
@@ -466,12 +625,9 @@ struct View {
 
 fn view(s: &SledStorage) -> View {
     let st = s.initial_state().unwrap();
-    let log = s
-        .entries
-        .iter()
-        .values()
+    let log = joined(s.entries.iter())
         .map(|v| {
-            let e = Entry::parse_from_bytes(&v.unwrap()).unwrap();
+            let e = Entry::parse_from_bytes(&v.unwrap().1).unwrap();
             (e.index, e.term, e.data.to_vec())
         })
         .collect();
