@@ -1,6 +1,6 @@
 //! Membership and cluster identity on real node processes, at the default
 //! cluster settings (100 ms tick, 10 election ticks, 5 s refresh, a
-//! snapshot every 10,000 entries): the operator actions that must not lose
+//! snapshot every 1,000 entries): the operator actions that must not lose
 //! the cluster. A node added at runtime catches up at once (a snapshot made
 //! on demand, not the last periodic one) and is promoted to voter; removing
 //! the leader hands leadership over first and the survivors keep
@@ -95,7 +95,7 @@ async fn a_node_added_at_runtime_catches_up_by_a_fresh_snapshot_and_becomes_a_vo
     assert_eq!(role(&c, 0, 4).await.unwrap(), "learner");
     c.restart(3).await;
     // Caught up and promoted, with the defaults: the leader's periodic
-    // snapshot (every 10,000 entries) is far away, so this only works with
+    // snapshot (every 1,000 entries) is far away, so this only works with
     // a snapshot made on demand that names node 4.
     wait_for("node 4 a voter", LONG, || async {
         match role(&c, c.index(leader), 4).await?.as_str() {

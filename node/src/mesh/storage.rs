@@ -32,9 +32,13 @@
 //! and never fsyncs those files, so after a power loss its log can point
 //! at a torn blob (the store cannot open) or a missing one (sled's
 //! recovery skips that update and keeps later ones: an acknowledged write
-//! lost). A leaf page holds at most 17 keys, so parts of at most
-//! 1/24 of a quarter segment keep every page inside the fsynced log. Data
-//! dirs written before parts (format v1, every value whole) read the same.
+//! lost). A leaf page holds at most 17 keys (20 just after a merge), so
+//! parts of at most 1/24 of a quarter segment keep every page inside the
+//! fsynced log. Data dirs written before parts (format v1, every value
+//! whole) read the same; once opened they are marked v2, which an older
+//! binary refuses by name. Reads of an entry or of the snapshot's parts
+//! are not atomic against a writer on another thread: only the raft thread
+//! writes, and it reads between its writes.
 //!
 //! Segment size: a new data dir uses [`SEGMENT_BYTES`], smaller than sled's
 //! default (512 KiB) because sled's space floor is a few segments and the
@@ -67,8 +71,12 @@ const K_SNAP_DATA: &[u8] = b"snapshot_data";
 const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// sled's segment size for a new data dir (sled's default: 512 KiB).
 pub const SEGMENT_BYTES: usize = 64 * 1024;
+/// The smallest segment size a new data dir gets: below it a leaf of
+/// parts no longer fits a quarter segment.
+const MIN_SEGMENT_BYTES: usize = 32 * 1024;
 /// How many parts fit a quarter segment: a leaf page holds at most 17
-/// keys, and each key and length costs some bytes besides its value.
+/// keys (20 for a moment after a merge, split at its next write), and each
+/// key and length costs some bytes besides its value.
 const PARTS_PER_PAGE: usize = 24;
 
 /// Why the store could not be opened or used. Opening errors name the path;
@@ -255,16 +263,27 @@ impl<I: Iterator<Item = sled::Result<(IVec, IVec)>>> Iterator for Joined<I> {
         }
         let mut buf = v.to_vec();
         let mut want = 1u32;
-        while let Some(Ok((k, _))) = self.iter.peek() {
-            match index_of(k) {
-                Ok((i, p)) if i == index && p == want => {}
-                Ok((i, p)) if i == index => {
-                    return Some(Err(corrupt(
-                        "entry",
-                        format!("{index}: part {p} where part {want} belongs"),
-                    )));
+        loop {
+            match self.iter.peek() {
+                None => break,
+                // A part that cannot be read is an error, not the end.
+                Some(Err(_)) => {
+                    return self
+                        .iter
+                        .next()
+                        .and_then(Result::err)
+                        .map(|e| Err(store_err(e)));
                 }
-                _ => break,
+                Some(Ok((k, _))) => match index_of(k) {
+                    Ok((i, p)) if i == index && p == want => {}
+                    Ok((i, p)) if i == index => {
+                        return Some(Err(corrupt(
+                            "entry",
+                            format!("{index}: part {p} where part {want} belongs"),
+                        )));
+                    }
+                    _ => break,
+                },
             }
             if let Some(Ok((_, v))) = self.iter.next() {
                 buf.extend_from_slice(&v);
@@ -372,7 +391,19 @@ impl SledStorage {
     /// benchmarks; an existing one keeps its own).
     pub fn open_with_segment(dir: &Path, segment: usize) -> Result<Self, StoreError> {
         let path = dir.display().to_string();
-        let segment = segment_size_of(dir).unwrap_or(segment);
+        let segment = match segment_size_of(dir) {
+            Some(s) => s,
+            // sled would write a new conf over a database it cannot read
+            // with the size given: refuse rather than guess.
+            None if std::fs::metadata(dir.join("db")).is_ok_and(|m| m.len() > 0) => {
+                return Err(StoreError::Corrupt {
+                    what: format!("data dir {path}"),
+                    reason: "sled's `conf` file is missing or unreadable, so its segment size is unknown (a data dir from before v2 used 524288: restore `conf` with `segment_size: 524288`, `use_compression: false` and `version: 0.34` lines, or move the dir aside and rejoin)".into(),
+                });
+            }
+            // Smaller segments would make every page a blob (see "Parts").
+            None => segment.max(MIN_SEGMENT_BYTES),
+        };
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_BYTES)
@@ -382,7 +413,23 @@ impl SledStorage {
                 path: path.clone(),
                 source,
             })?;
-        Self::init(db, path, new_instance, true, part_bytes_for(segment))
+        let s = Self::init(
+            db,
+            path.clone(),
+            new_instance,
+            true,
+            part_bytes_for(segment),
+        )?;
+        // sled writes its conf file (the segment size) without an fsync.
+        for p in [dir.join("conf"), dir.to_path_buf()] {
+            std::fs::File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| StoreError::Sled {
+                    path: path.clone(),
+                    source: sled::Error::Io(e),
+                })?;
+        }
+        Ok(s)
     }
 
     /// Checks (or writes) the format marker and the instance id of an open
@@ -619,9 +666,17 @@ impl SledStorage {
     /// dropping any part of the previous data past the new ones.
     fn snapshot_data_writes(&self, data: &[u8]) -> raft::Result<Vec<(IVec, Option<IVec>)>> {
         let mut w = parts(K_SNAP_DATA, data, self.part_bytes);
+        let count = w.len();
         for k in self.meta.scan_prefix(K_SNAP_DATA).keys() {
             let k = k.map_err(store_err)?;
-            if !w.iter().any(|(new, _)| *new == k) {
+            // Parts 0..count are overwritten; any other key under the
+            // prefix (a part past the new ones) goes.
+            let part = k[K_SNAP_DATA.len()..]
+                .try_into()
+                .ok()
+                .map(u32::from_be_bytes)
+                .and_then(|n| usize::try_from(n).ok());
+            if k.len() != K_SNAP_DATA.len() && part.is_none_or(|n| n == 0 || n >= count) {
                 w.push((k, None));
             }
         }

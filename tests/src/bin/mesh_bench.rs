@@ -135,8 +135,8 @@ async fn in_process_mesh(dir: &std::path::Path) -> Vec<Mesh> {
             tick: Duration::from_millis(100),
             election_ticks: 10,
             heartbeat_ticks: 1,
-            snapshot_entries: 10_000,
-            snapshot_bytes: 16 << 20,
+            snapshot_entries: faxi_watchdog::config::DEFAULT_SNAPSHOT_ENTRIES,
+            snapshot_bytes: faxi_watchdog::config::DEFAULT_SNAPSHOT_BYTES,
             nonce: rand::random(),
         };
         let (mesh, _thread) = driver::start(cfg, storage, transport, (tx, rx)).unwrap();

@@ -51,7 +51,7 @@ use tokio::time::Instant;
 #[command(about = "Measure log growth, disk, CPU, memory and status at 1,000 and 10,000 targets")]
 struct Args {
     /// Which parts to run, comma-separated: run, sled, steady, sizes.
-    #[arg(long, value_delimiter = ',', default_value = "sizes,sled,run")]
+    #[arg(long, value_delimiter = ',', default_value = "sizes,sled,steady,run")]
     parts: Vec<String>,
     /// Target counts of the run, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
@@ -74,6 +74,10 @@ struct Args {
     /// Refreshes proposed per target count in the steady part.
     #[arg(long, default_value_t = 25_000)]
     steady_entries: usize,
+    /// `snapshot_entries` of the sled and steady parts (the node's default
+    /// unless given).
+    #[arg(long, default_value_t = faxi_watchdog::config::DEFAULT_SNAPSHOT_ENTRIES)]
+    snapshot_entries: u64,
     /// sled's segment size for the steady part's data dirs (the node's
     /// default for a new data dir unless given).
     #[arg(long, default_value_t = faxi_watchdog::mesh::storage::SEGMENT_BYTES)]
@@ -376,7 +380,13 @@ async fn sled(args: &Args) -> String {
         .tempdir()
         .unwrap();
     let data = dir.path().join("data");
-    let (mesh, _storage) = one_node(&data, args.segment_bytes, args.sled_snapshot_bytes).await;
+    let (mesh, _storage) = one_node(
+        &data,
+        args.segment_bytes,
+        args.snapshot_entries,
+        args.sled_snapshot_bytes,
+    )
+    .await;
     let entry = codec::encode(&whole_set(10_000, now_ms(), State::Up))
         .unwrap()
         .len();
@@ -425,7 +435,12 @@ async fn sled(args: &Args) -> String {
 
 /// A one-node cluster on a real sled data dir at `data`, with default
 /// snapshot settings unless `snapshot_bytes` says otherwise.
-async fn one_node(data: &Path, segment: usize, snapshot_bytes: u64) -> (driver::Mesh, SledStorage) {
+async fn one_node(
+    data: &Path,
+    segment: usize,
+    snapshot_entries: u64,
+    snapshot_bytes: u64,
+) -> (driver::Mesh, SledStorage) {
     let peers = vec![(
         1,
         Member {
@@ -444,7 +459,7 @@ async fn one_node(data: &Path, segment: usize, snapshot_bytes: u64) -> (driver::
         tick: Duration::from_millis(100),
         election_ticks: 10,
         heartbeat_ticks: 1,
-        snapshot_entries: 10_000,
+        snapshot_entries,
         snapshot_bytes,
         nonce: rand::random(),
     };
@@ -475,8 +490,9 @@ fn logical_bytes(s: &SledStorage) -> u64 {
 async fn steady(args: &Args) -> String {
     let mut out = format!(
         "\n## A quiet mesh over hours: the data dir against the logical state\n\n\
-         One node, default snapshot settings (10,000 entries or 16 MiB), segment size {} KiB; \
+         One node, a snapshot every {} entries or 16 MiB, segment size {} KiB; \
          one whole set of N verdicts, then {} refreshes back to back (at 0.6 a second: {:.1} h).\n",
+        args.snapshot_entries,
         args.segment_bytes / 1024,
         args.steady_entries,
         args.steady_entries as f64 / 0.6 / 3600.0,
@@ -487,7 +503,8 @@ async fn steady(args: &Args) -> String {
             .tempdir()
             .unwrap();
         let data = dir.path().join("data");
-        let (mesh, storage) = one_node(&data, args.segment_bytes, 16 << 20).await;
+        let (mesh, storage) =
+            one_node(&data, args.segment_bytes, args.snapshot_entries, 16 << 20).await;
         mesh.propose(whole_set(n, now_ms(), State::Up), Duration::from_secs(30))
             .await
             .unwrap();

@@ -394,6 +394,26 @@ fn a_data_dir_from_before_parts_reads_the_same_and_keeps_its_segment_size() {
 }
 
 #[test]
+fn a_data_dir_that_lost_sleds_conf_is_refused_not_opened_with_a_guessed_segment_size() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let s = SledStorage::open(d.path()).unwrap();
+        s.append(&[entry(1, 1)]).unwrap();
+        s.sync().unwrap();
+    }
+    std::fs::remove_file(d.path().join("conf")).unwrap();
+    let err = match SledStorage::open(d.path()) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("opened without its conf"),
+    };
+    assert!(err.contains(&d.path().display().to_string()), "{err}");
+    assert!(
+        err.contains("`conf` file is missing or unreadable"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_part_without_its_start_is_an_error_not_a_panic() {
     let d = tempfile::tempdir().unwrap();
     let s = SledStorage::open(d.path()).unwrap();
