@@ -357,11 +357,24 @@ async fn a_node_added_at_runtime_catches_up_by_snapshot_then_leaves() {
     .await;
 
     // Replacing a member's zone (or address) in place: `members add` again.
+    // Node 4's promotion to voter may still be in flight; the refusal says
+    // to retry, as an operator would.
     let addr4 = c.nodes[3].grpc.to_string();
-    faxictl_ok(
-        &c.endpoints(&[2]),
-        &["members", "add", "4", "zone-d", &addr4],
-    )
+    wait_for("the zone change accepted", LONG, || async {
+        let out = Cluster::faxictl(
+            &c.endpoints(&[2]),
+            &["members", "add", "4", "zone-d", &addr4],
+        )
+        .await;
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.success() {
+            Ok(())
+        } else if err.contains("another membership change is still being applied") {
+            Err(err)
+        } else {
+            panic!("members add 4 zone-d: {err}")
+        }
+    })
     .await;
     wait_for("node 4 in zone-d everywhere", LONG, || async {
         for i in 0..4 {

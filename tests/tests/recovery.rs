@@ -147,6 +147,10 @@ async fn a_minority_of_zones_seeing_down_opens_no_incident_and_runs_nothing() {
     let app = AppStub::start().await;
     let closed = faxi_tests::free_port();
     let mut spec = spec(&file);
+    // Zones a and b must never see the app down, however loaded the
+    // machine: a 1 s timeout and three failures in a row (zone c's closed
+    // port refuses at once, whatever the timeout).
+    spec.probe_defaults = "interval = \"1s\"\ntimeout = \"1s\"\nfall = 3\nrise = 1\n".into();
     // Zone c alone is pointed at a closed port: it sees the app down.
     spec.targets = |_, zone, ctx| {
         let addr = if zone == "zone-c" {
