@@ -8,7 +8,9 @@
 //! - `driver`: the thread that owns raft-rs's `RawNode`, the log and the
 //!   state machine;
 //! - `transport`: raft messages to peers over tonic;
-//! - `proposer`: local verdicts to batched observations.
+//! - `proposer`: local verdicts to batched observations;
+//! - `wal`: an append-only log of checksummed records, the building block
+//!   for taking the Raft log out of sled (not yet used by the node).
 
 // node/clippy.toml bans sled and protobuf outside the modules that own
 // them; these allowances are the whole list (ARCHITECTURE.md, invariants).
@@ -29,3 +31,4 @@ pub mod storage;
 #[allow(clippy::disallowed_types, clippy::disallowed_methods)]
 pub mod transport;
 pub mod vecmap;
+pub mod wal;
