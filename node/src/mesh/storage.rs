@@ -1,62 +1,55 @@
-//! Raft log storage on sled, implementing raft-rs's [`Storage`].
+//! Raft log storage, implementing raft-rs's [`Storage`]: two ordered maps
+//! of bytes held in memory, every change to them written to a log of
+//! checksummed records ([`super::wal`]) in the data dir.
 //!
 //! Architecture invariants:
-//! - this is the only module that touches sled;
-//! - every write method is atomic with respect to a crash: it is one sled
-//!   batch when it touches one tree, one sled transaction over both trees
-//!   when it touches both (installing a snapshot), so a crash keeps all of
-//!   it or none of it;
+//! - every write method is one [`Write`] (changes to one map or both),
+//!   and one record of the log: a crash keeps all of it or none of it,
+//!   and the writes it keeps are a prefix of those made, each whole (the
+//!   crash model of `simulated` stores does the same);
 //! - writes do not flush: [`SledStorage::sync`] makes every earlier write
-//!   durable with one flush, and the node acknowledges (votes, append
-//!   responses) only after it. sled replays its log in order and stops
-//!   at the first torn batch, so a crash keeps a prefix of the unflushed
-//!   writes, each whole (the crash model of `simulated` stores does the
-//!   same);
+//!   durable with one fdatasync, and the node acknowledges (votes, append
+//!   responses) only after it;
+//! - the log holds what the maps hold and little more: once its file
+//!   exceeds twice what the maps hold (plus 64 KiB), a sync rewrites it
+//!   as one record of every key (a new generation, switched to by one
+//!   rename), so the data dir stays within about 2× the logical state;
 //! - every call blocks: the Raft driver calls it from its own thread (or
-//!   `spawn_blocking`), never from an async worker.
+//!   `spawn_blocking`), never from an async worker;
+//! - the only module that touches sled: a data dir written by an earlier
+//!   version (a sled database) is read once, copied into a new log
+//!   (written whole, then switched to by a rename), and sled's files are
+//!   removed; sled kept several times what a log of tiny entries held
+//!   (BENCHMARKS.md, "Scale").
 //!
-//! Layout: tree `entries` maps the index (8 bytes, big-endian, so sled's
-//! order is log order) to a protobuf `Entry`; tree `meta` holds the hard
+//! Layout: map `entries` maps the index (8 bytes, big-endian, so the
+//! order is log order) to a protobuf `Entry`; map `meta` holds the hard
 //! state, the conf state, the last snapshot (metadata and data), a format
 //! marker that tells our data dir from anything else, and the store's
 //! instance id (random, written with the marker: a wiped data dir gets a
 //! new one).
 //!
-//! Parts: no stored value is larger than `part_bytes` (by segment size). An
-//! entry that encodes larger is stored as its first part at the index key
-//! and the rest at the index followed by the part number (4 bytes,
-//! big-endian, from 1), so one entry's parts sort together and before the
-//! next entry; the snapshot's data likewise under `snapshot_data` and
-//! `snapshot_data` + part number. The reason: sled writes a page that
-//! exceeds a quarter of its segment to a file of its own under `blobs/`
-//! and never fsyncs those files, so after a power loss its log can point
-//! at a torn blob (the store cannot open) or a missing one (sled's
-//! recovery skips that update and keeps later ones: an acknowledged write
-//! lost). A leaf page holds at most 17 keys (20 just after a merge), so
-//! parts of at most 1/24 of a quarter segment keep every page inside the
-//! fsynced log. Data dirs written before parts (format v1, every value
-//! whole) read the same; once opened they are marked v2, which an older
-//! binary refuses by name. Reads of an entry or of the snapshot's parts
-//! are not atomic against a writer on another thread: only the raft thread
-//! writes, and it reads between its writes.
-//!
-//! Segment size: a new data dir uses [`SEGMENT_BYTES`], smaller than sled's
-//! default (512 KiB) because sled's space floor is a few segments and the
-//! log a watchdog keeps is small; sled refuses to open a database with
-//! another segment size than it was made with, so an existing data dir
-//! keeps the one its `conf` file records.
+//! Parts: an entry or snapshot data larger than [`PART_BYTES`] is stored
+//! as its first part at its key and the rest at the key followed by the
+//! part number (4 bytes, big-endian, from 1), so one entry's parts sort
+//! together and before the next entry. (Sled-era data dirs needed this:
+//! sled wrote a large page to a blob file it never fsynced. The layout is
+//! kept so that they read the same.)
 
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::{IVec, Transactional as _};
+use sled::IVec;
 
-/// Written into a new data dir (and over a v1 marker); checked at every open.
+use super::wal::{Wal, WalError};
+
+/// Written into a new data dir (and over an older marker); checked at every open.
 const FORMAT: &[u8] = b"faxi-watchdog raft log v2";
 /// The marker of data dirs from before values were stored in parts: read
 /// the same (every value whole), re-marked v2 at open.
@@ -67,23 +60,19 @@ const K_HARD_STATE: &[u8] = b"hard_state";
 const K_CONF_STATE: &[u8] = b"conf_state";
 const K_SNAP_META: &[u8] = b"snapshot_meta";
 const K_SNAP_DATA: &[u8] = b"snapshot_data";
-/// sled's page cache: the log is small and the node must stay small.
-const CACHE_BYTES: u64 = 16 * 1024 * 1024;
-/// sled's segment size for a new data dir (sled's default: 512 KiB).
-pub const SEGMENT_BYTES: usize = 64 * 1024;
-/// The smallest segment size a new data dir gets: below it a leaf of
-/// parts no longer fits a quarter segment.
-const MIN_SEGMENT_BYTES: usize = 32 * 1024;
-/// How many parts fit a quarter segment: a leaf page holds at most 17
-/// keys (20 for a moment after a merge, split at its next write), and each
-/// key and length costs some bytes besides its value.
-const PARTS_PER_PAGE: usize = 24;
+/// The largest value stored whole (see "Parts" above).
+pub const PART_BYTES: usize = 64 * 1024 / 4 / 24;
+/// Slack before the log is rewritten: below it, a rewrite would cost more
+/// than it saves.
+const REWRITE_SLACK: u64 = 64 * 1024;
+/// The version byte of a log record (one [`Write`]).
+const RECORD_V1: u8 = 1;
 
 /// Why the store could not be opened or used. Opening errors name the path;
 /// every one of them stops the node (a Raft log cannot be half trusted).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// sled failed (I/O, or its own files are corrupt).
+    /// sled failed reading a data dir of an earlier version.
     #[error("raft log at {path}: {}", sled_reason(.source))]
     Sled {
         /// The data dir.
@@ -91,7 +80,23 @@ pub enum StoreError {
         /// sled's error.
         source: sled::Error,
     },
-    /// The directory holds a sled database that is not ours, or another version's.
+    /// The log's files failed or are damaged.
+    #[error("raft log at {path}: {source}")]
+    Log {
+        /// The data dir.
+        path: String,
+        /// The log's error.
+        source: WalError,
+    },
+    /// Another process has the data dir open.
+    #[error(
+        "raft log at {path}: in use by another process (it holds the lock on {path}/lock); one node per data dir"
+    )]
+    InUse {
+        /// The data dir.
+        path: String,
+    },
+    /// The directory holds a database that is not ours, or another version's.
     #[error("raft log at {path}: not a faxi-watchdog data dir (format marker {found:?})")]
     Foreign {
         /// The data dir.
@@ -118,71 +123,189 @@ fn sled_reason(e: &sled::Error) -> String {
     }
 }
 
-/// The sled-backed Raft log.
-#[derive(Debug, Clone)]
-pub struct SledStorage {
-    db: sled::Db,
-    entries: sled::Tree,
-    meta: sled::Tree,
-    /// This data dir's random id, read at open.
-    instance: u64,
-    /// The largest value stored whole (see "Parts" above).
-    part_bytes: usize,
-    /// Set by every write, cleared by `sync`: a ready that wrote nothing
-    /// costs no flush. Shared by clones, as the database is.
-    dirty: Arc<AtomicBool>,
-    /// Raft asked for a snapshot the store does not have (shared by clones).
-    snapshot_wanted: Arc<AtomicBool>,
-    /// The crash model of a simulated store; `None` for a real one.
-    #[cfg(test)]
-    model: Option<Arc<CrashModel>>,
-    /// A planted bug for the crash harness: installs a snapshot in two
-    /// writes (meta, then the entries' removal), as the store once did.
-    #[cfg(test)]
-    split_install: bool,
-}
-
-/// One write: the changes to each tree, applied all or nothing.
+/// One write: the changes to each map, applied all or nothing.
 #[derive(Debug, Clone, Default)]
 struct Write {
     entries: Vec<(IVec, Option<IVec>)>,
     meta: Vec<(IVec, Option<IVec>)>,
 }
 
-fn batch(changes: &[(IVec, Option<IVec>)]) -> sled::Batch {
-    let mut b = sled::Batch::default();
-    for (k, v) in changes {
-        match v {
-            Some(v) => b.insert(k.clone(), v.clone()),
-            None => b.remove(k.clone()),
-        }
-    }
-    b
+/// What the store holds: both maps.
+#[derive(Debug, Clone, Default)]
+struct Image {
+    entries: BTreeMap<IVec, IVec>,
+    meta: BTreeMap<IVec, IVec>,
+    /// Bytes of keys and values held.
+    bytes: u64,
 }
 
-/// Applies one write to a pair of trees (of one database): one batch when
-/// it touches one tree, one transaction when it touches both.
-fn apply_write(entries: &sled::Tree, meta: &sled::Tree, w: &Write) -> sled::Result<()> {
-    match (w.entries.is_empty(), w.meta.is_empty()) {
-        (true, true) => Ok(()),
-        (false, true) => entries.apply_batch(batch(&w.entries)),
-        (true, false) => meta.apply_batch(batch(&w.meta)),
-        (false, false) => {
-            let (eb, mb) = (batch(&w.entries), batch(&w.meta));
-            (entries, meta)
-                .transaction(|(te, tm)| {
-                    te.apply_batch(&eb)?;
-                    tm.apply_batch(&mb)?;
-                    Ok::<(), ConflictableTransactionError<()>>(())
-                })
-                .map_err(|e| match e {
-                    TransactionError::Storage(e) => e,
-                    TransactionError::Abort(()) => {
-                        sled::Error::Unsupported("raft log transaction aborted".into())
+impl Image {
+    /// One write, whole.
+    fn apply(&mut self, w: &Write) {
+        for (changes, map) in [(&w.entries, &mut self.entries), (&w.meta, &mut self.meta)] {
+            for (k, v) in changes {
+                let old = match v {
+                    Some(v) => {
+                        self.bytes += (k.len() + v.len()) as u64;
+                        map.insert(k.clone(), v.clone())
                     }
-                })
+                    None => map.remove(k),
+                };
+                if let Some(old) = old {
+                    self.bytes = self.bytes.saturating_sub((k.len() + old.len()) as u64);
+                }
+            }
         }
     }
+
+    /// Every key, as one write (what a rewritten log starts with).
+    fn checkpoint(&self) -> Write {
+        let all = |m: &BTreeMap<IVec, IVec>| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .collect()
+        };
+        Write {
+            entries: all(&self.entries),
+            meta: all(&self.meta),
+        }
+    }
+
+    fn msg<M: protobuf::Message + Default>(&self, k: &[u8], what: &str) -> raft::Result<M> {
+        match self.meta.get(k) {
+            None => Ok(M::default()),
+            Some(v) => M::parse_from_bytes(v).map_err(|e| corrupt(what, e)),
+        }
+    }
+
+    /// The entries from `low` (inclusive) to `high` (exclusive, or to the
+    /// end), joined from their parts: (index, encoded entry).
+    fn entries_from(
+        &self,
+        low: u64,
+        high: Option<u64>,
+    ) -> Joined<impl Iterator<Item = (IVec, IVec)> + '_> {
+        let hi = high.map_or(Bound::Unbounded, |h| Bound::Excluded(IVec::from(&key(h))));
+        joined(
+            self.entries
+                .range((Bound::Included(IVec::from(&key(low))), hi))
+                .map(|(k, v)| (k.clone(), v.clone())),
+        )
+    }
+
+    /// The keys of `map` under `prefix`.
+    fn prefixed<'a>(
+        map: &'a BTreeMap<IVec, IVec>,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = (&'a IVec, &'a IVec)> + 'a {
+        map.range(IVec::from(prefix)..)
+            .take_while(move |(k, _)| k.starts_with(prefix))
+    }
+
+    /// The snapshot's data, joined from its parts.
+    fn snapshot_data(&self) -> raft::Result<Vec<u8>> {
+        let mut data = Vec::new();
+        for ((k, v), n) in Self::prefixed(&self.meta, K_SNAP_DATA).zip(0u32..) {
+            let want = if n == 0 {
+                IVec::from(K_SNAP_DATA)
+            } else {
+                part_key(K_SNAP_DATA, n)
+            };
+            if *k != want {
+                return Err(corrupt(
+                    "snapshot data",
+                    format!("part {n} missing or misnamed ({} byte key)", k.len()),
+                ));
+            }
+            data.extend_from_slice(v);
+        }
+        Ok(data)
+    }
+
+    /// Whether the entry at `index` is held, or covered by the snapshot.
+    #[cfg(test)]
+    fn covers(&self, index: u64) -> raft::Result<bool> {
+        let snap: SnapshotMetadata = self.msg(K_SNAP_META, "snapshot metadata")?;
+        Ok(index <= snap.index || self.entries.contains_key(&key(index)[..]))
+    }
+
+    /// The term of the entry at `index`, or of the snapshot at its index.
+    fn term(&self, index: u64) -> raft::Result<Option<u64>> {
+        let snap: SnapshotMetadata = self.msg(K_SNAP_META, "snapshot metadata")?;
+        if index == snap.index {
+            return Ok(Some(snap.term));
+        }
+        match self.entries_from(index, None).next().transpose()? {
+            Some((i, v)) if i == index => Ok(Some(
+                Entry::parse_from_bytes(&v)
+                    .map_err(|e| corrupt("entry", e))?
+                    .term,
+            )),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A log record: one write. The version byte, then each change: the map
+/// (0 entries, 1 meta), 0 to remove or 1 to insert, the key's length (4
+/// bytes LE) and the key, and for an insert the value's length and value.
+fn encode_write(w: &Write) -> Vec<u8> {
+    let mut out = vec![RECORD_V1];
+    for (tree, changes) in [(0u8, &w.entries), (1u8, &w.meta)] {
+        for (k, v) in changes {
+            out.push(tree);
+            out.push(u8::from(v.is_some()));
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(k);
+            if let Some(v) = v {
+                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                out.extend_from_slice(v);
+            }
+        }
+    }
+    out
+}
+
+fn decode_write(rec: &[u8]) -> Result<Write, String> {
+    let (&version, mut rest) = rec.split_first().ok_or("an empty record")?;
+    if version != RECORD_V1 {
+        return Err(format!(
+            "record version {version}, this build reads {RECORD_V1}"
+        ));
+    }
+    let take = |n: usize, rest: &mut &[u8]| -> Result<Vec<u8>, String> {
+        if rest.len() < n {
+            return Err("a record shorter than its lengths say".into());
+        }
+        let (a, b) = rest.split_at(n);
+        *rest = b;
+        Ok(a.to_vec())
+    };
+    let len = |b: Vec<u8>| -> usize {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(&b);
+        u32::from_le_bytes(a) as usize
+    };
+    let mut w = Write::default();
+    while !rest.is_empty() {
+        let head = take(2, &mut rest)?;
+        let k = take(4, &mut rest).map(len)?;
+        let k = IVec::from(take(k, &mut rest)?);
+        let v = match head[1] {
+            0 => None,
+            1 => {
+                let n = take(4, &mut rest).map(len)?;
+                Some(IVec::from(take(n, &mut rest)?))
+            }
+            other => return Err(format!("change kind {other}")),
+        };
+        match head[0] {
+            0 => w.entries.push((k, v)),
+            1 => w.meta.push((k, v)),
+            other => return Err(format!("map {other}")),
+        }
+    }
+    Ok(w)
 }
 
 fn key(index: u64) -> [u8; 8] {
@@ -236,21 +359,17 @@ fn parts(base: &[u8], value: &[u8], part_bytes: usize) -> Vec<(IVec, Option<IVec
         .collect()
 }
 
-/// Joins the parts of each entry read from the `entries` tree, in key
-/// order: (index, encoded entry). A part without the ones before it is
-/// corruption.
-struct Joined<I: Iterator<Item = sled::Result<(IVec, IVec)>>> {
+/// Joins the parts of each entry of the `entries` map, in key order:
+/// (index, encoded entry). A part without the ones before it is corruption.
+struct Joined<I: Iterator<Item = (IVec, IVec)>> {
     iter: std::iter::Peekable<I>,
 }
 
-impl<I: Iterator<Item = sled::Result<(IVec, IVec)>>> Iterator for Joined<I> {
+impl<I: Iterator<Item = (IVec, IVec)>> Iterator for Joined<I> {
     type Item = raft::Result<(u64, Vec<u8>)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let (k, v) = match self.iter.next()? {
-            Ok(kv) => kv,
-            Err(e) => return Some(Err(store_err(e))),
-        };
+        let (k, v) = self.iter.next()?;
         let (index, part) = match index_of(&k) {
             Ok(ip) => ip,
             Err(e) => return Some(Err(e)),
@@ -263,29 +382,18 @@ impl<I: Iterator<Item = sled::Result<(IVec, IVec)>>> Iterator for Joined<I> {
         }
         let mut buf = v.to_vec();
         let mut want = 1u32;
-        loop {
-            match self.iter.peek() {
-                None => break,
-                // A part that cannot be read is an error, not the end.
-                Some(Err(_)) => {
-                    return self
-                        .iter
-                        .next()
-                        .and_then(Result::err)
-                        .map(|e| Err(store_err(e)));
+        while let Some((k, _)) = self.iter.peek() {
+            match index_of(k) {
+                Ok((i, p)) if i == index && p == want => {}
+                Ok((i, p)) if i == index => {
+                    return Some(Err(corrupt(
+                        "entry",
+                        format!("{index}: part {p} where part {want} belongs"),
+                    )));
                 }
-                Some(Ok((k, _))) => match index_of(k) {
-                    Ok((i, p)) if i == index && p == want => {}
-                    Ok((i, p)) if i == index => {
-                        return Some(Err(corrupt(
-                            "entry",
-                            format!("{index}: part {p} where part {want} belongs"),
-                        )));
-                    }
-                    _ => break,
-                },
+                _ => break,
             }
-            if let Some(Ok((_, v))) = self.iter.next() {
+            if let Some((_, v)) = self.iter.next() {
                 buf.extend_from_slice(&v);
             }
             want = want.saturating_add(1);
@@ -294,48 +402,10 @@ impl<I: Iterator<Item = sled::Result<(IVec, IVec)>>> Iterator for Joined<I> {
     }
 }
 
-fn joined<I: Iterator<Item = sled::Result<(IVec, IVec)>>>(iter: I) -> Joined<I> {
+fn joined<I: Iterator<Item = (IVec, IVec)>>(iter: I) -> Joined<I> {
     Joined {
         iter: iter.peekable(),
     }
-}
-
-/// The segment size a sled database in `dir` was made with, from its
-/// `conf` file (sled refuses to open it with another); `None` for a new
-/// one. An unreadable `conf` is left to sled, which names the problem.
-fn segment_size_of(dir: &Path) -> Option<usize> {
-    std::fs::read(dir.join("conf")).ok().and_then(|b| {
-        String::from_utf8_lossy(&b).lines().find_map(|l| {
-            l.strip_prefix("segment_size: ")
-                .and_then(|n| n.trim().parse::<usize>().ok())
-        })
-    })
-}
-
-/// The largest value stored whole in a database of `segment` bytes.
-fn part_bytes_for(segment: usize) -> usize {
-    (segment / 4 / PARTS_PER_PAGE).max(64)
-}
-
-/// The snapshot's data, joined from its parts in `meta`.
-fn snapshot_data(meta: &sled::Tree) -> raft::Result<Vec<u8>> {
-    let mut data = Vec::new();
-    for (kv, n) in meta.scan_prefix(K_SNAP_DATA).zip(0u32..) {
-        let (k, v) = kv.map_err(store_err)?;
-        let want = if n == 0 {
-            IVec::from(K_SNAP_DATA)
-        } else {
-            part_key(K_SNAP_DATA, n)
-        };
-        if k != want {
-            return Err(corrupt(
-                "snapshot data",
-                format!("part {n} missing or misnamed ({} byte key)", k.len()),
-            ));
-        }
-        data.extend_from_slice(&v);
-    }
-    Ok(data)
 }
 
 /// Bytes allocated on disk under `dir` (as `du` counts them).
@@ -357,7 +427,7 @@ pub fn disk_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-fn store_err(e: sled::Error) -> raft::Error {
+fn log_err(e: WalError) -> raft::Error {
     raft::Error::Store(StorageError::Other(Box::new(e)))
 }
 
@@ -377,78 +447,217 @@ fn new_instance() -> u64 {
     rand::random_range(1..=u64::MAX)
 }
 
+/// sled's files in a data dir of an earlier version.
+fn sled_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(listing) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    listing
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            matches!(n.as_str(), "conf" | "db" | "blobs") || n.starts_with("snap.")
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// The segment size a sled database in `dir` was made with, from its
+/// `conf` file (sled refuses to open it with another).
+fn segment_size_of(dir: &Path) -> Option<usize> {
+    std::fs::read(dir.join("conf")).ok().and_then(|b| {
+        String::from_utf8_lossy(&b).lines().find_map(|l| {
+            l.strip_prefix("segment_size: ")
+                .and_then(|n| n.trim().parse::<usize>().ok())
+        })
+    })
+}
+
+/// Reads a data dir of an earlier version (a sled database) into an image.
+/// Another program's sled database is refused by name.
+fn read_sled(dir: &Path) -> Result<Image, StoreError> {
+    let path = dir.display().to_string();
+    let sled_err = |source| StoreError::Sled {
+        path: path.clone(),
+        source,
+    };
+    let Some(segment) = segment_size_of(dir) else {
+        return Err(StoreError::Corrupt {
+            what: format!("data dir {path}"),
+            reason: "it holds sled's files from an earlier version, but sled's `conf` file is missing or unreadable, so its segment size is unknown (those versions used 524288 or 65536: restore `conf` with `segment_size: N`, `use_compression: false` and `version: 0.34` lines, or move the dir aside and rejoin)".into(),
+        });
+    };
+    #[allow(clippy::disallowed_types)]
+    let db = sled::Config::new()
+        .path(dir)
+        .segment_size(segment)
+        .open()
+        .map_err(sled_err)?;
+    let foreign = db
+        .tree_names()
+        .iter()
+        .any(|n| !matches!(n.as_ref(), b"meta" | b"entries" | b"__sled__default"))
+        || !db.is_empty();
+    let mut image = Image::default();
+    let mut w = Write::default();
+    for (name, changes) in [("entries", &mut w.entries), ("meta", &mut w.meta)] {
+        let tree = db.open_tree(name).map_err(sled_err)?;
+        for kv in tree.iter() {
+            let (k, v) = kv.map_err(sled_err)?;
+            changes.push((k, Some(v)));
+        }
+    }
+    image.apply(&w);
+    let marked = image.meta.contains_key(K_FORMAT);
+    if foreign || (!marked && !image.entries.is_empty()) {
+        return Err(StoreError::Foreign {
+            path,
+            found: image
+                .meta
+                .get(K_FORMAT)
+                .map_or("(none)".into(), |f| String::from_utf8_lossy(f).into_owned()),
+        });
+    }
+    Ok(image)
+}
+
+/// The store's shared state: what it holds, and its log (none for a
+/// simulated store).
+#[derive(Debug)]
+struct Inner {
+    image: Image,
+    log: Option<Wal>,
+    /// The data dir's lock, held while the store is open (none for a
+    /// simulated store).
+    _lock: Option<std::fs::File>,
+}
+
+/// The Raft log: an in-memory image of two maps, every write logged.
+#[derive(Debug, Clone)]
+pub struct SledStorage {
+    inner: Arc<Mutex<Inner>>,
+    /// The data dir, for errors.
+    path: Arc<str>,
+    /// This data dir's random id, read at open.
+    instance: u64,
+    /// Set by every write, cleared by `sync`: a ready that wrote nothing
+    /// costs no flush. Shared by clones.
+    dirty: Arc<AtomicBool>,
+    /// Raft asked for a snapshot the store does not have (shared by clones).
+    snapshot_wanted: Arc<AtomicBool>,
+    /// The crash model of a simulated store; `None` for a real one.
+    #[cfg(test)]
+    model: Option<Arc<CrashModel>>,
+    /// A planted bug for the crash harness: installs a snapshot in two
+    /// writes (meta, then the entries' removal), as the store once did.
+    #[cfg(test)]
+    split_install: bool,
+}
+
 impl SledStorage {
     /// Opens (or creates) the log in `dir`. A directory that holds another
-    /// program's sled database, or files sled cannot read, is an error that
-    /// names the directory; nothing in it is changed. A new store gets a
-    /// random instance id, written (and flushed) with the format marker; a
-    /// store made before instance ids gets one at its first open.
+    /// program's database, or files that do not read, is an error that
+    /// names the directory. A new store gets a random instance id, written
+    /// (and synced) with the format marker; a store made before instance
+    /// ids gets one at its first open. A data dir of an earlier version (a
+    /// sled database) is copied into a new log, then sled's files go.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_with_segment(dir, SEGMENT_BYTES)
-    }
-
-    /// [`SledStorage::open`] with the segment size of a new data dir (for
-    /// benchmarks; an existing one keeps its own).
-    pub fn open_with_segment(dir: &Path, segment: usize) -> Result<Self, StoreError> {
         let path = dir.display().to_string();
-        let segment = match segment_size_of(dir) {
-            Some(s) => s,
-            // sled would write a new conf over a database it cannot read
-            // with the size given: refuse rather than guess.
-            None if std::fs::metadata(dir.join("db")).is_ok_and(|m| m.len() > 0) => {
-                return Err(StoreError::Corrupt {
-                    what: format!("data dir {path}"),
-                    reason: "sled's `conf` file is missing or unreadable, so its segment size is unknown (a data dir from before v2 used 524288: restore `conf` with `segment_size: 524288`, `use_compression: false` and `version: 0.34` lines, or move the dir aside and rejoin)".into(),
-                });
-            }
-            // Smaller segments would make every page a blob (see "Parts").
-            None => segment.max(MIN_SEGMENT_BYTES),
-        };
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .segment_size(segment)
-            .open()
-            .map_err(|source| StoreError::Sled {
-                path: path.clone(),
-                source,
-            })?;
-        let s = Self::init(
-            db,
-            path.clone(),
-            new_instance,
-            true,
-            part_bytes_for(segment),
-        )?;
-        // sled writes its conf file (the segment size) without an fsync.
-        for p in [dir.join("conf"), dir.to_path_buf()] {
-            std::fs::File::open(&p)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| StoreError::Sled {
-                    path: path.clone(),
-                    source: sled::Error::Io(e),
-                })?;
-        }
-        Ok(s)
-    }
-
-    /// Checks (or writes) the format marker and the instance id of an open
-    /// database. `instance` names a new store; `flush` makes that durable.
-    fn init(
-        db: sled::Db,
-        path: String,
-        instance: impl FnOnce() -> u64,
-        flush: bool,
-        part_bytes: usize,
-    ) -> Result<Self, StoreError> {
-        let sled_err = |source| StoreError::Sled {
+        let log_err = |source| StoreError::Log {
             path: path.clone(),
             source,
         };
-        let meta = db.open_tree("meta").map_err(sled_err)?;
-        let entries = db.open_tree("entries").map_err(sled_err)?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            log_err(WalError::Io {
+                path: path.clone(),
+                source: e,
+            })
+        })?;
+        // One process per data dir: an exclusive lock on `lock`, released
+        // when the store (every clone) is dropped or the process ends.
+        let lock_path = dir.join("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| {
+                log_err(WalError::Io {
+                    path: lock_path.display().to_string(),
+                    source: e,
+                })
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::InUse { path }),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(log_err(WalError::Io {
+                    path: lock_path.display().to_string(),
+                    source: e,
+                }));
+            }
+        }
+        let has_log = Wal::exists(dir).map_err(log_err)?;
+        let old = sled_files(dir);
+        let (log, image) = if has_log {
+            let (log, records) = Wal::open(dir).map_err(log_err)?;
+            let mut image = Image::default();
+            for (n, r) in records.iter().enumerate() {
+                let w = decode_write(r).map_err(|reason| StoreError::Corrupt {
+                    what: format!("log record {n} in {path}"),
+                    reason,
+                })?;
+                image.apply(&w);
+            }
+            (log, image)
+        } else if old.is_empty() {
+            (Wal::create_new(dir, []).map_err(log_err)?, Image::default())
+        } else {
+            let image = read_sled(dir)?;
+            let first = encode_write(&image.checkpoint());
+            let log = Wal::create_new(dir, [first.as_slice()]).map_err(log_err)?;
+            (log, image)
+        };
+        // sled's files of an earlier version, once the log holds it all
+        // (or left by a copy whose removal was cut short).
+        for f in sled_files(dir) {
+            let r = if f.is_dir() {
+                std::fs::remove_dir_all(&f)
+            } else {
+                std::fs::remove_file(&f)
+            };
+            r.map_err(|e| {
+                log_err(WalError::Io {
+                    path: f.display().to_string(),
+                    source: e,
+                })
+            })?;
+        }
+        let s = Self::init(
+            Inner {
+                image,
+                log: Some(log),
+                _lock: Some(lock),
+            },
+            path,
+            new_instance,
+        )?;
+        s.sync().map_err(|e| StoreError::Corrupt {
+            what: "data dir".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(s)
+    }
+
+    /// Checks (or writes) the format marker and the instance id of a store.
+    /// `instance` names a new store.
+    fn init(
+        inner: Inner,
+        path: String,
+        instance: impl FnOnce() -> u64,
+    ) -> Result<Self, StoreError> {
         let mut created = Vec::new();
-        match meta.get(K_FORMAT).map_err(sled_err)? {
+        match inner.image.meta.get(K_FORMAT) {
             Some(f) if f.as_ref() == FORMAT => {}
             Some(f) if f.as_ref() == FORMAT_V1 => {
                 // From now on values may be stored in parts, which a v1
@@ -458,18 +667,12 @@ impl SledStorage {
             Some(f) => {
                 return Err(StoreError::Foreign {
                     path,
-                    found: String::from_utf8_lossy(&f).into_owned(),
+                    found: String::from_utf8_lossy(f).into_owned(),
                 });
             }
             None => {
-                // A new store must be empty: any other tree or key means foreign data.
-                let foreign = db
-                    .tree_names()
-                    .iter()
-                    .any(|n| !matches!(n.as_ref(), b"meta" | b"entries" | b"__sled__default"))
-                    || !db.is_empty()
-                    || !entries.is_empty();
-                if foreign {
+                // A new store must be empty: any key means foreign data.
+                if !inner.image.meta.is_empty() || !inner.image.entries.is_empty() {
                     return Err(StoreError::Foreign {
                         path,
                         found: "(none)".into(),
@@ -478,7 +681,7 @@ impl SledStorage {
                 created.push((IVec::from(K_FORMAT), Some(IVec::from(FORMAT))));
             }
         }
-        let id = match meta.get(K_INSTANCE).map_err(sled_err)? {
+        let id = match inner.image.meta.get(K_INSTANCE) {
             Some(v) => {
                 let b: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
                     what: "instance id".into(),
@@ -506,25 +709,34 @@ impl SledStorage {
                 id
             }
         };
-        if !created.is_empty() {
-            meta.apply_batch(batch(&created)).map_err(sled_err)?;
-            if flush {
-                db.flush().map_err(sled_err)?;
-            }
-        }
-        Ok(Self {
-            db,
-            entries,
-            meta,
+        let s = Self {
+            inner: Arc::new(Mutex::new(inner)),
+            path: path.clone().into(),
             instance: id,
-            part_bytes,
             dirty: Arc::default(),
             snapshot_wanted: Arc::default(),
             #[cfg(test)]
             model: None,
             #[cfg(test)]
             split_install: false,
-        })
+        };
+        if !created.is_empty() {
+            s.write(Write {
+                meta: created,
+                ..Write::default()
+            })
+            .map_err(|e| StoreError::Corrupt {
+                what: format!("data dir {path}"),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(s)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// This data dir's instance id: random and non-zero, fixed when the
@@ -533,21 +745,45 @@ impl SledStorage {
         self.instance
     }
 
-    /// Makes every earlier write durable (one flush). The driver calls it
-    /// once per ready, after writing entries and hard state and before
+    /// Makes every earlier write durable (one fdatasync). The driver calls
+    /// it once per ready, after writing entries and hard state and before
     /// sending the messages that acknowledge them. Free when nothing was
-    /// written since the last sync.
+    /// written since the last sync. Then, if the log's file has grown past
+    /// twice what the store holds, rewrites it (see the invariants above);
+    /// a failed rewrite is logged and the old log goes on.
     pub fn sync(&self) -> raft::Result<()> {
         #[cfg(test)]
         if let Some(model) = &self.model {
             self.dirty.store(false, Ordering::Release);
             return model.sync();
         }
-        if self.dirty.swap(false, Ordering::AcqRel)
-            && let Err(e) = self.db.flush()
-        {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let mut inner = self.lock();
+        let Inner { image, log, .. } = &mut *inner;
+        let Some(log) = log else { return Ok(()) };
+        if let Err(e) = log.sync() {
             self.dirty.store(true, Ordering::Release);
-            return Err(store_err(e));
+            return Err(log_err(e));
+        }
+        if log.bytes() > 2 * image.bytes + REWRITE_SLACK {
+            let before = log.bytes();
+            let first = encode_write(&image.checkpoint());
+            match log.rotate([first.as_slice()]) {
+                Ok(()) => tracing::debug!(
+                    before,
+                    after = log.bytes(),
+                    held = image.bytes,
+                    "raft log rewritten"
+                ),
+                Err(e) => {
+                    tracing::warn!(data_dir = %self.path, error = %e, "raft log: rewrite failed; the log goes on as it was");
+                    if log.stopped() {
+                        return Err(log_err(e));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -564,7 +800,12 @@ impl SledStorage {
         if w.entries.is_empty() && w.meta.is_empty() {
             return Ok(());
         }
-        apply_write(&self.entries, &self.meta, &w).map_err(store_err)?;
+        let mut inner = self.lock();
+        if let Some(log) = &mut inner.log {
+            log.append(&encode_write(&w)).map_err(log_err)?;
+        }
+        inner.image.apply(&w);
+        drop(inner);
         self.dirty.store(true, Ordering::Release);
         #[cfg(test)]
         if let Some(model) = &self.model {
@@ -574,10 +815,7 @@ impl SledStorage {
     }
 
     fn get_msg<M: protobuf::Message + Default>(&self, k: &[u8], what: &str) -> raft::Result<M> {
-        match self.meta.get(k).map_err(store_err)? {
-            None => Ok(M::default()),
-            Some(v) => M::parse_from_bytes(&v).map_err(|e| corrupt(what, e)),
-        }
+        self.lock().image.msg(k, what)
     }
 
     fn snapshot_meta(&self) -> raft::Result<SnapshotMetadata> {
@@ -610,9 +848,10 @@ impl SledStorage {
 
     /// The last snapshot taken or installed (empty when there is none).
     pub fn last_snapshot(&self) -> raft::Result<Snapshot> {
+        let inner = self.lock();
         let mut snap = Snapshot::default();
-        snap.set_metadata(self.snapshot_meta()?);
-        snap.set_data(snapshot_data(&self.meta)?.into());
+        snap.set_metadata(inner.image.msg(K_SNAP_META, "snapshot metadata")?);
+        snap.set_data(inner.image.snapshot_data()?.into());
         Ok(snap)
     }
 
@@ -622,6 +861,16 @@ impl SledStorage {
             meta: vec![(K_CONF_STATE.into(), Some(encode(cs, "conf state")?))],
             ..Write::default()
         })
+    }
+
+    /// The keys of `entries` in a range, to remove.
+    fn entry_keys(&self, range: (Bound<IVec>, Bound<IVec>)) -> Vec<(IVec, Option<IVec>)> {
+        self.lock()
+            .image
+            .entries
+            .range(range)
+            .map(|(k, _)| (k.clone(), None))
+            .collect()
     }
 
     /// Appends entries, first dropping any stored entry at or after the first
@@ -637,14 +886,16 @@ impl SledStorage {
         if first.index > self.last_index()? + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let mut w = Write::default();
-        for k in self.entries.range(key(first.index)..).keys() {
-            w.entries.push((k.map_err(store_err)?, None));
-        }
+        let mut w = Write {
+            entries: self.entry_keys((
+                Bound::Included(IVec::from(&key(first.index))),
+                Bound::Unbounded,
+            )),
+            ..Write::default()
+        };
         for e in ents {
             let bytes = e.write_to_bytes().map_err(|err| corrupt("entry", err))?;
-            w.entries
-                .extend(parts(&key(e.index), &bytes, self.part_bytes));
+            w.entries.extend(parts(&key(e.index), &bytes, PART_BYTES));
         }
         self.write(w)
     }
@@ -655,20 +906,19 @@ impl SledStorage {
         if index > self.last_index()? + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let mut w = Write::default();
-        for k in self.entries.range(..key(index)).keys() {
-            w.entries.push((k.map_err(store_err)?, None));
-        }
-        self.write(w)
+        self.write(Write {
+            entries: self.entry_keys((Bound::Unbounded, Bound::Excluded(IVec::from(&key(index))))),
+            ..Write::default()
+        })
     }
 
     /// The changes that store `data` as the snapshot's data, in parts,
     /// dropping any part of the previous data past the new ones.
-    fn snapshot_data_writes(&self, data: &[u8]) -> raft::Result<Vec<(IVec, Option<IVec>)>> {
-        let mut w = parts(K_SNAP_DATA, data, self.part_bytes);
+    fn snapshot_data_writes(&self, data: &[u8]) -> Vec<(IVec, Option<IVec>)> {
+        let mut w = parts(K_SNAP_DATA, data, PART_BYTES);
         let count = w.len();
-        for k in self.meta.scan_prefix(K_SNAP_DATA).keys() {
-            let k = k.map_err(store_err)?;
+        let inner = self.lock();
+        for (k, _) in Image::prefixed(&inner.image.meta, K_SNAP_DATA) {
             // Parts 0..count are overwritten; any other key under the
             // prefix (a part past the new ones) goes.
             let part = k[K_SNAP_DATA.len()..]
@@ -677,10 +927,10 @@ impl SledStorage {
                 .map(u32::from_be_bytes)
                 .and_then(|n| usize::try_from(n).ok());
             if k.len() != K_SNAP_DATA.len() && part.is_none_or(|n| n == 0 || n >= count) {
-                w.push((k, None));
+                w.push((k.clone(), None));
             }
         }
-        Ok(w)
+        w
     }
 
     /// Records a snapshot of the applied state at `index` (whose term is
@@ -696,7 +946,7 @@ impl SledStorage {
             K_SNAP_META.into(),
             Some(encode(&meta, "snapshot metadata")?),
         )];
-        changes.extend(self.snapshot_data_writes(&data)?);
+        changes.extend(self.snapshot_data_writes(&data));
         self.write(Write {
             meta: changes,
             ..Write::default()
@@ -706,8 +956,7 @@ impl SledStorage {
     /// Installs a snapshot received from the leader: the whole log is
     /// dropped, the hard state's commit moves to the snapshot (and its term
     /// up to the snapshot's, with no vote in that term), the conf state
-    /// becomes the snapshot's. One transaction over both trees; durable at
-    /// the next sync.
+    /// becomes the snapshot's. One write; durable at the next sync.
     pub fn apply_snapshot(&self, snap: &Snapshot) -> raft::Result<()> {
         let meta = snap.get_metadata();
         if meta.index < self.first_index()? - 1 || meta.index < self.snapshot_meta()?.index {
@@ -729,12 +978,9 @@ impl SledStorage {
                 ),
                 (K_SNAP_META.into(), Some(encode(meta, "snapshot metadata")?)),
             ],
-            ..Write::default()
+            entries: self.entry_keys((Bound::Unbounded, Bound::Unbounded)),
         };
-        w.meta.extend(self.snapshot_data_writes(snap.get_data())?);
-        for k in self.entries.iter().keys() {
-            w.entries.push((k.map_err(store_err)?, None));
-        }
+        w.meta.extend(self.snapshot_data_writes(snap.get_data()));
         #[cfg(test)]
         if self.split_install {
             let entries = std::mem::take(&mut w.entries);
@@ -751,75 +997,6 @@ impl SledStorage {
 /// The path shown for a simulated store.
 #[cfg(test)]
 const SIMULATED: &str = "(simulated)";
-
-/// What a disk holds: both trees as plain maps.
-#[cfg(test)]
-#[derive(Debug, Clone, Default)]
-struct Image {
-    entries: std::collections::BTreeMap<IVec, IVec>,
-    meta: std::collections::BTreeMap<IVec, IVec>,
-}
-
-#[cfg(test)]
-impl Image {
-    /// A copy of a store's trees.
-    fn of(s: &SledStorage) -> sled::Result<Self> {
-        let mut image = Image::default();
-        for (tree, map) in [(&s.entries, &mut image.entries), (&s.meta, &mut image.meta)] {
-            for kv in tree.iter() {
-                let (k, v) = kv?;
-                map.insert(k, v);
-            }
-        }
-        Ok(image)
-    }
-
-    /// One write, whole (what sled's recovery keeps of a batch or a
-    /// transaction: all of it).
-    fn apply(&mut self, w: &Write) {
-        for (changes, map) in [(&w.entries, &mut self.entries), (&w.meta, &mut self.meta)] {
-            for (k, v) in changes {
-                match v {
-                    Some(v) => map.insert(k.clone(), v.clone()),
-                    None => map.remove(k),
-                };
-            }
-        }
-    }
-
-    fn msg<M: protobuf::Message + Default>(&self, k: &[u8], what: &str) -> raft::Result<M> {
-        match self.meta.get(k) {
-            None => Ok(M::default()),
-            Some(v) => M::parse_from_bytes(v).map_err(|e| corrupt(what, e)),
-        }
-    }
-
-    /// Whether the entry at `index` is held, or covered by the snapshot.
-    fn covers(&self, index: u64) -> raft::Result<bool> {
-        let snap: SnapshotMetadata = self.msg(K_SNAP_META, "snapshot metadata")?;
-        Ok(index <= snap.index || self.entries.contains_key(&key(index)[..]))
-    }
-
-    /// The term of the entry at `index`, or of the snapshot at its index.
-    fn term(&self, index: u64) -> raft::Result<Option<u64>> {
-        let snap: SnapshotMetadata = self.msg(K_SNAP_META, "snapshot metadata")?;
-        if index == snap.index {
-            return Ok(Some(snap.term));
-        }
-        let held = self
-            .entries
-            .range(IVec::from(&key(index))..)
-            .map(|(k, v)| Ok((k.clone(), v.clone())));
-        match joined(held).next().transpose()? {
-            Some((i, v)) if i == index => Ok(Some(
-                Entry::parse_from_bytes(&v)
-                    .map_err(|e| corrupt("entry", e))?
-                    .term,
-            )),
-            _ => Ok(None),
-        }
-    }
-}
 
 /// A simulated store's crash model: what was written since the last sync,
 /// and the durable image (what the disk holds after a crash).
@@ -859,21 +1036,6 @@ impl CrashModel {
     }
 }
 
-/// A temporary sled database that is never flushed.
-#[cfg(test)]
-fn temporary_db() -> Result<sled::Db, StoreError> {
-    sled::Config::new()
-        .temporary(true)
-        .flush_every_ms(None)
-        .cache_capacity(CACHE_BYTES)
-        .segment_size(SEGMENT_BYTES)
-        .open()
-        .map_err(|source| StoreError::Sled {
-            path: SIMULATED.into(),
-            source,
-        })
-}
-
 #[cfg(test)]
 fn not_simulated() -> raft::Error {
     raft::Error::Store(StorageError::Other("not a simulated store".into()))
@@ -883,27 +1045,25 @@ fn not_simulated() -> raft::Error {
 #[cfg(test)]
 impl SledStorage {
     /// An in-memory store that models crashes: every write since the last
-    /// [`sync`](Self::sync) is pending, and `sync` applies the pending
-    /// writes to a durable image of the store (what its disk would hold).
-    /// Nothing is ever flushed to disk. `instance` is its instance id
-    /// (non-zero).
+    /// sync is pending until `sync`, and `crash` gives the store a crash
+    /// would leave. Nothing is ever written to disk. `instance` is its
+    /// instance id (the simulator gives each node's store its own).
     pub fn simulated(instance: u64) -> Result<Self, StoreError> {
         Self::init(
-            temporary_db()?,
+            Inner {
+                image: Image::default(),
+                log: None,
+                _lock: None,
+            },
             SIMULATED.into(),
             || instance,
-            false,
-            part_bytes_for(SEGMENT_BYTES),
         )?
         .with_model()
     }
 
     /// Starts the crash model: everything in the store is durable.
     fn with_model(mut self) -> Result<Self, StoreError> {
-        let durable = Image::of(&self).map_err(|source| StoreError::Sled {
-            path: SIMULATED.into(),
-            source,
-        })?;
+        let durable = self.lock().image.clone();
         self.model = Some(Arc::new(CrashModel {
             state: std::sync::Mutex::new(ModelState {
                 pending: Vec::new(),
@@ -919,18 +1079,14 @@ impl SledStorage {
 
     /// The store as a crash now would leave it, reopened: the durable image
     /// plus the first `keep` pending writes (at most all of them), each
-    /// whole, as sled recovers its log in write order. The result is a new
+    /// whole, as the log is recovered in write order. The result is a new
     /// simulated store with nothing pending; this one is unchanged.
     pub fn crash(&self, keep: usize) -> Result<Self, StoreError> {
-        let sled_err = |source| StoreError::Sled {
-            path: SIMULATED.into(),
-            source,
-        };
-        let model = self
-            .model
-            .as_ref()
-            .ok_or_else(|| sled_err(sled::Error::Unsupported("not a simulated store".into())))?;
-        let mut disk = {
+        let model = self.model.as_ref().ok_or_else(|| StoreError::Corrupt {
+            what: SIMULATED.into(),
+            reason: "not a simulated store".into(),
+        })?;
+        let disk = {
             let st = model.lock();
             let mut disk = st.durable.clone();
             for w in st.pending.iter().take(keep) {
@@ -938,23 +1094,15 @@ impl SledStorage {
             }
             disk
         };
-        let db = temporary_db()?;
-        for (name, map) in [("entries", &mut disk.entries), ("meta", &mut disk.meta)] {
-            let mut all = sled::Batch::default();
-            for (k, v) in std::mem::take(map) {
-                all.insert(k, v);
-            }
-            db.open_tree(name)
-                .and_then(|t| t.apply_batch(all))
-                .map_err(sled_err)?;
-        }
         // Opened as a restarting node opens its data dir.
         Self::init(
-            db,
+            Inner {
+                image: disk,
+                log: None,
+                _lock: None,
+            },
             SIMULATED.into(),
             new_instance,
-            false,
-            part_bytes_for(SEGMENT_BYTES),
         )?
         .with_model()
     }
@@ -977,7 +1125,6 @@ impl SledStorage {
 
     /// Whether the flushed log holds the entry at `index` or a snapshot at
     /// or past it (what an append acknowledgement for `index` needs).
-    #[cfg(test)]
     pub fn durable_covers(&self, index: u64) -> raft::Result<bool> {
         self.model()?.lock().durable.covers(index)
     }
@@ -1005,9 +1152,10 @@ impl Storage for SledStorage {
         if high > self.last_index()? + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
+        let inner = self.lock();
         let mut out = Vec::new();
         let mut size = 0u64;
-        for item in joined(self.entries.range(key(low)..key(high))) {
+        for item in inner.image.entries_from(low, Some(high)) {
             let (_, v) = item?;
             let e = Entry::parse_from_bytes(&v).map_err(|err| corrupt("entry", err))?;
             size += u64::from(e.compute_size());
@@ -1028,24 +1176,24 @@ impl Storage for SledStorage {
         if idx < self.first_index()? {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        match joined(self.entries.range(key(idx)..)).next().transpose()? {
-            Some((i, v)) if i == idx => Ok(Entry::parse_from_bytes(&v)
-                .map_err(|e| corrupt("entry", e))?
-                .term),
-            _ => Err(raft::Error::Store(StorageError::Unavailable)),
+        match self.lock().image.term(idx)? {
+            Some(t) => Ok(t),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
         }
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        match self.entries.first().map_err(store_err)? {
-            Some((k, _)) => Ok(index_of(&k)?.0),
+        let first = self.lock().image.entries.keys().next().cloned();
+        match first {
+            Some(k) => Ok(index_of(&k)?.0),
             None => Ok(self.snapshot_meta()?.index + 1),
         }
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        match self.entries.last().map_err(store_err)? {
-            Some((k, _)) => Ok(index_of(&k)?.0),
+        let last = self.lock().image.entries.keys().next_back().cloned();
+        match last {
+            Some(k) => Ok(index_of(&k)?.0),
             None => Ok(self.snapshot_meta()?.index),
         }
     }

@@ -1,7 +1,6 @@
 //! An append-only log of checksummed records in a directory of its own:
-//! the building block for taking the Raft log out of sled (BENCHMARKS.md,
-//! "Scale": sled keeps 5 to 15 times what a log of tiny entries holds).
-//! Not yet used by the node.
+//! the Raft log's files (`mesh::storage` keeps what it holds in memory and
+//! writes every change here).
 //!
 //! Files: `wal-<generation, 16 hex digits>`, each a header (`FXWAL1\0\0`,
 //! then the generation, 8 bytes little-endian) and records: the payload's
@@ -203,6 +202,7 @@ impl Wal {
         generations.sort_unstable();
         let Some(&newest) = generations.last() else {
             let wal = Self::create(dir, 1, std::iter::empty())?;
+            fsync_dir(dir)?;
             return Ok((wal, Vec::new()));
         };
         for g in &generations[..generations.len() - 1] {
@@ -235,8 +235,33 @@ impl Wal {
         ))
     }
 
-    /// Writes generation `generation` holding `records`, durably, and opens
-    /// it for appending (the rename is the switch).
+    /// Whether `dir` holds a log (a generation file).
+    pub fn exists(dir: &Path) -> Result<bool, WalError> {
+        match std::fs::read_dir(dir) {
+            Ok(listing) => Ok(listing
+                .flatten()
+                .any(|e| generation_of(&e.file_name().to_string_lossy()).is_some())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io(dir)(e)),
+        }
+    }
+
+    /// Creates the log in `dir`, which holds none, with `records` as its
+    /// first records: the file appears whole (written, fsynced, renamed
+    /// into place) or not at all.
+    pub fn create_new<'a>(
+        dir: &Path,
+        records: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Self, WalError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let wal = Self::create(dir, 1, records)?;
+        fsync_dir(dir)?;
+        Ok(wal)
+    }
+
+    /// Writes generation `generation` holding `records`, fsynced, and
+    /// renames it into place (the directory is not yet fsynced); opens it
+    /// for appending.
     fn create<'a>(
         dir: &Path,
         generation: u64,
@@ -258,7 +283,6 @@ impl Wal {
         file.write_all(&buf).map_err(io(&tmp))?;
         file.sync_all().map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&tmp))?;
-        fsync_dir(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             generation,
@@ -310,15 +334,14 @@ impl Wal {
     ) -> Result<(), WalError> {
         self.check()?;
         let old = self.dir.join(file_name(self.generation));
-        let new = match Self::create(&self.dir, self.generation + 1, records) {
-            Ok(n) => n,
-            Err(e) => {
-                // The old generation is still the log; a stray .tmp goes
-                // at the next open.
-                return Err(e);
-            }
-        };
-        *self = new;
+        // Until the rename, the old generation is the log (a stray .tmp
+        // goes at the next open) and a failure changes nothing.
+        *self = Self::create(&self.dir, self.generation + 1, records)?;
+        // After it, the new one is: if it cannot be made durable, stop.
+        if let Err(e) = fsync_dir(&self.dir) {
+            self.stopped = true;
+            return Err(e);
+        }
         if let Err(e) = std::fs::remove_file(&old) {
             // The new generation is current; the next open removes the old.
             tracing::warn!(file = %old.display(), error = %e, "could not remove an old log generation");
@@ -329,6 +352,11 @@ impl Wal {
     /// Bytes the log's file holds.
     pub fn bytes(&self) -> u64 {
         self.len
+    }
+
+    /// Whether an error stopped the log (every later call fails).
+    pub fn stopped(&self) -> bool {
+        self.stopped
     }
 }
 

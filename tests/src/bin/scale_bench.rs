@@ -23,7 +23,6 @@
 //!   `--steady-entries` refreshes back to back (at 0.6 a second, what three
 //!   nodes propose, 25,000 are 11.6 hours); every 1,000 entries it reads
 //!   the data dir's size against the logical state (snapshot + log since).
-//!   `--segment-bytes` picks sled's segment size of the data dir.
 //! - `sizes`: what one entry weighs, JSON (the old form) against the
 //!   binary form, for a whole set of 10,000 verdicts and for a refresh.
 //!
@@ -78,10 +77,6 @@ struct Args {
     /// unless given).
     #[arg(long, default_value_t = faxi_watchdog::config::DEFAULT_SNAPSHOT_ENTRIES)]
     snapshot_entries: u64,
-    /// sled's segment size for the steady part's data dirs (the node's
-    /// default for a new data dir unless given).
-    #[arg(long, default_value_t = faxi_watchdog::mesh::storage::SEGMENT_BYTES)]
-    segment_bytes: usize,
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -380,13 +375,7 @@ async fn sled(args: &Args) -> String {
         .tempdir()
         .unwrap();
     let data = dir.path().join("data");
-    let (mesh, _storage) = one_node(
-        &data,
-        args.segment_bytes,
-        args.snapshot_entries,
-        args.sled_snapshot_bytes,
-    )
-    .await;
+    let (mesh, _storage) = one_node(&data, args.snapshot_entries, args.sled_snapshot_bytes).await;
     let entry = codec::encode(&whole_set(10_000, now_ms(), State::Up))
         .unwrap()
         .len();
@@ -437,7 +426,6 @@ async fn sled(args: &Args) -> String {
 /// snapshot settings unless `snapshot_bytes` says otherwise.
 async fn one_node(
     data: &Path,
-    segment: usize,
     snapshot_entries: u64,
     snapshot_bytes: u64,
 ) -> (driver::Mesh, SledStorage) {
@@ -449,7 +437,7 @@ async fn one_node(
             instance: 0,
         },
     )];
-    let storage = SledStorage::open_with_segment(data, segment).unwrap();
+    let storage = SledStorage::open(data).unwrap();
     driver::init(&storage, 1, &peers, driver::new_cluster_id()).unwrap();
     let (tx, rx) = sync_channel(driver::INBOX);
     let transport = Transport::new(1, tokio::runtime::Handle::current(), tx.clone(), None);
@@ -490,10 +478,9 @@ fn logical_bytes(s: &SledStorage) -> u64 {
 async fn steady(args: &Args) -> String {
     let mut out = format!(
         "\n## A quiet mesh over hours: the data dir against the logical state\n\n\
-         One node, a snapshot every {} entries or 16 MiB, segment size {} KiB; \
+         One node, a snapshot every {} entries or 16 MiB; \
          one whole set of N verdicts, then {} refreshes back to back (at 0.6 a second: {:.1} h).\n",
         args.snapshot_entries,
-        args.segment_bytes / 1024,
         args.steady_entries,
         args.steady_entries as f64 / 0.6 / 3600.0,
     );
@@ -503,8 +490,7 @@ async fn steady(args: &Args) -> String {
             .tempdir()
             .unwrap();
         let data = dir.path().join("data");
-        let (mesh, storage) =
-            one_node(&data, args.segment_bytes, args.snapshot_entries, 16 << 20).await;
+        let (mesh, storage) = one_node(&data, args.snapshot_entries, 16 << 20).await;
         mesh.propose(whole_set(n, now_ms(), State::Up), Duration::from_secs(30))
             .await
             .unwrap();
@@ -513,7 +499,7 @@ async fn steady(args: &Args) -> String {
         ));
         let digest = mesh.read().sm.digest_of(1).0;
         let started = Instant::now();
-        let (mut worst, mut sum, mut count) = (0f64, 0f64, 0u32);
+        let (mut worst, mut sum, mut count, mut max_disk) = (0f64, 0f64, 0u32, 0f64);
         for k in 1..=args.steady_entries {
             let refresh = Command::Refresh {
                 node: 1,
@@ -524,25 +510,31 @@ async fn steady(args: &Args) -> String {
             mesh.propose(refresh, Duration::from_secs(30))
                 .await
                 .unwrap();
-            if k % 1_000 == 0 || k == args.steady_entries {
+            // Sampled every 100 entries (between compactions too), a row
+            // every 1,000.
+            if k % 100 == 0 || k == args.steady_entries {
                 let disk = disk_bytes(&data) as f64;
                 let logical = logical_bytes(&storage) as f64;
                 let ratio = disk / logical;
                 worst = worst.max(ratio);
                 sum += ratio;
                 count += 1;
-                out.push_str(&format!(
-                    "| {k} | {:.1} | {:.2} | {:.2} | {ratio:.2} |\n",
-                    k as f64 / 0.6 / 3600.0,
-                    disk / MB,
-                    logical / MB
-                ));
+                max_disk = max_disk.max(disk);
+                if k % 1_000 == 0 || k == args.steady_entries {
+                    out.push_str(&format!(
+                        "| {k} | {:.1} | {:.2} | {:.2} | {ratio:.2} |\n",
+                        k as f64 / 0.6 / 3600.0,
+                        disk / MB,
+                        logical / MB
+                    ));
+                }
             }
         }
         out.push_str(&format!(
-            "\nratio: worst {worst:.2}, mean {:.2}; blobs written by sled: {}; {:.0} s\n",
+            "\ndata dir / logical state, sampled every 100 entries: worst {worst:.2}, mean {:.2}; \
+             data dir at most {:.2} MB; {:.0} s\n",
             sum / f64::from(count.max(1)),
-            std::fs::read_dir(data.join("blobs")).map_or(0, |d| d.count()),
+            max_disk / MB,
             started.elapsed().as_secs_f64()
         ));
         mesh.stop();

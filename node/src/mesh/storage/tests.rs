@@ -219,10 +219,7 @@ fn reopen(dir: &std::path::Path) -> SledStorage {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match SledStorage::open(dir) {
-            Err(StoreError::Sled { source, .. })
-                if source.to_string().contains("could not acquire lock")
-                    && tokio::time::Instant::now() < deadline =>
-            {
+            Err(StoreError::InUse { .. }) if tokio::time::Instant::now() < deadline => {
                 std::thread::yield_now();
             }
             r => return r.unwrap(),
@@ -296,63 +293,8 @@ fn a_foreign_data_dir_is_refused_by_name() {
     assert!(err.contains(&g.path().display().to_string()), "{err}");
 }
 
-/// Files sled wrote under `blobs/` (pages too large for its log).
-fn blob_files(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir.join("blobs")).map_or(0, |d| d.count())
-}
-
 #[test]
-fn large_values_are_stored_in_parts_inside_the_fsynced_log_not_as_sled_blobs() {
-    // What the parts avoid: sled writes a large value to a file of its own,
-    // which it never fsyncs.
-    let raw = tempfile::tempdir().unwrap();
-    {
-        let db = sled::Config::new()
-            .path(raw.path())
-            .segment_size(SEGMENT_BYTES)
-            .open()
-            .unwrap();
-        db.insert(b"big", vec![7u8; 100_000]).unwrap();
-        db.flush().unwrap();
-    }
-    assert!(
-        blob_files(raw.path()) > 0,
-        "sled stored a large value inline"
-    );
-
-    for segment in [SEGMENT_BYTES, 512 * 1024] {
-        let d = tempfile::tempdir().unwrap();
-        let big: Vec<Entry> = (1..=40).map(|i| big_entry(i, 1, 100_000)).collect();
-        let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
-        {
-            let s = SledStorage::open_with_segment(d.path(), segment).unwrap();
-            s.append(&big).unwrap();
-            let mut cs = ConfState::default();
-            cs.voters = vec![1];
-            s.create_snapshot(20, &cs, data.clone()).unwrap();
-            s.sync().unwrap();
-            assert_eq!(
-                blob_files(d.path()),
-                0,
-                "segment {segment}: a value became a blob"
-            );
-            assert_eq!(s.entries(1, 41, None, ctx()).unwrap(), big);
-            assert_eq!(s.last_snapshot().unwrap().get_data(), &data[..]);
-            // A smaller snapshot leaves none of the larger one's parts.
-            s.create_snapshot(30, &cs, b"small".to_vec()).unwrap();
-            s.sync().unwrap();
-            assert_eq!(s.last_snapshot().unwrap().get_data(), b"small");
-            assert_eq!(s.meta.scan_prefix(K_SNAP_DATA).count(), 1);
-        }
-        let s = reopen(d.path());
-        assert_eq!(s.entries(1, 41, None, ctx()).unwrap(), big);
-        assert_eq!(s.last_snapshot().unwrap().get_data(), b"small");
-        assert_eq!(blob_files(d.path()), 0);
-    }
-}
-
-#[test]
-fn a_data_dir_from_before_parts_reads_the_same_and_keeps_its_segment_size() {
+fn a_sled_data_dir_of_an_earlier_version_is_copied_into_the_log_and_reads_the_same() {
     // A v1 data dir: sled's default segment size, every value whole.
     let d = tempfile::tempdir().unwrap();
     let big = big_entry(2, 1, 300_000);
@@ -373,19 +315,25 @@ fn a_data_dir_from_before_parts_reads_the_same_and_keeps_its_segment_size() {
     }
     let s = reopen(d.path());
     assert_eq!(s.instance(), 77);
-    assert_eq!(s.part_bytes, part_bytes_for(512 * 1024));
     assert_eq!(
         s.entries(1, 4, None, ctx()).unwrap(),
         vec![entry(1, 1), big.clone(), entry(3, 1)]
     );
     assert_eq!(s.term(2).unwrap(), 1);
     assert_eq!(s.last_snapshot().unwrap().get_data(), &data[..]);
-    assert_eq!(s.meta.get(K_FORMAT).unwrap().unwrap(), FORMAT);
+    assert_eq!(s.lock().image.meta.get(K_FORMAT).unwrap(), FORMAT);
+    // sled's files are gone; the log holds it all.
+    assert!(
+        sled_files(d.path()).is_empty(),
+        "{:?}",
+        sled_files(d.path())
+    );
     // New writes go in parts, next to the whole ones.
     s.append(&[big_entry(4, 2, 200_000)]).unwrap();
     s.sync().unwrap();
     drop(s);
     let s = reopen(d.path());
+    assert_eq!(s.instance(), 77);
     assert_eq!(
         s.entries(2, 5, None, ctx()).unwrap()[2],
         big_entry(4, 2, 200_000)
@@ -394,12 +342,36 @@ fn a_data_dir_from_before_parts_reads_the_same_and_keeps_its_segment_size() {
 }
 
 #[test]
-fn a_data_dir_that_lost_sleds_conf_is_refused_not_opened_with_a_guessed_segment_size() {
+fn a_copy_cut_short_before_sleds_files_went_reads_the_log() {
+    // The log was written whole, sled's files were still there: the log is
+    // the store, and the leftovers go.
     let d = tempfile::tempdir().unwrap();
     {
         let s = SledStorage::open(d.path()).unwrap();
-        s.append(&[entry(1, 1)]).unwrap();
+        s.append(&[entry(1, 1), entry(2, 1)]).unwrap();
         s.sync().unwrap();
+    }
+    {
+        let db = sled::Config::new().path(d.path()).open().unwrap();
+        db.insert(b"stale", b"sled").unwrap();
+        db.flush().unwrap();
+    }
+    let s = reopen(d.path());
+    assert_eq!(
+        indexes(&s.entries(1, 3, None, ctx()).unwrap()),
+        vec![(1, 1), (2, 1)]
+    );
+    assert!(sled_files(d.path()).is_empty());
+}
+
+#[test]
+fn a_data_dir_that_lost_sleds_conf_is_refused_not_opened_with_a_guessed_segment_size() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let db = sled::Config::new().path(d.path()).open().unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert(K_FORMAT, FORMAT_V1).unwrap();
+        db.flush().unwrap();
     }
     std::fs::remove_file(d.path().join("conf")).unwrap();
     let err = match SledStorage::open(d.path()) {
@@ -419,13 +391,21 @@ fn a_part_without_its_start_is_an_error_not_a_panic() {
     let s = SledStorage::open(d.path()).unwrap();
     s.append(&[entry(1, 1), big_entry(2, 1, 10_000), entry(3, 1)])
         .unwrap();
-    s.entries.remove(key(2)).unwrap();
+    s.write(Write {
+        entries: vec![(IVec::from(&key(2)), None)],
+        ..Write::default()
+    })
+    .unwrap();
     let err = s.entries(1, 4, None, ctx()).unwrap_err().to_string();
     assert!(
         err.contains("corrupt entry: 2: part 1 without the parts before it"),
         "{err}"
     );
-    s.entries.remove(part_key(&key(2), 1)).unwrap();
+    s.write(Write {
+        entries: vec![(part_key(&key(2), 1), None)],
+        ..Write::default()
+    })
+    .unwrap();
     let err = s.entries(1, 4, None, ctx()).unwrap_err().to_string();
     assert!(
         err.contains("corrupt entry: 2: part 2 without the parts before it"),
@@ -437,7 +417,11 @@ fn a_part_without_its_start_is_an_error_not_a_panic() {
 fn a_corrupt_entry_key_is_an_error_not_a_panic() {
     let d = tempfile::tempdir().unwrap();
     let s = SledStorage::open(d.path()).unwrap();
-    s.entries.insert(b"bad", b"x").unwrap();
+    s.write(Write {
+        entries: vec![(IVec::from(b"bad"), Some(IVec::from(b"x")))],
+        ..Write::default()
+    })
+    .unwrap();
     let err = s.first_index().unwrap_err().to_string();
     assert!(
         err.contains("corrupt entry key: 3 bytes, not 8 or 12"),
@@ -639,13 +623,16 @@ struct View {
     snapshot: Snapshot,
     first: u64,
     last: u64,
-    /// Every stored entry (index, term, data), read straight from sled.
+    /// Every stored entry (index, term, data), read straight from the map.
     log: Vec<(u64, u64, Vec<u8>)>,
 }
 
 fn view(s: &SledStorage) -> View {
     let st = s.initial_state().unwrap();
-    let log = joined(s.entries.iter())
+    let log = s
+        .lock()
+        .image
+        .entries_from(0, None)
         .map(|v| {
             let e = Entry::parse_from_bytes(&v.unwrap().1).unwrap();
             (e.index, e.term, e.data.to_vec())
@@ -824,9 +811,12 @@ fn a_store_from_before_instance_ids_gets_one_that_stays() {
     {
         let s = SledStorage::open(d.path()).unwrap();
         s.append(&[entry(1, 1)]).unwrap();
-        s.meta.remove(K_INSTANCE).unwrap();
+        s.write(Write {
+            meta: vec![(IVec::from(K_INSTANCE), None)],
+            ..Write::default()
+        })
+        .unwrap();
         s.sync().unwrap();
-        s.db.flush().unwrap();
     }
     let id = reopen(d.path()).instance();
     assert_ne!(id, 0);
@@ -896,4 +886,112 @@ fn a_snapshot_that_does_not_name_the_receiver_is_made_on_demand() {
         ))
     ));
     assert!(s.take_snapshot_request());
+}
+
+// ---- The log's files. ----
+
+/// The one log file in `dir`.
+fn log_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("wal-"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files[0].clone()
+}
+
+#[test]
+fn a_real_log_cut_at_any_byte_reopens_as_the_store_after_some_whole_write() {
+    let d = tempfile::tempdir().unwrap();
+    let mut states = Vec::new();
+    {
+        let s = SledStorage::open(d.path()).unwrap();
+        states.push(view(&s));
+        for step in workload() {
+            run(&s, &step);
+            states.push(view(&s));
+        }
+        s.sync().unwrap();
+    }
+    let file = log_file(d.path());
+    let full = std::fs::read(&file).unwrap();
+    let name = file.file_name().unwrap().to_owned();
+    for cut in 0..=full.len() {
+        let c = tempfile::tempdir().unwrap();
+        std::fs::write(c.path().join(&name), &full[..cut]).unwrap();
+        let r = match SledStorage::open(c.path()) {
+            Ok(r) => r,
+            // A header cut short is not a log this build wrote.
+            Err(e) if cut < 16 => {
+                assert!(
+                    e.to_string().contains("not a faxi-watchdog log file"),
+                    "{e}"
+                );
+                continue;
+            }
+            Err(e) => panic!("cut at {cut}: {e}"),
+        };
+        let v = view(&r);
+        let bad = consistency(&r, &v);
+        assert!(bad.is_empty(), "cut at {cut}: {bad:?}");
+        assert!(
+            states.contains(&v),
+            "cut at {cut}: no whole write's store: {v:?}"
+        );
+    }
+}
+
+#[test]
+fn the_log_is_rewritten_so_the_data_dir_stays_near_what_the_store_holds() {
+    // A quiet mesh's log at the default snapshot interval: tiny entries,
+    // each synced, a snapshot and compaction every 1,000.
+    let d = tempfile::tempdir().unwrap();
+    let s = SledStorage::open(d.path()).unwrap();
+    let mut cs = ConfState::default();
+    cs.voters = vec![1];
+    let mut worst = 0f64;
+    for i in 1..=5_000u64 {
+        s.append(&[entry(i, 1)]).unwrap();
+        s.set_hard_state(&hard_state(1, 1, i)).unwrap();
+        s.sync().unwrap();
+        if i % 1_000 == 0 {
+            s.create_snapshot(i, &cs, vec![3u8; 20_000]).unwrap();
+            s.compact(i).unwrap();
+            s.sync().unwrap();
+        }
+        let used = disk_bytes(d.path()) as f64;
+        let held = s.lock().image.bytes as f64;
+        worst = worst.max(used / (2.0 * held + REWRITE_SLACK as f64 + 4096.0));
+    }
+    assert!(worst <= 1.0, "the data dir reached {worst:.2} of its bound");
+    let before = contents(&s);
+    drop(s);
+    let s = reopen(d.path());
+    assert_eq!(contents(&s), before);
+    assert_eq!(s.last_index().unwrap(), 5_000);
+}
+
+/// Everything a store holds, as raft reads it.
+fn contents(s: &SledStorage) -> (Vec<Entry>, Snapshot, HardState, ConfState, u64) {
+    let (first, last) = (s.first_index().unwrap(), s.last_index().unwrap());
+    let st = s.initial_state().unwrap();
+    (
+        s.entries(first, last + 1, None, ctx()).unwrap(),
+        s.last_snapshot().unwrap(),
+        st.hard_state,
+        st.conf_state,
+        s.instance(),
+    )
+}
+
+#[test]
+fn a_second_process_on_the_same_data_dir_is_refused_by_name() {
+    let d = tempfile::tempdir().unwrap();
+    let s = SledStorage::open(d.path()).unwrap();
+    let err = SledStorage::open(d.path()).unwrap_err().to_string();
+    assert!(err.contains("in use by another process"), "{err}");
+    assert!(err.contains(&d.path().display().to_string()), "{err}");
+    drop(s);
+    SledStorage::open(d.path()).unwrap();
 }
