@@ -97,9 +97,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map_err(|e| format!("cannot listen on node.listen {}: {e}", config.node.listen))?;
 
     let storage = open_storage(&config).await?;
-    // The raft thread's end must never wait on sled: the last handle on the
-    // database to drop flushes it, and a flush after a failed write can
-    // block forever. This one is dropped last, under the shutdown deadline.
+    // The raft thread's end must never wait on closing the log: this
+    // handle is dropped last, under the shutdown deadline.
     let kept = storage.clone();
     let data_dir = config.node.data_dir.display().to_string();
     let c = &config.cluster;
@@ -125,7 +124,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tx.clone(),
         tls.clone(),
     );
-    // Opening replays the log from sled: off the async workers.
+    // Opening replays the log: off the async workers.
     let (mesh, raft_thread) =
         tokio::task::spawn_blocking(move || driver::start(dcfg, storage, transport, (tx, rx)))
             .await

@@ -1,4 +1,4 @@
-//! The Raft driver: one thread owns raft-rs's `RawNode`, the sled log and
+//! The Raft driver: one thread owns raft-rs's `RawNode`, the raft log and
 //! the replicated state machine, and runs raft-rs's documented loop:
 //! tick or step → ready → send what may go out at once → install a snapshot
 //! → apply committed entries → persist entries and hard state (flushed) →
@@ -8,7 +8,7 @@
 //! Architecture invariants:
 //! - only this thread touches the `RawNode`, the storage and (for writes) the
 //!   state machine; async code talks to it through a bounded channel;
-//! - sled is reached from this thread only, never from an async worker;
+//! - the raft log is reached from this thread only, never from an async worker;
 //! - a node acknowledges (votes, append responses) only what is flushed: the
 //!   "persisted messages" leave after the write returns;
 //! - the state machine sees committed entries only, in log order.
@@ -1643,7 +1643,7 @@ impl<O: Outbox> Core<O> {
 
     // No sync here. The snapshot taken here and the compaction after it
     // acknowledge nothing to a peer, and are made of applied entries,
-    // which raft-rs hands out only once flushed. sled recovers writes in
+    // which raft-rs hands out only once flushed. The log recovers writes in
     // order, so a crash that loses them leaves the log they were made from
     // (re-applied at restart), and the next ready's sync makes them
     // durable. The same holds for the light ready's commit index: a lost

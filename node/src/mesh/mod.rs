@@ -4,13 +4,12 @@
 //!   state out);
 //! - `codec`: how commands and snapshots are written (versioned binary;
 //!   older JSON still read);
-//! - `storage`: the Raft log on sled;
+//! - `storage`: the Raft log (in memory, every write logged by `wal`);
 //! - `driver`: the thread that owns raft-rs's `RawNode`, the log and the
 //!   state machine;
 //! - `transport`: raft messages to peers over tonic;
 //! - `proposer`: local verdicts to batched observations;
-//! - `wal`: an append-only log of checksummed records, the building block
-//!   for taking the Raft log out of sled (not yet used by the node).
+//! - `wal`: an append-only log of checksummed records, the Raft log's files.
 
 // node/clippy.toml bans sled and protobuf outside the modules that own
 // them; these allowances are the whole list (ARCHITECTURE.md, invariants).
@@ -24,7 +23,8 @@ mod raftlog;
 #[cfg(test)]
 mod sim;
 pub mod state;
-// The one module that touches sled; it stores raft-rs's protobuf messages.
+// The one module that touches sled (to copy a data dir of an earlier
+// version); it stores raft-rs's protobuf messages.
 #[allow(clippy::disallowed_types, clippy::disallowed_methods)]
 pub mod storage;
 // Peer traffic: raft-rs's messages as protobuf bytes inside our gRPC batch.

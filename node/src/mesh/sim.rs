@@ -1,5 +1,5 @@
 //! A deterministic simulation of the mesh: each node is the real driver core
-//! (raft-rs's `RawNode`, the sled log, the state machine), stepped by hand
+//! (raft-rs's `RawNode`, the raft log, the state machine), stepped by hand
 //! on a simulated clock; every peer batch passes the same envelope checks
 //! as the gRPC edge (`mesh::guard`). The network is a seeded queue that
 //! delays, reorders, loses and partitions messages (both ways or one way),

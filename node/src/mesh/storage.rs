@@ -508,8 +508,13 @@ fn read_sled(dir: &Path) -> Result<Image, StoreError> {
         }
     }
     image.apply(&w);
-    let marked = image.meta.contains_key(K_FORMAT);
-    if foreign || (!marked && !image.entries.is_empty()) {
+    // Checked before anything is copied or removed: only our own data
+    // dirs (marked v1 or v2, or empty) are taken over.
+    let ours = match image.meta.get(K_FORMAT) {
+        Some(f) => f.as_ref() == FORMAT || f.as_ref() == FORMAT_V1,
+        None => image.meta.is_empty() && image.entries.is_empty(),
+    };
+    if foreign || !ours {
         return Err(StoreError::Foreign {
             path,
             found: image
@@ -530,6 +535,8 @@ struct Inner {
     /// The data dir's lock, held while the store is open (none for a
     /// simulated store).
     _lock: Option<std::fs::File>,
+    /// After a failed rewrite, the log's size at which to try again.
+    retry_rewrite_at: u64,
 }
 
 /// The Raft log: an in-memory image of two maps, every write logged.
@@ -638,6 +645,7 @@ impl SledStorage {
                 image,
                 log: Some(log),
                 _lock: Some(lock),
+                retry_rewrite_at: 0,
             },
             path,
             new_instance,
@@ -761,13 +769,18 @@ impl SledStorage {
             return Ok(());
         }
         let mut inner = self.lock();
-        let Inner { image, log, .. } = &mut *inner;
+        let Inner {
+            image,
+            log,
+            retry_rewrite_at,
+            ..
+        } = &mut *inner;
         let Some(log) = log else { return Ok(()) };
         if let Err(e) = log.sync() {
             self.dirty.store(true, Ordering::Release);
             return Err(log_err(e));
         }
-        if log.bytes() > 2 * image.bytes + REWRITE_SLACK {
+        if log.bytes() > 2 * image.bytes + REWRITE_SLACK && log.bytes() >= *retry_rewrite_at {
             let before = log.bytes();
             let first = encode_write(&image.checkpoint());
             match log.rotate([first.as_slice()]) {
@@ -782,6 +795,8 @@ impl SledStorage {
                     if log.stopped() {
                         return Err(log_err(e));
                     }
+                    // Not at every sync (a full disk): once it has grown by half.
+                    *retry_rewrite_at = before + before / 2;
                 }
             }
         }
@@ -959,7 +974,9 @@ impl SledStorage {
     /// becomes the snapshot's. One write; durable at the next sync.
     pub fn apply_snapshot(&self, snap: &Snapshot) -> raft::Result<()> {
         let meta = snap.get_metadata();
-        if meta.index < self.first_index()? - 1 || meta.index < self.snapshot_meta()?.index {
+        if meta.index < self.first_index()?.saturating_sub(1)
+            || meta.index < self.snapshot_meta()?.index
+        {
             return Err(raft::Error::Store(StorageError::SnapshotOutOfDate));
         }
         let mut hs = self.hard_state()?;
@@ -1054,6 +1071,7 @@ impl SledStorage {
                 image: Image::default(),
                 log: None,
                 _lock: None,
+                retry_rewrite_at: 0,
             },
             SIMULATED.into(),
             || instance,
@@ -1100,6 +1118,7 @@ impl SledStorage {
                 image: disk,
                 log: None,
                 _lock: None,
+                retry_rewrite_at: 0,
             },
             SIMULATED.into(),
             new_instance,

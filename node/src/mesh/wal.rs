@@ -4,18 +4,20 @@
 //!
 //! Files: `wal-<generation, 16 hex digits>`, each a header (`FXWAL1\0\0`,
 //! then the generation, 8 bytes little-endian) and records: the payload's
-//! length (4 bytes LE), its CRC-32 (4 bytes LE), the payload. The newest
-//! generation is the log (the checksum covers the length and the
-//! payload); [`Wal::rotate`] writes a new one holding only
-//! the records the caller still needs (a checkpoint), so the space in use
-//! is what is live plus what was appended since.
+//! length (4 bytes LE), the CRC-32 of the generation and the length, the
+//! CRC-32 of the generation, the length and the payload, then the payload.
+//! The newest generation is the log; [`Wal::rotate`] writes a new one
+//! holding only the records the caller still needs (a checkpoint), so the
+//! space in use is what is live plus what was appended since.
 //!
 //! Architecture invariants:
-//! - a crash keeps a prefix of the appended records, each whole: a record
-//!   cut short at the end of the newest file (length past the end, a
-//!   checksum that fails on the last record, or zeros to the end) is
-//!   dropped at open and the file truncated before it; a bad record with more bytes after it is
-//!   corruption, an error that names the file and offset, never skipped;
+//! - a crash keeps a prefix of the appended records, each whole: from the
+//!   first record that does not check (cut short, zeros, garbage), the
+//!   file is a torn tail, cut off at open, unless a whole record follows
+//!   somewhere after it: that is corruption, an error that names the file
+//!   and offset, never skipped (synced records would be lost);
+//! - open fsyncs the file, so what a killed process left in the page
+//!   cache is durable before anything is acknowledged from it;
 //! - [`Wal::sync`] makes every earlier append durable (fdatasync);
 //! - a rotation is one rename: the new generation is written as `.tmp`,
 //!   fsynced, renamed, the directory fsynced, and only then are older
@@ -31,10 +33,9 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"FXWAL1\0\0";
 const HEADER: u64 = 16;
-const RECORD_HEADER: u64 = 8;
-/// Largest record accepted, written or read: a length above it is
-/// corruption, not an allocation.
-pub const MAX_RECORD: u32 = 256 << 20;
+const RECORD_HEADER: u64 = 12;
+/// Largest record accepted (the length is 4 bytes).
+pub const MAX_RECORD: u32 = u32::MAX - 16;
 
 /// Why the log could not be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -93,18 +94,39 @@ fn file_name(generation: u64) -> String {
 
 fn generation_of(name: &str) -> Option<u64> {
     let hex = name.strip_prefix("wal-")?;
-    (hex.len() == 16)
+    (hex.len() == 16 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
         .then(|| u64::from_str_radix(hex, 16).ok())
         .flatten()
 }
 
-/// The CRC-32 (IEEE) of a record's length and payload: a header of zeros
-/// (a file extended but never written, after a crash) does not pass.
-fn crc(len: u32, payload: &[u8]) -> u32 {
+/// The CRC-32 (IEEE) of the file's generation, a record's length and
+/// `payload` (empty for the header's own checksum): a header of zeros (a
+/// file extended but never written, after a crash) does not pass, nor
+/// does a record left on disk by another generation.
+fn crc(generation: u64, len: u32, payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
+    h.update(&generation.to_le_bytes());
     h.update(&len.to_le_bytes());
     h.update(payload);
     h.finalize()
+}
+
+/// The whole record at the start of `rest`, if there is one: its length
+/// checks against its own checksum, fits in `rest`, and the payload
+/// checks. `None` for anything else (torn, zeros, garbage).
+fn record_at(rest: &[u8], generation: u64) -> Option<&[u8]> {
+    let word = |i: usize| {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(rest.get(i..i + 4)?);
+        Some(u32::from_le_bytes(b))
+    };
+    let (len, head_sum, sum) = (word(0)?, word(4)?, word(8)?);
+    if crc(generation, len, &[]) != head_sum {
+        return None;
+    }
+    let start = RECORD_HEADER as usize;
+    let payload = rest.get(start..start.checked_add(len as usize)?)?;
+    (crc(generation, len, payload) == sum).then_some(payload)
 }
 
 fn header(generation: u64) -> [u8; HEADER as usize] {
@@ -114,14 +136,15 @@ fn header(generation: u64) -> [u8; HEADER as usize] {
     h
 }
 
-fn record(payload: &[u8]) -> Result<Vec<u8>, WalError> {
+fn record(generation: u64, payload: &[u8]) -> Result<Vec<u8>, WalError> {
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|l| *l <= MAX_RECORD)
         .ok_or(WalError::TooLarge(payload.len()))?;
     let mut r = Vec::with_capacity(payload.len() + RECORD_HEADER as usize);
     r.extend_from_slice(&len.to_le_bytes());
-    r.extend_from_slice(&crc(len, payload).to_le_bytes());
+    r.extend_from_slice(&crc(generation, len, &[]).to_le_bytes());
+    r.extend_from_slice(&crc(generation, len, payload).to_le_bytes());
     r.extend_from_slice(payload);
     Ok(r)
 }
@@ -149,36 +172,25 @@ fn parse(path: &Path, bytes: &[u8], generation: u64) -> Result<(Vec<Vec<u8>>, u6
     let mut out = Vec::new();
     let mut at = HEADER as usize;
     while at < bytes.len() {
-        let rest = &bytes[at..];
-        if rest.len() < RECORD_HEADER as usize {
-            break; // torn: a record header cut short at the end
+        if let Some(payload) = record_at(&bytes[at..], generation) {
+            out.push(payload.to_vec());
+            at += RECORD_HEADER as usize + payload.len();
+            continue;
         }
-        let mut l = [0u8; 4];
-        l.copy_from_slice(&rest[..4]);
-        let len = u32::from_le_bytes(l);
-        let mut c = [0u8; 4];
-        c.copy_from_slice(&rest[4..8]);
-        let sum = u32::from_le_bytes(c);
-        let end = RECORD_HEADER as usize + len as usize;
-        if len > MAX_RECORD || end > rest.len() {
-            // Past the end: torn, unless it is too large to be anything.
-            if len > MAX_RECORD && end <= rest.len() {
-                return Err(corrupt(at as u64, format!("a record of {len} bytes")));
-            }
-            break;
-        }
-        let payload = &rest[RECORD_HEADER as usize..end];
-        if crc(len, payload) != sum {
-            if at + end == bytes.len() || rest.iter().all(|b| *b == 0) {
-                break; // torn: the last record written in part, or zeros
-            }
+        // Torn only if no whole record follows anywhere: a bad record
+        // before good ones (a flipped bit in a length, say) would drop
+        // what was synced after it.
+        if let Some(next) =
+            (at + 1..bytes.len()).find(|i| record_at(&bytes[*i..], generation).is_some())
+        {
             return Err(corrupt(
                 at as u64,
-                "a record's checksum fails and records follow it".into(),
+                format!(
+                    "a record that does not check, with a whole record after it at byte {next} (move the data dir aside; the node rejoins and catches up by snapshot)"
+                ),
             ));
         }
-        out.push(payload.to_vec());
-        at += end;
+        break;
     }
     Ok((out, at as u64))
 }
@@ -219,9 +231,17 @@ impl Wal {
         file.read_to_end(&mut bytes).map_err(io(&path))?;
         let (records, valid) = parse(&path, &bytes, newest)?;
         if valid < bytes.len() as u64 {
+            tracing::warn!(
+                file = %path.display(),
+                at = valid,
+                dropped = bytes.len() as u64 - valid,
+                "raft log: a torn tail (writes a crash cut short, never acknowledged) cut off"
+            );
             file.set_len(valid).map_err(io(&path))?;
-            file.sync_all().map_err(io(&path))?;
         }
+        // What a killed process wrote may sit in the page cache only: make
+        // it durable before anything is acknowledged from it.
+        file.sync_all().map_err(io(&path))?;
         file.seek(SeekFrom::Start(valid)).map_err(io(&path))?;
         Ok((
             Self {
@@ -267,8 +287,23 @@ impl Wal {
         generation: u64,
         records: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<Self, WalError> {
-        let path = dir.join(file_name(generation));
         let tmp = dir.join(format!("{}.tmp", file_name(generation)));
+        let made = Self::create_at(dir, &tmp, generation, records);
+        if made.is_err() {
+            // A partial copy would only take space (a full disk, say).
+            let _ = std::fs::remove_file(&tmp);
+        }
+        made
+    }
+
+    fn create_at<'a>(
+        dir: &Path,
+        tmp: &Path,
+        generation: u64,
+        records: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Self, WalError> {
+        let path = dir.join(file_name(generation));
+        let tmp = tmp.to_path_buf();
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -278,7 +313,7 @@ impl Wal {
             .map_err(io(&tmp))?;
         let mut buf = header(generation).to_vec();
         for r in records {
-            buf.extend_from_slice(&record(r)?);
+            buf.extend_from_slice(&record(generation, r)?);
         }
         file.write_all(&buf).map_err(io(&tmp))?;
         file.sync_all().map_err(io(&tmp))?;
@@ -304,7 +339,7 @@ impl Wal {
     /// Appends one record; durable at the next [`Wal::sync`].
     pub fn append(&mut self, payload: &[u8]) -> Result<(), WalError> {
         self.check()?;
-        let r = record(payload)?;
+        let r = record(self.generation, payload)?;
         let path = self.dir.join(file_name(self.generation));
         if let Err(e) = self.file.write_all(&r) {
             self.stopped = true;
@@ -450,7 +485,10 @@ mod tests {
         std::fs::write(&file, &bytes).unwrap();
         let err = Wal::open(d.path()).unwrap_err().to_string();
         assert!(err.contains(&file.display().to_string()), "{err}");
-        assert!(err.contains("checksum fails and records follow"), "{err}");
+        assert!(
+            err.contains("a record that does not check, with a whole record after it"),
+            "{err}"
+        );
         // Not a log file at all.
         std::fs::write(&file, b"something else entirely").unwrap();
         let err = Wal::open(d.path()).unwrap_err().to_string();
@@ -486,7 +524,7 @@ mod tests {
         // Cut after the rename, before the old one went: 3 is the log.
         let three = {
             let mut b = header(3).to_vec();
-            b.extend_from_slice(&record(b"only").unwrap());
+            b.extend_from_slice(&record(3, b"only").unwrap());
             b
         };
         std::fs::write(d.path().join(file_name(3)), three).unwrap();
@@ -499,7 +537,7 @@ mod tests {
     fn zeros_at_the_end_are_a_torn_tail_not_records() {
         let d = tempfile::tempdir().unwrap();
         let mut bytes = header(1).to_vec();
-        bytes.extend_from_slice(&record(b"kept").unwrap());
+        bytes.extend_from_slice(&record(1, b"kept").unwrap());
         bytes.extend_from_slice(&[0u8; 4096]);
         std::fs::write(d.path().join(file_name(1)), &bytes).unwrap();
         let (w, got) = Wal::open(d.path()).unwrap();
@@ -517,9 +555,34 @@ mod tests {
         let (w, got) = Wal::open(d.path()).unwrap();
         assert!(got.is_empty());
         assert_eq!(w.bytes(), HEADER);
-        assert!(matches!(
-            record(&vec![0u8; MAX_RECORD as usize + 1]),
-            Err(WalError::TooLarge(_))
-        ));
+    }
+
+    #[test]
+    fn a_flipped_bit_in_a_length_is_corruption_not_a_torn_tail() {
+        let d = tempfile::tempdir().unwrap();
+        let mut starts = Vec::new();
+        {
+            let (mut w, _) = Wal::open(d.path()).unwrap();
+            for p in payloads(50) {
+                starts.push(w.bytes());
+                w.append(&p).unwrap();
+            }
+            w.sync().unwrap();
+        }
+        let file = d.path().join(file_name(1));
+        let good = std::fs::read(&file).unwrap();
+        for bit in [0, 7, 13, 31] {
+            let mut bytes = good.clone();
+            let at = starts[3] as usize + bit / 8;
+            bytes[at] ^= 1 << (bit % 8);
+            std::fs::write(&file, &bytes).unwrap();
+            let err = Wal::open(d.path()).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("corrupt at byte {}", starts[3])),
+                "bit {bit}: {err}"
+            );
+            // Nothing was cut: the evidence stays.
+            assert_eq!(std::fs::read(&file).unwrap(), bytes, "bit {bit}");
+        }
     }
 }

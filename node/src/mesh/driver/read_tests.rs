@@ -1,4 +1,4 @@
-//! Read index on three real driver cores (in-memory sled), stepped by hand
+//! Read index on three real driver cores (in-memory stores), stepped by hand
 //! over a network the test controls: which links are cut, which message
 //! types are held back.
 

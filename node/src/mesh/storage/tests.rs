@@ -995,3 +995,22 @@ fn a_second_process_on_the_same_data_dir_is_refused_by_name() {
     drop(s);
     SledStorage::open(d.path()).unwrap();
 }
+
+#[test]
+fn a_sled_database_that_is_not_ours_is_refused_and_left_as_it_was() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let db = sled::Config::new().path(d.path()).open().unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert(K_FORMAT, b"faxi-watchdog raft log v9").unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStorage::open(d.path()).unwrap_err().to_string();
+    assert!(err.contains("not a faxi-watchdog data dir"), "{err}");
+    // sled's own files are still there (sled itself may add a snapshot of
+    // its page table when opened), and no log was made.
+    assert!(d.path().join("conf").exists() && d.path().join("db").exists());
+    assert!(!Wal::exists(d.path()).unwrap());
+    let err = SledStorage::open(d.path()).unwrap_err().to_string();
+    assert!(err.contains("not a faxi-watchdog data dir"), "{err}");
+}
