@@ -765,10 +765,12 @@ impl SledStorage {
             self.dirty.store(false, Ordering::Release);
             return model.sync();
         }
+        // Under the lock, so that a sync never returns before the
+        // fdatasync that covers every write made before it.
+        let mut inner = self.lock();
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let mut inner = self.lock();
         let Inner {
             image,
             log,
@@ -784,12 +786,15 @@ impl SledStorage {
             let before = log.bytes();
             let first = encode_write(&image.checkpoint());
             match log.rotate([first.as_slice()]) {
-                Ok(()) => tracing::debug!(
-                    before,
-                    after = log.bytes(),
-                    held = image.bytes,
-                    "raft log rewritten"
-                ),
+                Ok(()) => {
+                    *retry_rewrite_at = 0;
+                    tracing::debug!(
+                        before,
+                        after = log.bytes(),
+                        held = image.bytes,
+                        "raft log rewritten"
+                    );
+                }
                 Err(e) => {
                     tracing::warn!(data_dir = %self.path, error = %e, "raft log: rewrite failed; the log goes on as it was");
                     if log.stopped() {
@@ -820,8 +825,8 @@ impl SledStorage {
             log.append(&encode_write(&w)).map_err(log_err)?;
         }
         inner.image.apply(&w);
-        drop(inner);
         self.dirty.store(true, Ordering::Release);
+        drop(inner);
         #[cfg(test)]
         if let Some(model) = &self.model {
             model.record(w);

@@ -32,8 +32,8 @@ use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"FXWAL1\0\0";
-const HEADER: u64 = 16;
-const RECORD_HEADER: u64 = 12;
+const HEADER: u64 = 24;
+const RECORD_HEADER: u64 = 20;
 /// Largest record accepted (the length is 4 bytes).
 pub const MAX_RECORD: u32 = u32::MAX - 16;
 
@@ -81,9 +81,14 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> WalError + '_ {
 pub struct Wal {
     dir: PathBuf,
     generation: u64,
+    /// The file's random salt (in its header, in every checksum).
+    salt: u64,
     file: File,
     /// Bytes in the file (header included).
     len: u64,
+    /// Bytes known durable (at the last sync): written into each record,
+    /// so that open can tell a torn tail from damage.
+    synced: u64,
     /// Set by any I/O error: every later call fails.
     stopped: bool,
 }
@@ -99,52 +104,60 @@ fn generation_of(name: &str) -> Option<u64> {
         .flatten()
 }
 
-/// The CRC-32 (IEEE) of the file's generation, a record's length and
-/// `payload` (empty for the header's own checksum): a header of zeros (a
-/// file extended but never written, after a crash) does not pass, nor
-/// does a record left on disk by another generation.
-fn crc(generation: u64, len: u32, payload: &[u8]) -> u32 {
+/// The CRC-32 (IEEE) of the file's salt, a record's length and synced
+/// mark, and `payload` (empty for the header's own checksum): a header of
+/// zeros (a file extended but never written, after a crash) does not
+/// pass, nor does a record left on disk by another file, nor bytes that a
+/// payload carries (the salt is random and never leaves the file).
+fn crc(salt: u64, len: u32, synced: u64, payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
-    h.update(&generation.to_le_bytes());
+    h.update(&salt.to_le_bytes());
     h.update(&len.to_le_bytes());
+    h.update(&synced.to_le_bytes());
     h.update(payload);
     h.finalize()
 }
 
-/// The whole record at the start of `rest`, if there is one: its length
-/// checks against its own checksum, fits in `rest`, and the payload
-/// checks. `None` for anything else (torn, zeros, garbage).
-fn record_at(rest: &[u8], generation: u64) -> Option<&[u8]> {
+/// The whole record at the start of `rest`, if there is one: its header
+/// checks against its own checksum, the payload fits in `rest` and
+/// checks. Its synced mark and payload; `None` for anything else (torn,
+/// zeros, garbage).
+fn record_at(rest: &[u8], salt: u64) -> Option<(u64, &[u8])> {
     let word = |i: usize| {
         let mut b = [0u8; 4];
         b.copy_from_slice(rest.get(i..i + 4)?);
         Some(u32::from_le_bytes(b))
     };
-    let (len, head_sum, sum) = (word(0)?, word(4)?, word(8)?);
-    if crc(generation, len, &[]) != head_sum {
+    let mut m = [0u8; 8];
+    m.copy_from_slice(rest.get(4..12)?);
+    let synced = u64::from_le_bytes(m);
+    let (len, head_sum, sum) = (word(0)?, word(12)?, word(16)?);
+    if crc(salt, len, synced, &[]) != head_sum {
         return None;
     }
     let start = RECORD_HEADER as usize;
     let payload = rest.get(start..start.checked_add(len as usize)?)?;
-    (crc(generation, len, payload) == sum).then_some(payload)
+    (crc(salt, len, synced, payload) == sum).then_some((synced, payload))
 }
 
-fn header(generation: u64) -> [u8; HEADER as usize] {
+fn header(generation: u64, salt: u64) -> [u8; HEADER as usize] {
     let mut h = [0u8; HEADER as usize];
     h[..8].copy_from_slice(MAGIC);
-    h[8..].copy_from_slice(&generation.to_le_bytes());
+    h[8..16].copy_from_slice(&generation.to_le_bytes());
+    h[16..].copy_from_slice(&salt.to_le_bytes());
     h
 }
 
-fn record(generation: u64, payload: &[u8]) -> Result<Vec<u8>, WalError> {
+fn record(salt: u64, synced: u64, payload: &[u8]) -> Result<Vec<u8>, WalError> {
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|l| *l <= MAX_RECORD)
         .ok_or(WalError::TooLarge(payload.len()))?;
     let mut r = Vec::with_capacity(payload.len() + RECORD_HEADER as usize);
     r.extend_from_slice(&len.to_le_bytes());
-    r.extend_from_slice(&crc(generation, len, &[]).to_le_bytes());
-    r.extend_from_slice(&crc(generation, len, payload).to_le_bytes());
+    r.extend_from_slice(&synced.to_le_bytes());
+    r.extend_from_slice(&crc(salt, len, synced, &[]).to_le_bytes());
+    r.extend_from_slice(&crc(salt, len, synced, payload).to_le_bytes());
     r.extend_from_slice(payload);
     Ok(r)
 }
@@ -155,7 +168,7 @@ fn fsync_dir(dir: &Path) -> Result<(), WalError> {
 
 /// Reads the records of `bytes` (a whole file): the payloads, and the
 /// length of the valid prefix (where a torn tail starts).
-fn parse(path: &Path, bytes: &[u8], generation: u64) -> Result<(Vec<Vec<u8>>, u64), WalError> {
+fn parse(path: &Path, bytes: &[u8], generation: u64) -> Result<(Vec<Vec<u8>>, u64, u64), WalError> {
     let corrupt = |offset: u64, reason: String| WalError::Corrupt {
         path: path.display().to_string(),
         offset,
@@ -169,30 +182,41 @@ fn parse(path: &Path, bytes: &[u8], generation: u64) -> Result<(Vec<Vec<u8>>, u6
     if u64::from_le_bytes(g) != generation {
         return Err(corrupt(8, "its header names another generation".into()));
     }
+    g.copy_from_slice(&bytes[16..24]);
+    let salt = u64::from_le_bytes(g);
     let mut out = Vec::new();
     let mut at = HEADER as usize;
     while at < bytes.len() {
-        if let Some(payload) = record_at(&bytes[at..], generation) {
+        if let Some((_, payload)) = record_at(&bytes[at..], salt) {
             out.push(payload.to_vec());
             at += RECORD_HEADER as usize + payload.len();
             continue;
         }
-        // Torn only if no whole record follows anywhere: a bad record
-        // before good ones (a flipped bit in a length, say) would drop
-        // what was synced after it.
-        if let Some(next) =
-            (at + 1..bytes.len()).find(|i| record_at(&bytes[*i..], generation).is_some())
-        {
-            return Err(corrupt(
-                at as u64,
-                format!(
-                    "a record that does not check, with a whole record after it at byte {next} (move the data dir aside; the node rejoins and catches up by snapshot)"
-                ),
-            ));
+        // A record that does not check. Whole records after it carry the
+        // synced mark of when they were written: one past this record
+        // means it had been synced (damaged data: an error, since cutting
+        // would drop it); none means it was in the writes a crash cut
+        // short, some of which reached the disk out of order (a torn tail,
+        // cut off). With no record after it the two cannot be told apart,
+        // and it is taken as torn.
+        let mut i = at + 1;
+        while i < bytes.len() {
+            match record_at(&bytes[i..], salt) {
+                Some((synced, _)) if synced > at as u64 => {
+                    return Err(corrupt(
+                        at as u64,
+                        format!(
+                            "a record that does not check, and the record at byte {i} says it had been synced (treat the data dir as a lost disk: move it aside, then `faxictl members remove` and `members add` the node)"
+                        ),
+                    ));
+                }
+                Some((_, payload)) => i += RECORD_HEADER as usize + payload.len(),
+                None => i += 1,
+            }
         }
         break;
     }
-    Ok((out, at as u64))
+    Ok((out, at as u64, salt))
 }
 
 impl Wal {
@@ -217,10 +241,6 @@ impl Wal {
             fsync_dir(dir)?;
             return Ok((wal, Vec::new()));
         };
-        for g in &generations[..generations.len() - 1] {
-            let p = dir.join(file_name(*g));
-            std::fs::remove_file(&p).map_err(io(&p))?;
-        }
         let path = dir.join(file_name(newest));
         let mut file = OpenOptions::new()
             .read(true)
@@ -229,26 +249,36 @@ impl Wal {
             .map_err(io(&path))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io(&path))?;
-        let (records, valid) = parse(&path, &bytes, newest)?;
+        let (records, valid, salt) = parse(&path, &bytes, newest)?;
+        // Older generations only once the newest reads (a rotation that a
+        // crash cut short after its rename).
+        for g in &generations[..generations.len() - 1] {
+            let p = dir.join(file_name(*g));
+            std::fs::remove_file(&p).map_err(io(&p))?;
+        }
         if valid < bytes.len() as u64 {
             tracing::warn!(
                 file = %path.display(),
                 at = valid,
                 dropped = bytes.len() as u64 - valid,
-                "raft log: a torn tail (writes a crash cut short, never acknowledged) cut off"
+                "raft log: a torn tail cut off (writes a crash cut short before they were synced)"
             );
             file.set_len(valid).map_err(io(&path))?;
         }
         // What a killed process wrote may sit in the page cache only: make
         // it durable before anything is acknowledged from it.
         file.sync_all().map_err(io(&path))?;
+        // And the directory: a rename a killed process made may not be.
+        fsync_dir(dir)?;
         file.seek(SeekFrom::Start(valid)).map_err(io(&path))?;
         Ok((
             Self {
                 dir: dir.to_path_buf(),
                 generation: newest,
+                salt,
                 file,
                 len: valid,
+                synced: valid,
                 stopped: false,
             },
             records,
@@ -311,9 +341,10 @@ impl Wal {
             .truncate(true)
             .open(&tmp)
             .map_err(io(&tmp))?;
-        let mut buf = header(generation).to_vec();
+        let salt = rand::random::<u64>();
+        let mut buf = header(generation, salt).to_vec();
         for r in records {
-            buf.extend_from_slice(&record(generation, r)?);
+            buf.extend_from_slice(&record(salt, HEADER, r)?);
         }
         file.write_all(&buf).map_err(io(&tmp))?;
         file.sync_all().map_err(io(&tmp))?;
@@ -321,8 +352,10 @@ impl Wal {
         Ok(Self {
             dir: dir.to_path_buf(),
             generation,
+            salt,
             file,
             len: buf.len() as u64,
+            synced: buf.len() as u64,
             stopped: false,
         })
     }
@@ -339,7 +372,7 @@ impl Wal {
     /// Appends one record; durable at the next [`Wal::sync`].
     pub fn append(&mut self, payload: &[u8]) -> Result<(), WalError> {
         self.check()?;
-        let r = record(self.generation, payload)?;
+        let r = record(self.salt, self.synced, payload)?;
         let path = self.dir.join(file_name(self.generation));
         if let Err(e) = self.file.write_all(&r) {
             self.stopped = true;
@@ -357,6 +390,7 @@ impl Wal {
             self.stopped = true;
             return Err(io(&path)(e));
         }
+        self.synced = self.len;
         Ok(())
     }
 
@@ -371,7 +405,15 @@ impl Wal {
         let old = self.dir.join(file_name(self.generation));
         // Until the rename, the old generation is the log (a stray .tmp
         // goes at the next open) and a failure changes nothing.
-        *self = Self::create(&self.dir, self.generation + 1, records)?;
+        let next = self
+            .generation
+            .checked_add(1)
+            .ok_or_else(|| WalError::Corrupt {
+                path: self.dir.display().to_string(),
+                offset: 0,
+                reason: "no generation after the last one".into(),
+            })?;
+        *self = Self::create(&self.dir, next, records)?;
         // After it, the new one is: if it cannot be made durable, stop.
         if let Err(e) = fsync_dir(&self.dir) {
             self.stopped = true;
@@ -471,11 +513,12 @@ mod tests {
     fn a_bad_record_with_records_after_it_is_corruption_by_name() {
         let d = tempfile::tempdir().unwrap();
         {
+            // A ready at a time: each record synced before the next.
             let (mut w, _) = Wal::open(d.path()).unwrap();
             for p in payloads(5) {
                 w.append(&p).unwrap();
+                w.sync().unwrap();
             }
-            w.sync().unwrap();
         }
         let file = d.path().join(file_name(1));
         let mut bytes = std::fs::read(&file).unwrap();
@@ -485,10 +528,8 @@ mod tests {
         std::fs::write(&file, &bytes).unwrap();
         let err = Wal::open(d.path()).unwrap_err().to_string();
         assert!(err.contains(&file.display().to_string()), "{err}");
-        assert!(
-            err.contains("a record that does not check, with a whole record after it"),
-            "{err}"
-        );
+        assert!(err.contains("says it had been synced"), "{err}");
+        assert!(err.contains("members remove"), "{err}");
         // Not a log file at all.
         std::fs::write(&file, b"something else entirely").unwrap();
         let err = Wal::open(d.path()).unwrap_err().to_string();
@@ -523,8 +564,8 @@ mod tests {
         assert_eq!(files(d.path()), vec![file_name(2)]);
         // Cut after the rename, before the old one went: 3 is the log.
         let three = {
-            let mut b = header(3).to_vec();
-            b.extend_from_slice(&record(3, b"only").unwrap());
+            let mut b = header(3, 9).to_vec();
+            b.extend_from_slice(&record(9, HEADER, b"only").unwrap());
             b
         };
         std::fs::write(d.path().join(file_name(3)), three).unwrap();
@@ -536,8 +577,8 @@ mod tests {
     #[test]
     fn zeros_at_the_end_are_a_torn_tail_not_records() {
         let d = tempfile::tempdir().unwrap();
-        let mut bytes = header(1).to_vec();
-        bytes.extend_from_slice(&record(1, b"kept").unwrap());
+        let mut bytes = header(1, 5).to_vec();
+        bytes.extend_from_slice(&record(5, HEADER, b"kept").unwrap());
         bytes.extend_from_slice(&[0u8; 4096]);
         std::fs::write(d.path().join(file_name(1)), &bytes).unwrap();
         let (w, got) = Wal::open(d.path()).unwrap();
@@ -548,13 +589,40 @@ mod tests {
     #[test]
     fn a_huge_length_at_the_end_is_a_torn_tail_not_an_allocation() {
         let d = tempfile::tempdir().unwrap();
-        let mut bytes = header(1).to_vec();
+        let mut bytes = header(1, 5).to_vec();
         bytes.extend_from_slice(&u32::MAX.to_le_bytes());
-        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(&[0u8; 16]);
         std::fs::write(d.path().join(file_name(1)), &bytes).unwrap();
         let (w, got) = Wal::open(d.path()).unwrap();
         assert!(got.is_empty());
         assert_eq!(w.bytes(), HEADER);
+    }
+
+    #[test]
+    fn unsynced_writes_that_reached_the_disk_out_of_order_are_a_torn_tail() {
+        // Ten synced records, then one ready's five records unsynced; a
+        // power loss left the second of those as zeros, the rest written.
+        let d = tempfile::tempdir().unwrap();
+        let mut starts = Vec::new();
+        let all = payloads(15);
+        {
+            let (mut w, _) = Wal::open(d.path()).unwrap();
+            for (n, p) in all.iter().enumerate() {
+                starts.push(w.bytes());
+                w.append(p).unwrap();
+                if n < 10 {
+                    w.sync().unwrap();
+                }
+            }
+            starts.push(w.bytes());
+        }
+        let file = d.path().join(file_name(1));
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[starts[11] as usize..starts[12] as usize].fill(0);
+        std::fs::write(&file, &bytes).unwrap();
+        let (_, got) = Wal::open(d.path()).unwrap();
+        assert_eq!(got, all[..11]);
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), starts[11]);
     }
 
     #[test]
@@ -566,8 +634,8 @@ mod tests {
             for p in payloads(50) {
                 starts.push(w.bytes());
                 w.append(&p).unwrap();
+                w.sync().unwrap();
             }
-            w.sync().unwrap();
         }
         let file = d.path().join(file_name(1));
         let good = std::fs::read(&file).unwrap();

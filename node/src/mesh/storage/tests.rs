@@ -923,7 +923,7 @@ fn a_real_log_cut_at_any_byte_reopens_as_the_store_after_some_whole_write() {
         let r = match SledStorage::open(c.path()) {
             Ok(r) => r,
             // A header cut short is not a log this build wrote.
-            Err(e) if cut < 16 => {
+            Err(e) if cut < 24 => {
                 assert!(
                     e.to_string().contains("not a faxi-watchdog log file"),
                     "{e}"
