@@ -431,8 +431,11 @@ async fn a_cut_off_node_answers_stale_and_faxictl_moves_on_to_a_fresh_one() {
             .unwrap()
             .iter()
             .any(|t| t["name"] == "redis" && t["state"] == "DOWN");
-        assert!(redis_down, "{v}");
-        break;
+        if redis_down {
+            break;
+        }
+        // The fresh node may not have every zone's verdict yet (a loaded
+        // machine): the watch goes on until it does.
     }
     early_watch.kill().await.unwrap();
 
