@@ -12,8 +12,9 @@
 //!   `faxi_raft_snapshot_bytes` and `faxi_raft_log_bytes`), CPU time and
 //!   RSS (`/proc`), and `faxictl status` (default view: counts and the
 //!   targets not UP) as a whole process against the leader.
-//! - `sled`: whether sled gives back what compaction frees. One driver in
-//!   this process on a real sled data dir, a one-node cluster with a small
+//! - `sled` (a historical name: the store no longer uses sled): whether
+//!   the space compaction frees is given back. One driver in this process
+//!   on a real data dir, a one-node cluster with a small
 //!   `snapshot_bytes`, proposing whole sets of 10,000 verdicts (each a
 //!   change: the verdicts alternate) back to back; the data dir's size is
 //!   read as the log is snapshotted and compacted over and over.
